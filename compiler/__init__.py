@@ -1,0 +1,1 @@
+"""cytask.compiler: the compile stage (Numba, then Cython, then Python)."""

@@ -1,0 +1,1339 @@
+# cython: freethreading_compatible = False
+"""The native core of cytask: lock-free priority queues, GIL-free workers, task handles.
+
+Layout of one engine (``Core``):
+
+* four bounded MPMC rings (``ct_ring.h``), one per priority level, CRITICAL first.
+  An item is either a ``TaskHandle`` pointer (a Python task; the ring owns one
+  reference) or a tagged ``ct_ncall`` pointer (a native task; low bit set).
+* worker threads are Python threads that keep one thread state for life and spend
+  their time in a ``nogil`` loop: pop (strict priority), spin briefly, park on a
+  futex (``ct_park.h``).  The GIL is taken at exactly one marked point,
+  ``_gil_section``, which runs a bounded batch of Python tasks and finishes the
+  native tasks that ran since the last visit.  Native tasks run with no GIL.
+* waiting on a handle is a futex wait on the engine's wait set, with the GIL
+  released; completing a task wakes only when somebody waits.
+
+The Python layer (``cytask._engine.Engine``) subclasses ``Core`` and overrides the
+``_on_*`` hooks for retries, time limits and async tasks.
+"""
+
+cimport cython
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_DECREF, Py_INCREF
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uintptr_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memset
+
+import sys
+import threading
+
+cdef extern from "ct_atomic.h":
+    void ct_cpu_relax() noexcept nogil
+    int32_t ct_load_i32(const int32_t *p) noexcept nogil
+    void ct_store_i32(int32_t *p, int32_t v) noexcept nogil
+    int32_t ct_add_i32(int32_t *p, int32_t v) noexcept nogil
+    int64_t ct_load_i64(const int64_t *p) noexcept nogil
+    int64_t ct_add_i64(int64_t *p, int64_t v) noexcept nogil
+    int ct_cas_i32(int32_t *p, int32_t expected, int32_t desired) noexcept nogil
+    void CT_ASSERT(bint) noexcept nogil
+
+cdef extern from "ct_ring.h":
+    ctypedef struct ct_ring:
+        pass
+    int ct_ring_init(ct_ring *r, size_t capacity) noexcept nogil
+    void ct_ring_free(ct_ring *r) noexcept nogil
+    size_t ct_ring_capacity(const ct_ring *r) noexcept nogil
+    int ct_ring_push(ct_ring *r, void *data) noexcept nogil
+    void *ct_ring_pop(ct_ring *r) noexcept nogil
+    size_t ct_ring_size(const ct_ring *r) noexcept nogil
+
+cdef extern from "ct_park.h":
+    ctypedef struct ct_parker:
+        uint32_t seq
+        int32_t sleepers
+        int32_t wake_pending
+    ctypedef struct ct_waitset:
+        uint32_t seq
+        int32_t waiters
+    int64_t ct_now_ns() noexcept nogil
+    void ct_futex_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns) noexcept nogil
+    void ct_parker_notify_one(ct_parker *p) noexcept nogil
+    void ct_parker_notify_all(ct_parker *p) noexcept nogil
+    void ct_waitset_notify(ct_waitset *w) noexcept nogil
+    int ct_waitset_wait(ct_waitset *w, const int32_t *status, int32_t terminal_from,
+                        int64_t deadline_ns) noexcept nogil
+    uint32_t ct_load_u32 "ct_load_seqcst"(uint32_t *p) noexcept nogil
+
+cdef extern from "ct_native.h":
+    enum:
+        CT_MAX_NATIVE_ARGS
+        CT_RC_OK
+        CT_RC_PYTHON
+    ctypedef union ct_slot:
+        int64_t i
+        double d
+    ctypedef int32_t (*ct_native_fn)(const ct_slot *args, ct_slot *result) noexcept nogil
+    ctypedef struct ct_ncall:
+        PyObject *owner
+        ct_native_fn fn
+        int32_t status
+        int32_t rc
+        int32_t nargs
+        ct_slot result
+        ct_slot args[8]
+
+cdef extern from *:
+    """
+    #ifndef CYTASK_DEBUG
+    #define CYTASK_DEBUG 0
+    #endif
+    #define CT_DEBUG CYTASK_DEBUG
+    #define CT_TAG_NATIVE ((uintptr_t)1)
+    """
+    const bint CT_DEBUG
+    const uintptr_t CT_TAG_NATIVE
+
+
+# ---------------------------------------------------------------------------
+# Constants
+
+cdef enum:
+    N_LEVELS = 4
+    BATCH_MAX = 256          # Python tasks run per GIL hold, at most
+    NATIVE_DEFER_MAX = 256   # native tasks finished per GIL visit, at most
+    HIST_BUCKETS = 256       # latency histogram: 4 sub-buckets per power of two (ns)
+    MAX_WORKER_SLOTS = 1024
+
+# Task status codes, in lifecycle order; everything >= ST_SUCCEEDED is terminal.
+cdef enum:
+    ST_PENDING = 0
+    ST_SCHEDULED = 1
+    ST_RUNNING = 2
+    ST_RETRYING = 3
+    ST_SUCCEEDED = 4
+    ST_FAILED = 5
+    ST_CANCELLED = 6
+
+STATUS_NAMES = (
+    "pending", "scheduled", "running", "retrying", "succeeded", "failed", "cancelled"
+)
+
+cdef int64_t BATCH_NS = 2_000_000        # a GIL hold lasts about this long at most
+cdef int64_t NATIVE_FLUSH_NS = 1_000_000  # native completions wait this long at most
+cdef int SPIN_ROUNDS = 200                # ~20-40 us of polling before parking
+
+
+# ---------------------------------------------------------------------------
+# Per-worker counters
+
+cdef extern from *:
+    int __builtin_clzll(unsigned long long) noexcept nogil
+
+
+ctypedef struct ct_worker:
+    # Every field is written only by the worker that owns the slot (relaxed atomics);
+    # stats() and the supervisor read them as snapshots that may be slightly stale.
+    int64_t processed        # tasks finished by this slot (all outcomes)
+    int64_t failed           # tasks that ended FAILED on this slot
+    int64_t busy_ns          # time spent running tasks
+    int64_t task_started_ns  # start of the current task, 0 while not running one
+    int64_t exec_ns_sum      # sum of task run times, for the average
+    uint64_t hist[HIST_BUCKETS]  # task run times, log-scale buckets
+    int32_t alive            # 1 while a thread runs this slot (written by it and by spawn)
+    char _pad[60]
+
+
+cdef inline int hist_bucket(int64_t ns) noexcept nogil:
+    """Bucket of a duration: 4 sub-buckets per power of two, so p99 is within ~19%."""
+    cdef uint64_t v = <uint64_t>ns if ns > 0 else 1
+    cdef int msb = 63 - __builtin_clzll(v)
+    cdef int sub
+    if msb < 2:
+        return <int>v
+    sub = <int>((v >> (msb - 2)) & 3)
+    return min(msb * 4 + sub, HIST_BUCKETS - 1)
+
+
+cdef inline double bucket_upper_ns(int b) noexcept nogil:
+    cdef int msb = b // 4
+    cdef int sub = b % 4
+    if msb < 2:
+        return <double>(b + 1)
+    return <double>((<uint64_t>(4 + sub + 1)) << (msb - 2))
+
+
+# ---------------------------------------------------------------------------
+# Options attached to tasks declared with @task
+
+@cython.final
+cdef class TaskOptions:
+    """Per-task policy shared by every submission of one ``@task`` function.
+
+    Read by the worker on its hot path, so the fields are C fields; ``cytask``'s
+    ``@task`` validates them before they get here.
+    """
+
+    cdef readonly object name
+    cdef readonly int priority
+    cdef readonly int retries
+    cdef readonly double retry_backoff
+    cdef readonly double retry_backoff_max
+    cdef readonly bint retry_jitter
+    cdef readonly tuple retry_on
+    cdef readonly double timeout
+
+    def __init__(self, name, int priority=2, int retries=0, double retry_backoff=0.0,
+                 double retry_backoff_max=300.0, bint retry_jitter=True, tuple retry_on=(),
+                 double timeout=0.0):
+        self.name = name
+        self.priority = priority
+        self.retries = retries
+        self.retry_backoff = retry_backoff
+        self.retry_backoff_max = retry_backoff_max
+        self.retry_jitter = retry_jitter
+        self.retry_on = retry_on
+        self.timeout = timeout
+
+    def __repr__(self):
+        return (f"TaskOptions(name={self.name!r}, priority={self.priority}, "
+                f"retries={self.retries}, retry_backoff={self.retry_backoff}, "
+                f"timeout={self.timeout})")
+
+
+# ---------------------------------------------------------------------------
+# Task handles
+
+@cython.freelist(1024)
+cdef class TaskHandle:
+    """The submitter's view of one task: status, result, progress, cancellation.
+
+    A handle is created at submit and kept by the queue until the task is done, then
+    only by whoever still refers to it (the user, the engine's bounded result store).
+    It holds no lock and no condition variable: waiting uses the engine's futex wait
+    set, and the status field is the only word two threads race on.
+    """
+
+    # Status of a Python task: SEQ_CST stores/CAS by the worker (running, done), by
+    # cancel() and by the engine's timer (scheduled, retrying, timed out); waiters
+    # read it without the GIL.  Native tasks keep theirs in _ncall.status instead.
+    cdef int32_t _status
+    cdef readonly int64_t task_id
+    cdef Core _core
+    # fn/args/kwargs: written at submit, read by the worker under the GIL, cleared
+    # when the task ends so the handle does not keep the arguments alive.
+    cdef object _fn
+    cdef tuple _args
+    cdef dict _kwargs
+    # the result, or the exception for FAILED/CANCELLED: written once, before the
+    # terminal status is stored; read only after a terminal status was seen.
+    cdef object _value
+    cdef ct_ncall *_ncall
+    cdef char _result_kind
+    cdef int _priority
+    cdef readonly TaskOptions options
+    cdef int _attempts
+    cdef bint _cancel_requested
+    cdef double _progress
+    cdef object _progress_message
+    cdef list _callbacks
+    cdef int64_t _finished_ns
+
+    def __cinit__(self):
+        if CT_DEBUG:
+            ct_add_i64(&_debug_counters[2], 1)
+
+    def __dealloc__(self):
+        if self._ncall != NULL:
+            free(self._ncall)
+            self._ncall = NULL
+        if CT_DEBUG:
+            ct_add_i64(&_debug_counters[2], -1)
+
+    def __repr__(self):
+        return f"<TaskHandle {self.task_id} {self.status}>"
+
+    # -- status ---------------------------------------------------------------
+
+    cdef inline int32_t *_status_ptr(self) noexcept:
+        if self._ncall != NULL:
+            return &self._ncall.status
+        return &self._status
+
+    cdef inline int32_t _load_status(self) noexcept:
+        return ct_load_i32(self._status_ptr())
+
+    @property
+    def status(self):
+        """The task's ``TaskStatus`` now (it may change right after you read it)."""
+        return _status_enum(self._load_status())
+
+    @property
+    def name(self):
+        if self.options is not None:
+            return self.options.name
+        return getattr(self._fn, "__qualname__", None) if self._fn is not None else None
+
+    @property
+    def priority(self):
+        return _priority_enum(self._priority)
+
+    def done(self):
+        """True once the task succeeded, failed or was cancelled."""
+        return self._load_status() >= ST_SUCCEEDED
+
+    def cancelled(self):
+        return self._load_status() == ST_CANCELLED
+
+    def running(self):
+        return self._load_status() == ST_RUNNING
+
+    @property
+    def attempts(self):
+        """How many times the task has started running (retries included)."""
+        return self._attempts
+
+    @property
+    def attempt(self):
+        """Alias of ``attempts`` for use through ``current_task()``: 1 on the first run."""
+        return self._attempts
+
+    @property
+    def cancel_requested(self):
+        """True once ``cancel()`` or a time limit asked this running task to stop.
+
+        Python threads cannot be killed; long-running tasks should poll this.
+        """
+        return self._cancel_requested
+
+    @property
+    def progress(self):
+        return self._progress
+
+    @property
+    def progress_message(self):
+        return self._progress_message
+
+    def set_progress(self, percent, message=None):
+        """Report progress (0-100) from inside the task; visible on the handle at once."""
+        cdef double p
+        if isinstance(percent, bool) or not isinstance(percent, (int, float)):
+            raise TypeError(f"Expected int or float for percent, got {type(percent).__name__}")
+        p = percent
+        if not (0.0 <= p <= 100.0):
+            raise ValueError(f"Expected percent between 0 and 100, got {percent!r}")
+        if message is not None and not isinstance(message, str):
+            raise TypeError(f"Expected str or None for message, got {type(message).__name__}")
+        self._progress = p
+        if message is not None:
+            self._progress_message = message
+
+    # -- waiting --------------------------------------------------------------
+
+    cdef int _wait(self, timeout) except -1:
+        """Block (GIL released) until done; raise TimeoutError after `timeout` s."""
+        cdef int64_t deadline = -1
+        cdef int32_t *status = self._status_ptr()
+        cdef int done
+        if ct_load_i32(status) >= ST_SUCCEEDED:
+            return 0
+        if timeout is not None:
+            if timeout < 0:
+                raise ValueError(f"Expected timeout >= 0 or None, got {timeout!r}")
+            deadline = ct_now_ns() + <int64_t>(timeout * 1e9)
+        self._core._before_blocking_wait(self)
+        try:
+            with nogil:
+                done = ct_waitset_wait(&self._core._done, status, ST_SUCCEEDED, deadline)
+        finally:
+            self._core._after_blocking_wait(self)
+        if not done:
+            raise TimeoutError(f"task {self.task_id} did not finish within {timeout} s")
+        return 0
+
+    def wait(self, timeout=None):
+        """Wait until done; return True, or False if `timeout` s passed first."""
+        try:
+            self._wait(timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def result(self, timeout=None):
+        """The task's return value; re-raises its exception; TimeoutError if not done in time.
+
+        A cancelled task raises ``concurrent.futures.CancelledError``.
+        """
+        self._wait(timeout)
+        if self._result_kind != 0:
+            self._core._materialize_native(self)
+        if self._load_status() == ST_SUCCEEDED:
+            return self._value
+        raise self._value
+
+    def exception(self, timeout=None):
+        """The exception the task raised, or None if it succeeded."""
+        self._wait(timeout)
+        if self._result_kind != 0:
+            self._core._materialize_native(self)
+        cdef int32_t st = self._load_status()
+        if st == ST_SUCCEEDED:
+            return None
+        if st == ST_CANCELLED:
+            raise self._value
+        return self._value
+
+    # -- cancellation ---------------------------------------------------------
+
+    def cancel(self):
+        """Cancel the task if it has not started: True if it will never run.
+
+        For a running task this sets ``cancel_requested`` (cooperative) and returns
+        False; a finished task is left as it is.
+        """
+        cdef int32_t *status = self._status_ptr()
+        cdef int32_t st
+        while True:
+            st = ct_load_i32(status)
+            if st == ST_PENDING or st == ST_SCHEDULED or st == ST_RETRYING:
+                if ct_cas_i32(status, st, ST_CANCELLED):
+                    self._finish_cancelled("cancelled before it ran")
+                    return True
+                continue
+            if st == ST_RUNNING:
+                self._cancel_requested = True
+            return st == ST_CANCELLED
+
+    cdef void _finish_cancelled(self, str why) noexcept:
+        """The status is already CANCELLED; publish the error and wake waiters."""
+        self._value = _cancelled_error(self.task_id, why)
+        self._release_call()
+        self._core._account_cancel()
+        self._done_published()
+
+    # -- completion (all under the GIL) ---------------------------------------
+
+    cdef void _release_call(self) noexcept:
+        self._fn = None
+        self._args = None
+        self._kwargs = None
+
+    cdef void _done_published_native(self) noexcept:
+        """A native call's worker already stored the status and woke waiters."""
+        self._finished_ns = ct_now_ns()
+        if self._callbacks is not None:
+            self._run_callbacks()
+
+    cdef void _done_published(self) noexcept:
+        """After the terminal status is visible: wake waiters, run callbacks."""
+        self._finished_ns = ct_now_ns()
+        ct_waitset_notify(&self._core._done)
+        if self._callbacks is not None:
+            self._run_callbacks()
+
+    cdef void _run_callbacks(self) noexcept:
+        callbacks = self._callbacks
+        self._callbacks = None
+        for cb in callbacks:
+            try:
+                cb(self)
+            except BaseException as exc:
+                _report_unraisable(exc, f"done callback {cb!r} of task {self.task_id}")
+
+    cdef bint _complete_failed_by_worker(self, BaseException exc) noexcept:
+        """The worker's own failure path: its counters already count it."""
+        return self._complete(ST_FAILED, exc, ST_RUNNING, False)
+
+    cpdef bint _complete(self, int32_t status, value, int32_t expected=-1, bint count=True):
+        """Move a non-terminal task to `status` with `value`; False if already terminal.
+
+        `expected`, when given, is the only status the transition may start from (a
+        late result from a timed-out attempt must not overwrite its TaskTimeout).
+        """
+        cdef int32_t *sp = self._status_ptr()
+        cdef int32_t st
+        while True:
+            st = ct_load_i32(sp)
+            if st >= ST_SUCCEEDED or (expected >= 0 and st != expected):
+                return False
+            # the value is written before the status that publishes it
+            self._value = value
+            if ct_cas_i32(sp, st, status):
+                break
+        self._release_call()
+        if status == ST_FAILED and count:
+            self._core._account_failed_outside()
+        elif status == ST_CANCELLED:
+            self._core._account_cancel()
+        self._done_published()
+        return True
+
+    cpdef bint _transition(self, int32_t expected, int32_t status):
+        """CAS the status between two non-terminal states (scheduled -> pending ...)."""
+        return ct_cas_i32(self._status_ptr(), expected, status)
+
+    def add_done_callback(self, fn):
+        """Call ``fn(handle)`` when the task ends (at once if it already has).
+
+        The callback runs on the thread that finished the task; exceptions it
+        raises are reported through ``sys.unraisablehook``.
+        """
+        if not callable(fn):
+            raise TypeError(f"Expected a callable for fn, got {type(fn).__name__}")
+        if self._load_status() >= ST_SUCCEEDED and self._callbacks is None:
+            fn(self)
+            return
+        # Python tasks reach a terminal status under the GIL and run the list at
+        # once; a native task stores its status without the GIL and its worker runs
+        # the list at its next GIL visit, so appending here is never too late.
+        if self._callbacks is None:
+            self._callbacks = [fn]
+        else:
+            self._callbacks.append(fn)
+
+    def __await__(self):
+        from cytask._aio import await_handle
+        return await_handle(self).__await__()
+
+    # -- engine-private accessors used by the Python layer ---------------------
+
+    @property
+    def _fn_(self):
+        return self._fn
+
+    @property
+    def _args_(self):
+        return self._args
+
+    @property
+    def _kwargs_(self):
+        return self._kwargs
+
+    @property
+    def _finished_monotonic(self):
+        return self._finished_ns / 1e9 if self._finished_ns else None
+
+    def _mark_started(self):
+        self._attempts += 1
+
+
+cdef object _status_enum(int32_t st):
+    return _TaskStatus(STATUS_NAMES[st])
+
+
+cdef object _priority_enum(int p):
+    return _Priority(p)
+
+
+_TaskStatus = None
+_Priority = None
+_CancelledError = None
+
+
+def _bind_enums(status_cls, priority_cls, cancelled_cls):
+    """Called once by cytask's __init__: the enums live in Python modules."""
+    global _TaskStatus, _Priority, _CancelledError
+    _TaskStatus = status_cls
+    _Priority = priority_cls
+    _CancelledError = cancelled_cls
+
+
+cdef object _cancelled_error(int64_t task_id, str why):
+    return _CancelledError(f"task {task_id} {why}")
+
+
+cdef void _report_unraisable(BaseException exc, str where) noexcept:
+    try:
+        sys.unraisablehook(_Unraisable(type(exc), exc, exc.__traceback__,
+                                       f"Exception ignored in {where}", None))
+    except BaseException:
+        pass
+
+
+class _Unraisable:
+    __slots__ = ("exc_type", "exc_value", "exc_traceback", "err_msg", "object")
+
+    def __init__(self, exc_type, exc_value, exc_traceback, err_msg, obj):
+        self.exc_type = exc_type
+        self.exc_value = exc_value
+        self.exc_traceback = exc_traceback
+        self.err_msg = err_msg
+        self.object = obj
+
+
+# ---------------------------------------------------------------------------
+# Debug counters (debug build only): pushed, popped, live handles
+
+cdef int64_t _debug_counters[3]
+memset(_debug_counters, 0, sizeof(_debug_counters))
+
+DEBUG_BUILD = bool(CT_DEBUG)
+
+
+def debug_counters():
+    """(pushed, popped, live_handles) in a CYTASK_DEBUG=1 build; None otherwise."""
+    if not CT_DEBUG:
+        return None
+    return (ct_load_i64(&_debug_counters[0]), ct_load_i64(&_debug_counters[1]),
+            ct_load_i64(&_debug_counters[2]))
+
+
+cdef inline bint _is_native(void *item) noexcept nogil:
+    return (<uintptr_t>item & CT_TAG_NATIVE) != 0
+
+
+cdef inline ct_ncall *_as_ncall(void *item) noexcept nogil:
+    return <ct_ncall *>(<uintptr_t>item & ~CT_TAG_NATIVE)
+
+
+# ---------------------------------------------------------------------------
+# The engine core
+
+cdef class Core:
+    """Queues and workers.  Subclassed by ``cytask.Engine``; not used directly."""
+
+    cdef ct_ring _rings[N_LEVELS]
+    cdef ct_parker _parker
+    # threads blocked in TaskHandle.result() wait here (see ct_park.h)
+    cdef ct_waitset _done
+    # producers blocked on a full ring wait here; consumers notify after a pop
+    cdef ct_waitset _space
+    cdef ct_worker *_workers
+    # number of live worker threads: += under the GIL at spawn, -= by a retiring
+    # worker without the GIL (SEQ_CST both)
+    cdef int32_t _live_workers
+    # workers asked to retire (time-limit replacement, scale-down): a worker that
+    # sees > 0 and wins the CAS decrement exits at its next idle moment
+    cdef int32_t _retire_debt
+    # 1 once shutdown began: workers exit when they find every ring empty
+    cdef int32_t _stopping
+    # workers parked longer than this retire if more than _min_workers are alive
+    cdef int64_t _idle_retire_ns
+    cdef int32_t _min_workers
+    cdef bint _closed
+    cdef bint _rings_ready
+    cdef int64_t _next_id
+    cdef size_t _queue_size
+    cdef double _submit_timeout       # < 0: wait for space without limit
+    # tasks cancelled / failed outside a worker (timer, cancel()): under the GIL
+    cdef int64_t _cancelled_count
+    cdef int64_t _failed_outside
+    cdef int64_t _started_ns
+    # bounded result store: slot task_id % len holds the most recent handle
+    cdef list _results
+    cdef Py_ssize_t _results_len
+    cdef list _current         # slot -> the TaskHandle that slot runs now, or None
+    cdef readonly list _threads
+    cdef object _spawn_lock
+
+    def __cinit__(self):
+        self._workers = <ct_worker *>calloc(MAX_WORKER_SLOTS, sizeof(ct_worker))
+        if self._workers == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        cdef int lvl
+        if self._rings_ready:
+            # workers hold a reference to the core while alive, so none runs here
+            for lvl in range(N_LEVELS):
+                self._drain_ring_unlocked(lvl)
+                ct_ring_free(&self._rings[lvl])
+        free(self._workers)
+
+    def _init_core(self, Py_ssize_t queue_size, submit_timeout, Py_ssize_t max_results,
+                   int min_workers, double idle_retire_s):
+        cdef int lvl
+        if self._rings_ready:
+            raise RuntimeError("core already initialised")
+        for lvl in range(N_LEVELS):
+            if ct_ring_init(&self._rings[lvl], <size_t>queue_size) != 0:
+                raise MemoryError(f"cannot allocate a queue of {queue_size} slots")
+        self._rings_ready = True
+        self._queue_size = ct_ring_capacity(&self._rings[0])
+        self._submit_timeout = -1.0 if submit_timeout is None else submit_timeout
+        self._results_len = max_results
+        self._results = [None] * max_results if max_results > 0 else None
+        self._current = [None] * MAX_WORKER_SLOTS
+        self._threads = []
+        self._spawn_lock = threading.Lock()
+        self._min_workers = min_workers
+        self._idle_retire_ns = <int64_t>(idle_retire_s * 1e9)
+        self._next_id = 1
+        self._started_ns = ct_now_ns()
+
+    @property
+    def queue_capacity(self):
+        """Slots per priority level (queue_size rounded up to a power of two)."""
+        return self._queue_size
+
+    # -- submission -----------------------------------------------------------
+
+    def submit(self, fn, /, *args, **kwargs):
+        """Run ``fn(*args, **kwargs)`` on a worker at NORMAL priority; return its handle.
+
+        Like ``concurrent.futures.Executor.submit``.
+        """
+        if not callable(fn):
+            raise TypeError(f"Expected a callable for fn, got {type(fn).__name__}: {fn!r}")
+        return self._submit(fn, args, kwargs if kwargs else None, 2, None)
+
+    cdef TaskHandle _new_handle(self, fn, tuple args, dict kwargs, int prio,
+                                TaskOptions options):
+        if self._closed:
+            raise _engine_closed()
+        cdef TaskHandle h = TaskHandle.__new__(TaskHandle)
+        h.task_id = self._next_id
+        self._next_id += 1
+        h._core = self
+        h._fn = fn
+        h._args = args
+        h._kwargs = kwargs
+        h._priority = prio
+        h.options = options
+        if self._results is not None:
+            self._results[h.task_id % self._results_len] = h
+        return h
+
+    cdef TaskHandle _submit(self, fn, tuple args, dict kwargs, int prio, TaskOptions options):
+        cdef TaskHandle h = self._new_handle(fn, args, kwargs, prio, options)
+        self._enqueue(h)
+        return h
+
+    def _submit_handle(self, fn, tuple args, kwargs, int priority, TaskOptions options,
+                       bint scheduled):
+        """Create a handle; queue it now, or leave it SCHEDULED for the engine's timer."""
+        cdef TaskHandle h = self._new_handle(fn, args, kwargs if kwargs else None,
+                                             priority, options)
+        if scheduled:
+            h._status = ST_SCHEDULED
+        else:
+            self._enqueue(h)
+        return h
+
+    def _enqueue_handle(self, TaskHandle h, int32_t from_status):
+        """Queue a SCHEDULED/RETRYING handle now (the timer's call). False if cancelled."""
+        if not ct_cas_i32(h._status_ptr(), from_status, ST_PENDING):
+            return False
+        self._enqueue(h)
+        return True
+
+    cdef int _enqueue(self, TaskHandle h) except -1:
+        """Push a PENDING handle (the ring takes a reference), waiting for space."""
+        cdef ct_ring *ring = &self._rings[h._priority]
+        cdef void *item
+        if h._ncall != NULL:
+            item = <void *>(<uintptr_t>h._ncall | CT_TAG_NATIVE)
+        else:
+            item = <void *>h
+        Py_INCREF(h)
+        if not ct_ring_push(ring, item):
+            if not self._wait_for_space(ring, item):
+                Py_DECREF(h)
+                self._overflow(h)
+        if CT_DEBUG:
+            ct_add_i64(&_debug_counters[0], 1)
+        ct_parker_notify_one(&self._parker)
+        return 0
+
+    cdef bint _wait_for_space(self, ct_ring *ring, void *item):
+        """The ring was full: wait (GIL released) until a pop frees a slot."""
+        cdef int64_t deadline = -1
+        cdef int64_t left
+        cdef uint32_t s
+        cdef bint pushed = False
+        if self._submit_timeout == 0:
+            return False
+        if self._submit_timeout > 0:
+            deadline = ct_now_ns() + <int64_t>(self._submit_timeout * 1e9)
+        with nogil:
+            ct_add_i32(&self._space.waiters, 1)
+            while True:
+                s = ct_load_u32(&self._space.seq)
+                if ct_ring_push(ring, item):
+                    pushed = True
+                    break
+                left = -1
+                if deadline >= 0:
+                    left = deadline - ct_now_ns()
+                    if left <= 0:
+                        break
+                # a worker pops, sees waiters > 0 and bumps seq: no lost wake-up
+                ct_parker_notify_one(&self._parker)
+                ct_futex_wait(&self._space.seq, s, left)
+            ct_add_i32(&self._space.waiters, -1)
+        return pushed
+
+    cdef void _overflow(self, TaskHandle h) except *:
+        exc = _queue_full(
+            f"priority {_priority_enum(h._priority).name} queue is full "
+            f"({self._queue_size} tasks) and stayed full for submit_timeout="
+            f"{self._submit_timeout if self._submit_timeout >= 0 else None} s; "
+            f"raise queue_size or submit_timeout, or submit more slowly")
+        exc.handle = h
+        h._complete(ST_FAILED, exc)
+        raise exc
+
+    # -- native tasks -----------------------------------------------------------
+
+    def submit_native(self, uintptr_t address, tuple args, bytes arg_kinds,
+                      bytes result_kind, int priority=2, fallback=None):
+        """Run the C function at `address` (``ct_native.h`` ABI) with no GIL.
+
+        `arg_kinds` has one byte per argument: ``i`` int64, ``d`` double, ``b`` bool.
+        `result_kind` is one of those bytes.  `fallback`, a Python callable taking the
+        same arguments, runs a call the native code hands back (``CT_RC_PYTHON``).
+        """
+        cdef Py_ssize_t n = len(args)
+        cdef Py_ssize_t i
+        cdef char kind
+        cdef ct_ncall *call
+        if address == 0:
+            raise ValueError("Expected a non-null function address for address, got 0")
+        if n > CT_MAX_NATIVE_ARGS:
+            raise ValueError(f"Expected at most {CT_MAX_NATIVE_ARGS} arguments, got {n}")
+        if len(arg_kinds) != n:
+            raise ValueError(f"Expected {n} arg_kinds for {n} arguments, got {arg_kinds!r}")
+        if len(result_kind) != 1 or result_kind not in b"idb":
+            raise ValueError(f"Expected b'i', b'd' or b'b' for result_kind, got {result_kind!r}")
+        if priority < 0 or priority >= N_LEVELS:
+            raise ValueError(f"Expected a Priority for priority, got {priority!r}")
+        h = self._new_handle(fallback, args, None, priority, None)
+        call = <ct_ncall *>calloc(1, sizeof(ct_ncall))
+        if call == NULL:
+            raise MemoryError()
+        h._ncall = call
+        h._result_kind = result_kind[0]
+        call.fn = <ct_native_fn>address
+        call.nargs = <int32_t>n
+        call.owner = <PyObject *>h
+        call.status = ST_PENDING
+        for i in range(n):
+            kind = arg_kinds[i]
+            a = args[i]
+            if kind == b'd':
+                if not isinstance(a, (int, float)) or isinstance(a, bool):
+                    raise TypeError(f"Expected float for argument {i}, got {type(a).__name__}")
+                call.args[i].d = a
+            elif kind == b'i' or kind == b'b':
+                if not isinstance(a, int):
+                    raise TypeError(f"Expected int for argument {i}, got {type(a).__name__}")
+                call.args[i].i = a
+            else:
+                raise ValueError(f"Expected b'i', b'd' or b'b' in arg_kinds, got {arg_kinds!r}")
+        self._enqueue(h)
+        return h
+
+    def _materialize_native(self, TaskHandle h):
+        """Turn a finished native call's slot or return code into a Python value."""
+        cdef ct_ncall *call = h._ncall
+        cdef int32_t st = ct_load_i32(&call.status)
+        if st == ST_SUCCEEDED:
+            if h._result_kind == b'd':
+                h._value = call.result.d
+            elif h._result_kind == b'b':
+                h._value = call.result.i != 0
+            else:
+                h._value = call.result.i
+        elif st == ST_FAILED:
+            h._value = self._native_error(h, call.rc)
+        else:
+            return   # cancelled: _value already holds the CancelledError
+        h._result_kind = 0   # _value now holds the Python result
+
+    def _native_error(self, TaskHandle h, int rc):
+        """The exception for a native return code (overridden by the compile stage)."""
+        return _native_error_for(rc)
+
+    # -- workers ----------------------------------------------------------------
+
+    def _spawn_worker(self):
+        """Start one worker thread; returns its slot."""
+        cdef int slot
+        with self._spawn_lock:
+            for slot in range(MAX_WORKER_SLOTS):
+                if not ct_load_i32(&self._workers[slot].alive):
+                    break
+            else:
+                raise RuntimeError(f"cytask supports at most {MAX_WORKER_SLOTS} workers")
+            ct_store_i32(&self._workers[slot].alive, 1)
+            ct_add_i32(&self._live_workers, 1)
+            t = threading.Thread(target=self._worker_main, args=(slot,),
+                                 name=f"cytask-worker-{slot}", daemon=True)
+            self._threads = [x for x in self._threads if x.is_alive()]
+            self._threads.append(t)
+        t.start()
+        return slot
+
+    def _request_retire(self, int n):
+        """Ask `n` workers to exit at their next idle moment."""
+        ct_add_i32(&self._retire_debt, n)
+        ct_parker_notify_all(&self._parker)
+
+    def _worker_main(self, int slot):
+        """A worker thread's whole life: the nogil loop, GIL only at _gil_section."""
+        cdef ct_worker *w = &self._workers[slot]
+        cdef void *item = NULL
+        cdef ct_ncall *call
+        cdef ct_ncall *deferred[NATIVE_DEFER_MAX]
+        cdef int ndeferred = 0
+        cdef int64_t first_deferred_ns = 0
+        cdef int64_t t0, t1
+        cdef int32_t rc
+        _worker_slots[threading.get_ident()] = (self, slot)
+        try:
+            with nogil:
+                while True:
+                    if item == NULL:
+                        if ndeferred > 0 and (
+                                ndeferred >= NATIVE_DEFER_MAX
+                                or ct_now_ns() - first_deferred_ns > NATIVE_FLUSH_NS
+                                or self._all_empty()):
+                            # GIL: run callbacks and drop references of finished natives
+                            with gil:
+                                item = self._gil_section(w, slot, NULL, deferred, ndeferred)
+                            ndeferred = 0
+                            continue
+                        item = self._next_item(w, ndeferred > 0)
+                        if item == NULL:
+                            if ndeferred > 0:
+                                continue   # idle: flush before parking or exiting
+                            break
+                    if _is_native(item):
+                        call = _as_ncall(item)
+                        item = NULL
+                        if CT_DEBUG:
+                            ct_add_i64(&_debug_counters[1], 1)
+                        if not ct_cas_i32(&call.status, ST_PENDING, ST_RUNNING):
+                            # cancelled while queued: only the reference remains to drop
+                            call.rc = -1
+                        else:
+                            t0 = ct_now_ns()
+                            w.task_started_ns = t0
+                            rc = call.fn(&call.args[0], &call.result)
+                            call.rc = rc
+                            t1 = ct_now_ns()
+                            w.task_started_ns = 0
+                            self._account(w, t1 - t0, rc != CT_RC_OK and rc != CT_RC_PYTHON)
+                            if rc != CT_RC_PYTHON:
+                                ct_store_i32(&call.status,
+                                             ST_SUCCEEDED if rc == CT_RC_OK else ST_FAILED)
+                                ct_waitset_notify(&self._done)
+                        if ndeferred == 0:
+                            first_deferred_ns = ct_now_ns()
+                        deferred[ndeferred] = call
+                        ndeferred += 1
+                        continue
+                    # the one marked point where a worker takes the GIL for Python tasks
+                    with gil:
+                        item = self._gil_section(w, slot, item, deferred, ndeferred)
+                    ndeferred = 0
+        finally:
+            _worker_slots.pop(threading.get_ident(), None)
+            self._current[slot] = None
+            ct_store_i32(&w.alive, 0)
+
+    cdef inline bint _all_empty(self) noexcept nogil:
+        cdef int lvl
+        for lvl in range(N_LEVELS):
+            if ct_ring_size(&self._rings[lvl]) != 0:
+                return False
+        return True
+
+    cdef inline void *_pop(self) noexcept nogil:
+        """The oldest item of the highest non-empty level, or NULL."""
+        cdef void *item
+        cdef int lvl
+        for lvl in range(N_LEVELS):
+            item = ct_ring_pop(&self._rings[lvl])
+            if item != NULL:
+                if ct_load_i32(&self._space.waiters) > 0:
+                    ct_waitset_notify(&self._space)
+                return item
+        return NULL
+
+    cdef bint _should_retire(self) noexcept nogil:
+        cdef int32_t debt = ct_load_i32(&self._retire_debt)
+        while debt > 0:
+            if ct_cas_i32(&self._retire_debt, debt, debt - 1):
+                return True
+            debt = ct_load_i32(&self._retire_debt)
+        return False
+
+    cdef void *_next_item(self, ct_worker *w, bint has_deferred) noexcept nogil:
+        """Pop, spin, then park; NULL means: exit (or flush deferred work first)."""
+        cdef void *item
+        cdef int spin
+        cdef uint32_t s
+        cdef int64_t park_start
+        cdef int64_t timeout
+        cdef bint idle_timeout = False
+        while True:
+            if ct_load_i32(&self._retire_debt) > 0 and self._should_retire():
+                ct_add_i32(&self._live_workers, -1)
+                return NULL
+            item = self._pop()
+            if item != NULL:
+                return item
+            for spin in range(SPIN_ROUNDS):
+                ct_cpu_relax()
+                ct_cpu_relax()
+                ct_cpu_relax()
+                ct_cpu_relax()
+                item = self._pop()
+                if item != NULL:
+                    return item
+            if has_deferred:
+                return NULL
+            if ct_load_i32(&self._stopping):
+                ct_add_i32(&self._live_workers, -1)
+                return NULL
+            if idle_timeout and self._try_idle_retire():
+                return NULL
+            # announce, re-check, sleep: the producer side is in ct_park.h
+            ct_add_i32(&self._parker.sleepers, 1)
+            s = ct_load_u32(&self._parker.seq)
+            item = self._pop()
+            if item == NULL and not ct_load_i32(&self._stopping) \
+                    and ct_load_i32(&self._retire_debt) == 0:
+                timeout = -1
+                if ct_load_i32(&self._live_workers) > self._min_workers:
+                    timeout = self._idle_retire_ns
+                park_start = ct_now_ns()
+                ct_futex_wait(&self._parker.seq, s, timeout)
+                idle_timeout = timeout >= 0 and ct_now_ns() - park_start >= timeout
+                item = self._pop()
+            ct_add_i32(&self._parker.sleepers, -1)
+            ct_store_i32(&self._parker.wake_pending, 0)
+            if item != NULL:
+                # pass the wake on when more work waits
+                if not self._all_empty():
+                    ct_parker_notify_one(&self._parker)
+                return item
+
+    cdef bint _try_idle_retire(self) noexcept nogil:
+        cdef int32_t live = ct_load_i32(&self._live_workers)
+        while live > self._min_workers:
+            if ct_cas_i32(&self._live_workers, live, live - 1):
+                return True
+            live = ct_load_i32(&self._live_workers)
+        return False
+
+    cdef inline void _account(self, ct_worker *w, int64_t ns, bint failed) noexcept nogil:
+        ct_add_i64(&w.processed, 1)
+        if failed:
+            ct_add_i64(&w.failed, 1)
+        ct_add_i64(&w.busy_ns, ns)
+        ct_add_i64(&w.exec_ns_sum, ns)
+        w.hist[hist_bucket(ns)] += 1
+
+    cdef void *_gil_section(self, ct_worker *w, int slot, void *item,
+                            ct_ncall **deferred, int ndeferred) noexcept:
+        """Under the GIL: finish deferred natives, then run a bounded batch of Python
+        tasks.  Returns a popped native item for the nogil loop, or NULL."""
+        cdef int i
+        cdef int n = 0
+        cdef int64_t t_start
+        cdef PyObject *owner
+        cdef TaskHandle h
+        for i in range(ndeferred):
+            owner = deferred[i].owner
+            h = <TaskHandle>owner
+            Py_DECREF(h)   # the queue's reference; `h` keeps one until reassigned
+            self._finish_native(h, slot)
+        if item == NULL:
+            return NULL
+        t_start = ct_now_ns()
+        while True:
+            if _is_native(item):
+                return item
+            h = <TaskHandle><PyObject *>item
+            Py_DECREF(h)   # drop the queue's reference
+            if CT_DEBUG:
+                ct_add_i64(&_debug_counters[1], 1)
+            self._run_python(w, slot, h)
+            n += 1
+            if n >= BATCH_MAX or ct_now_ns() - t_start > BATCH_NS:
+                return NULL
+            item = self._pop()
+            if item == NULL:
+                return NULL
+
+    cdef void _finish_native(self, TaskHandle h, int slot) noexcept:
+        cdef ct_ncall *call = h._ncall
+        if call.rc == CT_RC_PYTHON and ct_load_i32(&call.status) == ST_RUNNING:
+            # the native code handed this call back: run the Python function
+            self._run_fallback(h, slot)
+            return
+        h._release_call()
+        h._done_published_native()
+
+    cdef void _run_fallback(self, TaskHandle h, int slot) noexcept:
+        cdef int32_t *sp = &h._ncall.status
+        self._current[slot] = h
+        try:
+            if h._fn is None:
+                raise RuntimeError(
+                    "native task asked for the Python fallback but none was given")
+            value = h._fn(*h._args)
+        except BaseException as exc:
+            h._value = exc
+            h._result_kind = 0
+            ct_store_i32(sp, ST_FAILED)
+            ct_add_i64(&self._workers[slot].failed, 1)
+        else:
+            h._value = value
+            h._result_kind = 0
+            ct_store_i32(sp, ST_SUCCEEDED)
+        self._current[slot] = None
+        h._release_call()
+        h._done_published()
+
+    cdef void _run_python(self, ct_worker *w, int slot, TaskHandle h) noexcept:
+        """Run one Python task under the GIL; never raises."""
+        cdef int64_t t0, t1
+        cdef bint failed = False
+        cdef bint ok
+        if not ct_cas_i32(&h._status, ST_PENDING, ST_RUNNING):
+            return   # cancelled while queued: cancel() already finished it
+        h._attempts += 1
+        self._current[slot] = h
+        t0 = ct_now_ns()
+        w.task_started_ns = t0
+        try:
+            if h.options is not None and h.options.timeout > 0:
+                self._on_timed_start(h)
+            if h._kwargs is None:
+                value = h._fn(*h._args)
+            else:
+                value = h._fn(*h._args, **h._kwargs)
+        except BaseException as exc:
+            failed = not self._handle_failure(h, exc)
+        else:
+            if type(value) is _CoroutineType:
+                self._hand_to_loop(h, value)
+            else:
+                # expected=RUNNING: a time limit may have failed the handle meanwhile
+                h._complete(ST_SUCCEEDED, value, ST_RUNNING)
+        t1 = ct_now_ns()
+        w.task_started_ns = 0
+        self._current[slot] = None
+        self._account(w, t1 - t0, failed)
+
+    cdef bint _handle_failure(self, TaskHandle h, BaseException exc) noexcept:
+        """A task raised: retry it (True) or fail the handle (False)."""
+        try:
+            if h.options is not None and h.options.retries > 0 \
+                    and h._attempts <= h.options.retries \
+                    and not h._cancel_requested:
+                if self._on_retry(h, exc):
+                    return True
+        except BaseException as internal:
+            _report_unraisable(internal, f"the retry policy of task {h.task_id}")
+        if h._complete_failed_by_worker(exc):
+            return False
+        return True  # timed out or cancelled meanwhile: not this worker's failure
+
+    cdef void _hand_to_loop(self, TaskHandle h, coro) noexcept:
+        try:
+            self._on_coroutine(h, coro)
+        except BaseException as exc:
+            coro.close()
+            h._complete(ST_FAILED, exc)
+
+    # -- hooks the Python engine overrides ------------------------------------
+
+    def _on_timed_start(self, TaskHandle h):
+        pass
+
+    def _on_retry(self, TaskHandle h, BaseException exc):
+        return False
+
+    def _on_coroutine(self, TaskHandle h, coro):
+        raise TypeError(
+            f"task {h.task_id} returned a coroutine; async tasks need cytask.Engine")
+
+    def _before_blocking_wait(self, TaskHandle h):
+        pass
+
+    def _after_blocking_wait(self, TaskHandle h):
+        pass
+
+    # -- accounting -----------------------------------------------------------
+
+    cdef void _account_cancel(self) noexcept:
+        self._cancelled_count += 1
+
+    cdef void _account_failed_outside(self) noexcept:
+        self._failed_outside += 1
+
+    def _core_stats(self):
+        """Raw counters for EngineStats: a dict of ints and floats."""
+        cdef int i, b
+        cdef int64_t processed = 0, failed = 0, busy = 0, exec_sum = 0
+        cdef int64_t now = ct_now_ns()
+        cdef int active = 0
+        cdef uint64_t hist[HIST_BUCKETS]
+        cdef uint64_t total = 0
+        cdef ct_worker *w
+        memset(hist, 0, sizeof(hist))
+        for i in range(MAX_WORKER_SLOTS):
+            w = &self._workers[i]
+            processed += ct_load_i64(&w.processed)
+            failed += ct_load_i64(&w.failed)
+            busy += ct_load_i64(&w.busy_ns)
+            exec_sum += ct_load_i64(&w.exec_ns_sum)
+            if ct_load_i32(&w.alive) and ct_load_i64(&w.task_started_ns) != 0:
+                active += 1
+            for b in range(HIST_BUCKETS):
+                hist[b] += w.hist[b]
+        for b in range(HIST_BUCKETS):
+            total += hist[b]
+        return {
+            "queue_sizes": tuple(ct_ring_size(&self._rings[i]) for i in range(N_LEVELS)),
+            "total_workers": ct_load_i32(&self._live_workers),
+            "active_workers": active,
+            "processed": processed,
+            "failed": failed + self._failed_outside,
+            "cancelled": self._cancelled_count,
+            "busy_ns": busy,
+            "avg_ns": exec_sum / total if total else 0.0,
+            "p95_ns": _percentile(hist, total, 0.95),
+            "p99_ns": _percentile(hist, total, 0.99),
+            "uptime_ns": now - self._started_ns,
+            "submitted": self._next_id - 1,
+        }
+
+    def _oldest_running_ns(self):
+        """How long the longest-running current task has run (0 if none)."""
+        cdef int i
+        cdef int64_t now = ct_now_ns()
+        cdef int64_t t, oldest = 0
+        for i in range(MAX_WORKER_SLOTS):
+            if ct_load_i32(&self._workers[i].alive):
+                t = ct_load_i64(&self._workers[i].task_started_ns)
+                if t != 0 and now - t > oldest:
+                    oldest = now - t
+        return oldest
+
+    def _idle_workers(self):
+        return ct_load_i32(&self._parker.sleepers)
+
+    # -- lookup ---------------------------------------------------------------
+
+    def get(self, task_id):
+        """The handle of a recent task by id, or None once it left the result store."""
+        if self._results is None or not isinstance(task_id, int) or task_id <= 0:
+            return None
+        h = self._results[task_id % self._results_len]
+        if h is None or (<TaskHandle>h).task_id != task_id:
+            return None
+        return h
+
+    def _result_slots(self):
+        return self._results
+
+    def _current_task_of_slot(self, int slot):
+        return self._current[slot]
+
+    # -- shutdown -------------------------------------------------------------
+
+    def _close(self):
+        """No more submissions."""
+        self._closed = True
+
+    def _stop_workers(self):
+        """Workers exit once every ring is empty."""
+        ct_store_i32(&self._stopping, 1)
+        ct_parker_notify_all(&self._parker)
+
+    def _cancel_queued(self, str why):
+        """Pop every queued task and cancel it; returns how many were cancelled."""
+        cdef int lvl
+        cdef int n = 0
+        for lvl in range(N_LEVELS):
+            n += self._drain_ring(lvl, why)
+        return n
+
+    cdef int _drain_ring(self, int lvl, str why):
+        cdef void *item
+        cdef int n = 0
+        cdef TaskHandle h
+        while True:
+            item = ct_ring_pop(&self._rings[lvl])
+            if item == NULL:
+                return n
+            if CT_DEBUG:
+                ct_add_i64(&_debug_counters[1], 1)
+            if _is_native(item):
+                h = <TaskHandle>_as_ncall(item).owner
+            else:
+                h = <TaskHandle><PyObject *>item
+            Py_DECREF(h)
+            if h._transition(ST_PENDING, ST_CANCELLED):
+                h._finish_cancelled(why)
+                n += 1
+
+    cdef void _drain_ring_unlocked(self, int lvl) noexcept:
+        cdef void *item
+        while True:
+            item = ct_ring_pop(&self._rings[lvl])
+            if item == NULL:
+                return
+            if _is_native(item):
+                Py_DECREF(<object>_as_ncall(item).owner)
+            else:
+                Py_DECREF(<object>item)
+
+    def _queued(self):
+        return sum(ct_ring_size(&self._rings[i]) for i in range(N_LEVELS))
+
+    def _live(self):
+        return ct_load_i32(&self._live_workers)
+
+
+cdef double _percentile(uint64_t *hist, uint64_t total, double q) noexcept:
+    cdef uint64_t rank, seen = 0
+    cdef int b
+    if total == 0:
+        return 0.0
+    rank = <uint64_t>(q * total)
+    if rank >= total:
+        rank = total - 1
+    for b in range(HIST_BUCKETS):
+        seen += hist[b]
+        if seen > rank:
+            return bucket_upper_ns(b)
+    return bucket_upper_ns(HIST_BUCKETS - 1)
+
+
+# thread ident -> (core, slot) for current_task(); written by workers under the GIL
+_worker_slots = {}
+
+
+def current_handle():
+    """The TaskHandle the calling worker thread runs now, or None."""
+    entry = _worker_slots.get(threading.get_ident())
+    if entry is None:
+        return None
+    return (<Core>entry[0])._current[entry[1]]
+
+
+def current_worker_core():
+    """The Core whose worker is the calling thread, or None."""
+    entry = _worker_slots.get(threading.get_ident())
+    return None if entry is None else entry[0]
+
+
+import types as _types
+_CoroutineType = _types.CoroutineType
+
+_engine_closed = None
+_queue_full = None
+_native_error_for = None
+
+
+def _bind_errors(engine_closed, queue_full, native_error_for):
+    global _engine_closed, _queue_full, _native_error_for
+    _engine_closed = engine_closed
+    _queue_full = queue_full
+    _native_error_for = native_error_for
