@@ -45,6 +45,8 @@ setup(
     package_data={"cytask": ["py.typed", "*.pyi"], "cytask.compiler": ["py.typed"]},
     ext_modules=cythonize(
         extensions,
+        # separate generated C per build mode: a debug build never reuses release C
+        build_dir=f"build/cython-{'debug' if DEBUG else 'release'}",
         compiler_directives={
             "language_level": 3,
             "boundscheck": DEBUG,

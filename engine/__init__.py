@@ -1,10 +1,10 @@
 """cytask: in-process background tasks on a lock-free native core.
 
-    from cytask import Engine, Priority
+from cytask import Engine, Priority
 
-    with Engine(workers=2) as eng:
-        h = eng.submit(pow, 2, 10)
-        print(h.result())           # 1024
+with Engine(workers=2) as eng:
+    h = eng.submit(pow, 2, 10)
+    print(h.result())           # 1024
 """
 
 from cytask import _core

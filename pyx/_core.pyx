@@ -32,6 +32,7 @@ cdef extern from "ct_atomic.h":
     void ct_cpu_relax() noexcept nogil
     int32_t ct_load_i32(const int32_t *p) noexcept nogil
     void ct_store_i32(int32_t *p, int32_t v) noexcept nogil
+    int32_t ct_xchg_i32(int32_t *p, int32_t v) noexcept nogil
     int32_t ct_add_i32(int32_t *p, int32_t v) noexcept nogil
     int64_t ct_load_i64(const int64_t *p) noexcept nogil
     int64_t ct_add_i64(int64_t *p, int64_t v) noexcept nogil
@@ -680,7 +681,9 @@ cdef class Core:
     cdef TaskHandle _new_handle(self, fn, tuple args, dict kwargs, int prio,
                                 TaskOptions options):
         if self._closed:
-            raise _engine_closed()
+            raise _engine_closed(
+                f"engine {getattr(self, 'name', '')} is shut down and takes no more tasks; "
+                f"create a new Engine")
         cdef TaskHandle h = TaskHandle.__new__(TaskHandle)
         h.task_id = self._next_id
         self._next_id += 1
@@ -962,7 +965,7 @@ cdef class Core:
     cdef void *_next_item(self, ct_worker *w, bint has_deferred) noexcept nogil:
         """Pop, spin, then park; NULL means: exit (or flush deferred work first)."""
         cdef void *item
-        cdef int spin
+        cdef int _spin
         cdef uint32_t s
         cdef int64_t park_start
         cdef int64_t timeout
@@ -974,7 +977,7 @@ cdef class Core:
             item = self._pop()
             if item != NULL:
                 return item
-            for spin in range(SPIN_ROUNDS):
+            for _spin in range(SPIN_ROUNDS):
                 ct_cpu_relax()
                 ct_cpu_relax()
                 ct_cpu_relax()
@@ -989,25 +992,29 @@ cdef class Core:
                 return NULL
             if idle_timeout and self._try_idle_retire():
                 return NULL
-            # announce, re-check, sleep: the producer side is in ct_park.h
+            # announce, look again, take the wake token, sleep (protocol: ct_park.h)
             ct_add_i32(&self._parker.sleepers, 1)
-            s = ct_load_u32(&self._parker.seq)
-            item = self._pop()
-            if item == NULL and not ct_load_i32(&self._stopping) \
-                    and ct_load_i32(&self._retire_debt) == 0:
+            while True:
+                s = ct_load_u32(&self._parker.seq)
+                item = self._pop()
+                if item != NULL or ct_load_i32(&self._stopping) \
+                        or ct_load_i32(&self._retire_debt) > 0:
+                    break
+                if ct_xchg_i32(&self._parker.wake_pending, 0) == 1:
+                    continue
                 timeout = -1
                 if ct_load_i32(&self._live_workers) > self._min_workers:
                     timeout = self._idle_retire_ns
                 park_start = ct_now_ns()
                 ct_futex_wait(&self._parker.seq, s, timeout)
-                idle_timeout = timeout >= 0 and ct_now_ns() - park_start >= timeout
-                item = self._pop()
+                if timeout >= 0 and ct_now_ns() - park_start >= timeout:
+                    idle_timeout = True
+                    break
             ct_add_i32(&self._parker.sleepers, -1)
-            ct_store_i32(&self._parker.wake_pending, 0)
             if item != NULL:
-                # pass the wake on when more work waits
+                ct_store_i32(&self._parker.wake_pending, 0)
                 if not self._all_empty():
-                    ct_parker_notify_one(&self._parker)
+                    ct_parker_notify_one(&self._parker)   # pass the wake on
                 return item
 
     cdef bint _try_idle_retire(self) noexcept nogil:
@@ -1092,7 +1099,6 @@ cdef class Core:
         """Run one Python task under the GIL; never raises."""
         cdef int64_t t0, t1
         cdef bint failed = False
-        cdef bint ok
         if not ct_cas_i32(&h._status, ST_PENDING, ST_RUNNING):
             return   # cancelled while queued: cancel() already finished it
         h._attempts += 1

@@ -4,12 +4,17 @@
  * Two structures:
  *
  * ct_parker - idle workers.  A worker that found every ring empty after its spin
- *   announces itself (sleepers += 1, SEQ_CST), reads `seq`, looks at the rings once
- *   more, and only then sleeps on `seq`.  A producer publishes its item (SEQ_CST
- *   store in ct_ring_push), then reads `sleepers` (SEQ_CST).  Either the producer
- *   sees the sleeper, or the sleeper's second look sees the item: no lost wake-up.
- *   At most one wake-one is in flight (`wake_pending`); the woken worker clears it
- *   and, if work remains, passes the wake on.  No wake storms.
+ *   announces itself (sleepers += 1, SEQ_CST), then loops: read `seq`, look at the
+ *   rings, take the wake token (exchange `wake_pending` with 0; if it was 1, look
+ *   again instead of sleeping), sleep on `seq`.  A producer publishes its item
+ *   (SEQ_CST store in ct_ring_push), then reads `sleepers` (SEQ_CST).  Either the
+ *   producer sees the sleeper, or the sleeper's look sees the item: no lost wake-up.
+ *   At most one wake-one is in flight (`wake_pending`): a producer that finds the
+ *   token taken does not wake anybody.  That is safe because a token set at time t
+ *   is followed by a `seq` bump: a sleeper that exchanged the token before t read
+ *   `seq` before the bump, so its futex wait returns; a sleeper that exchanged it
+ *   after t took it and looked again.  The worker that leaves with an item clears
+ *   the token and, if work remains, passes the wake on.  No wake storms.
  *
  * ct_waitset - threads blocked in TaskHandle.result().  A completer stores the
  *   terminal status (SEQ_CST), then reads `waiters`; a waiter increments `waiters`

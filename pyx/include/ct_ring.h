@@ -12,7 +12,8 @@
  *     reads the parking lot's sleeper count, and that load must not move before
  *     the publication (the Dekker pattern in ct_park.h).
  *   - the consumer reads cell.seq with ACQUIRE before reading cell.data, and hands
- *     the cell back with a RELEASE store of pos + capacity.
+ *     the cell back with a SEQ_CST store of pos + capacity.  SEQ_CST for the same
+ *     reason: the consumer next reads the count of producers waiting for space.
  * A producer preempted between its CAS and its publishing store makes consumers
  * see "empty" at that cell until it resumes; it then runs its wake check, so the
  * item is never stranded.
@@ -108,7 +109,7 @@ static inline void *ct_ring_pop(ct_ring *r) {
     }
     data = cell->data;
     CT_ASSERT(data != NULL);
-    ct_store_release(&cell->seq, pos + r->mask + 1);
+    ct_store_seqcst(&cell->seq, pos + r->mask + 1);
     return data;
 }
 

@@ -1,0 +1,664 @@
+"""Checked arithmetic for Numba: Python's answer, or a raised flag.
+
+The rewrite in ``_analysis`` turns ``a + b`` into ``ct_add(a, b, err)`` and so on.
+Each helper here is a Numba ``overload`` chosen by the operand types:
+
+* ints (and bools) use LLVM's overflow-reporting instructions; where Python's
+  unbounded int would differ from int64, the helper sets ``err[0]`` and returns a
+  dummy value;
+* floats follow CPython's own algorithms (``float_divmod``, ``float_pow``) where C
+  and Python differ, and set the flag wherever Python raises (division by zero,
+  math domain and range errors);
+* an int compared with a float beyond 2**53 sets the flag too (Python compares
+  exactly; a C conversion would round first).
+
+The flag means "run this call in Python": the caller ignores the dummy result,
+so every answer a compiled task gives is Python's answer.  This module imports
+Numba, so only the Numba backend imports it, on the first compile.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from llvmlite import ir as llir
+from numba import types
+from numba.extending import intrinsic, overload
+
+from cytask.compiler._analysis import MATH_1, MATH_2, MATH_TO_INT
+
+__all__ = [
+    "ct_abs",
+    "ct_add",
+    "ct_addr",
+    "ct_eq",
+    "ct_flag",
+    "ct_flag_set",
+    "ct_floordiv",
+    "ct_ge",
+    "ct_gt",
+    "ct_int",
+    "ct_invert",
+    "ct_le",
+    "ct_lshift",
+    "ct_lt",
+    "ct_max",
+    "ct_min",
+    "ct_mod",
+    "ct_mul",
+    "ct_ne",
+    "ct_neg",
+    "ct_pow",
+    "ct_rshift",
+    "ct_step",
+    "ct_sub",
+    "ct_truediv",
+]
+
+INT64_MIN = -(2**63)
+EXACT = 2**53  # every int of at most this magnitude is exactly a double
+TWO63 = 9.223372036854775808e18
+
+
+def _isint(t: Any) -> bool:
+    return isinstance(t, types.Integer | types.Boolean)
+
+
+def _isfloat(t: Any) -> bool:
+    return isinstance(t, types.Float)
+
+
+def _isnum(t: Any) -> bool:
+    return _isint(t) or _isfloat(t)
+
+
+# -- LLVM overflow intrinsics --------------------------------------------------------
+
+
+def _ovf_intrinsic(op: str) -> Any:
+    def _impl(typingctx: Any, a: Any, b: Any) -> Any:
+        sig = types.Tuple((types.int64, types.boolean))(types.int64, types.int64)  # type: ignore[no-untyped-call]
+
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            res = getattr(builder, op)(args[0], args[1])
+            value = builder.extract_value(res, 0)
+            over = builder.extract_value(res, 1)
+            return context.make_tuple(builder, signature.return_type, [value, over])
+
+        return sig, codegen
+
+    _impl.__name__ = f"_{op}"
+    return intrinsic(_impl)
+
+
+_sadd: Any = _ovf_intrinsic("sadd_with_overflow")
+_ssub: Any = _ovf_intrinsic("ssub_with_overflow")
+_smul: Any = _ovf_intrinsic("smul_with_overflow")
+
+
+# -- the flag: an int64 in memory, passed around as its address --------------------------
+# An address, not an array: arrays passed to every helper cost an atomic reference
+# count update per operation (measured 10x slower on an LCG loop).
+
+
+def _ct_flag_set_impl(typingctx: Any, addr: Any) -> Any:
+    """Raise the flag at ``addr``: this call must run in Python."""
+    sig = types.none(types.int64)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        ptr = builder.inttoptr(args[0], llir.IntType(64).as_pointer())
+        builder.store(llir.Constant(llir.IntType(64), 2), ptr)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+ct_flag_set: Any = intrinsic(_ct_flag_set_impl)
+
+
+def _ct_flag_impl(typingctx: Any, addr: Any) -> Any:
+    """The flag at ``addr`` (0: no trouble so far)."""
+    sig = types.int64(types.int64)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        ptr = builder.inttoptr(args[0], llir.IntType(64).as_pointer())
+        return builder.load(ptr)
+
+    return sig, codegen
+
+
+ct_flag: Any = intrinsic(_ct_flag_impl)
+
+
+def _ct_addr_impl(typingctx: Any, ptr: Any) -> Any:
+    """A ``voidptr`` as an int64 address (for the C entry point's result slot)."""
+    sig = types.int64(types.voidptr)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.ptrtoint(args[0], llir.IntType(64))
+
+    return sig, codegen
+
+
+ct_addr: Any = intrinsic(_ct_addr_impl)
+
+
+def _stub(name: str) -> Callable[..., Any]:
+    def stub(*args: Any) -> Any:
+        raise NotImplementedError(f"{name} runs only inside Numba-compiled code")
+
+    stub.__name__ = stub.__qualname__ = name
+    return stub
+
+
+ct_add = _stub("ct_add")
+ct_sub = _stub("ct_sub")
+ct_mul = _stub("ct_mul")
+ct_truediv = _stub("ct_truediv")
+ct_floordiv = _stub("ct_floordiv")
+ct_mod = _stub("ct_mod")
+ct_pow = _stub("ct_pow")
+ct_lshift = _stub("ct_lshift")
+ct_rshift = _stub("ct_rshift")
+ct_neg = _stub("ct_neg")
+ct_invert = _stub("ct_invert")
+ct_abs = _stub("ct_abs")
+ct_int = _stub("ct_int")
+ct_min = _stub("ct_min")
+ct_max = _stub("ct_max")
+ct_step = _stub("ct_step")
+ct_lt = _stub("ct_lt")
+ct_le = _stub("ct_le")
+ct_gt = _stub("ct_gt")
+ct_ge = _stub("ct_ge")
+ct_eq = _stub("ct_eq")
+ct_ne = _stub("ct_ne")
+
+
+# -- + - * -----------------------------------------------------------------------
+
+
+def _checked(ovf: Any, plain: Callable[[Any, Any], Any]) -> Callable[..., Any]:
+    def typer(a: Any, b: Any, err: Any) -> Any:
+        if _isint(a) and _isint(b):
+
+            def impl_int(a: Any, b: Any, err: Any) -> Any:
+                r, over = ovf(np.int64(a), np.int64(b))
+                if over:
+                    ct_flag_set(err)
+                return r
+
+            return impl_int
+
+        def impl(a: Any, b: Any, err: Any) -> Any:
+            return plain(a, b)
+
+        return impl
+
+    return typer
+
+
+overload(ct_add)(_checked(_sadd, operator.add))
+overload(ct_sub)(_checked(_ssub, operator.sub))
+overload(ct_mul)(_checked(_smul, operator.mul))
+
+
+# -- / // % ----------------------------------------------------------------------
+
+
+@overload(ct_truediv)
+def _ol_truediv(a: Any, b: Any, err: Any) -> Any:
+    if _isint(a) and _isint(b):
+
+        def impl_int(a: Any, b: Any, err: Any) -> Any:
+            x = np.int64(a)
+            y = np.int64(b)
+            if y == 0 or x > EXACT or x < -EXACT or y > EXACT or y < -EXACT:
+                ct_flag_set(err)  # Python divides big ints exactly, then rounds once
+                return 0.0
+            return float(x) / float(y)
+
+        return impl_int
+    if _isnum(a) and _isnum(b):
+
+        def impl(a: Any, b: Any, err: Any) -> Any:
+            y = float(b)
+            if y == 0.0:
+                ct_flag_set(err)
+                return 0.0
+            return float(a) / y
+
+        return impl
+
+    def impl_other(a: Any, b: Any, err: Any) -> Any:
+        return a / b
+
+    return impl_other
+
+
+@overload(ct_floordiv)
+def _ol_floordiv(a: Any, b: Any, err: Any) -> Any:
+    if _isint(a) and _isint(b):
+
+        def impl_int(a: Any, b: Any, err: Any) -> Any:
+            x = np.int64(a)
+            y = np.int64(b)
+            if y == 0 or (y == -1 and x == INT64_MIN):
+                ct_flag_set(err)
+                return np.int64(0)
+            q = x // y
+            return q
+
+        return impl_int
+    if _isnum(a) and _isnum(b):
+
+        def impl(a: Any, b: Any, err: Any) -> Any:
+            vx = float(a)
+            wx = float(b)
+            if wx == 0.0:
+                ct_flag_set(err)
+                return 0.0
+            # CPython's _float_div_mod, step for step
+            mod = np.fmod(vx, wx)
+            div = (vx - mod) / wx
+            if mod and (wx < 0) != (mod < 0):
+                div -= 1.0
+            if div:
+                floordiv = np.floor(div)
+                if div - floordiv > 0.5:
+                    floordiv += 1.0
+            else:
+                floordiv = math.copysign(0.0, vx / wx)
+            return floordiv
+
+        return impl
+
+    def impl_other(a: Any, b: Any, err: Any) -> Any:
+        return a // b
+
+    return impl_other
+
+
+@overload(ct_mod)
+def _ol_mod(a: Any, b: Any, err: Any) -> Any:
+    if _isint(a) and _isint(b):
+
+        def impl_int(a: Any, b: Any, err: Any) -> Any:
+            x = np.int64(a)
+            y = np.int64(b)
+            if y == 0:
+                ct_flag_set(err)
+                return np.int64(0)
+            if y == -1:
+                return np.int64(0)
+            r = x % y
+            return r
+
+        return impl_int
+    if _isnum(a) and _isnum(b):
+
+        def impl(a: Any, b: Any, err: Any) -> Any:
+            vx = float(a)
+            wx = float(b)
+            if wx == 0.0:
+                ct_flag_set(err)
+                return 0.0
+            # CPython's float_rem
+            mod = np.fmod(vx, wx)
+            if mod:
+                if (wx < 0) != (mod < 0):
+                    mod += wx
+            else:
+                mod = math.copysign(0.0, wx)
+            return mod
+
+        return impl
+
+    def impl_other(a: Any, b: Any, err: Any) -> Any:
+        return a % b
+
+    return impl_other
+
+
+# -- ** << >> ----------------------------------------------------------------------
+
+
+@overload(ct_pow)
+def _ol_pow(a: Any, b: Any, err: Any) -> Any:
+    if _isint(a) and _isint(b):
+
+        def impl_int(a: Any, b: Any, err: Any) -> Any:
+            base = np.int64(a)
+            e = np.int64(b)
+            if e < 0:
+                ct_flag_set(err)  # Python returns a float here
+                return np.int64(0)
+            r = np.int64(1)
+            while e > 0:
+                if e & 1:
+                    r, over = _smul(r, base)
+                    if over:
+                        ct_flag_set(err)
+                        return np.int64(0)
+                e >>= 1
+                if e > 0:
+                    base, over = _smul(base, base)
+                    if over:
+                        ct_flag_set(err)
+                        return np.int64(0)
+            return r
+
+        return impl_int
+    if _isnum(a) and _isnum(b):
+
+        def impl(a: Any, b: Any, err: Any) -> Any:
+            x = float(a)
+            y = float(b)
+            if x == 0.0 and y < 0.0:
+                ct_flag_set(err)  # ZeroDivisionError
+                return 0.0
+            if x < 0.0 and math.isfinite(y) and y != math.floor(y):
+                ct_flag_set(err)  # Python returns a complex number
+                return 0.0
+            r = x**y
+            if math.isinf(r) and math.isfinite(x) and math.isfinite(y):
+                ct_flag_set(err)  # OverflowError
+            return r
+
+        return impl
+
+    def impl_other(a: Any, b: Any, err: Any) -> Any:
+        return a**b
+
+    return impl_other
+
+
+@overload(ct_lshift)
+def _ol_lshift(a: Any, b: Any, err: Any) -> Any:
+    if _isint(a) and _isint(b):
+
+        def impl(a: Any, b: Any, err: Any) -> Any:
+            x = np.int64(a)
+            n = np.int64(b)
+            if x == 0 and n >= 0:
+                return np.int64(0)
+            if n < 0 or n >= 63:
+                ct_flag_set(err)
+                return np.int64(0)
+            r = x << n
+            if (r >> n) != x:
+                ct_flag_set(err)
+            return r
+
+        return impl
+    return None
+
+
+@overload(ct_rshift)
+def _ol_rshift(a: Any, b: Any, err: Any) -> Any:
+    if _isint(a) and _isint(b):
+
+        def impl(a: Any, b: Any, err: Any) -> Any:
+            x = np.int64(a)
+            n = np.int64(b)
+            if n < 0:
+                ct_flag_set(err)
+                return np.int64(0)
+            if n >= 63:
+                return np.int64(-1) if x < 0 else np.int64(0)
+            return x >> n
+
+        return impl
+    return None
+
+
+# -- unary ---------------------------------------------------------------------------
+
+
+@overload(ct_neg)
+def _ol_neg(a: Any, err: Any) -> Any:
+    if _isint(a):
+
+        def impl_int(a: Any, err: Any) -> Any:
+            x = np.int64(a)
+            if x == INT64_MIN:
+                ct_flag_set(err)
+                return x
+            return -x
+
+        return impl_int
+
+    def impl(a: Any, err: Any) -> Any:
+        return -a
+
+    return impl
+
+
+@overload(ct_invert)
+def _ol_invert(a: Any, err: Any) -> Any:
+    if _isint(a):
+
+        def impl(a: Any, err: Any) -> Any:
+            return ~np.int64(a)
+
+        return impl
+    return None
+
+
+@overload(ct_abs)
+def _ol_abs(a: Any, err: Any) -> Any:
+    if _isint(a):
+
+        def impl_int(a: Any, err: Any) -> Any:
+            x = np.int64(a)
+            if x == INT64_MIN:
+                ct_flag_set(err)
+                return x
+            return -x if x < 0 else x
+
+        return impl_int
+
+    def impl(a: Any, err: Any) -> Any:
+        return abs(a)
+
+    return impl
+
+
+@overload(ct_int)
+def _ol_int(a: Any, err: Any) -> Any:
+    if _isint(a):
+
+        def impl_int(a: Any, err: Any) -> Any:
+            return np.int64(a)
+
+        return impl_int
+    if _isfloat(a):
+
+        def impl(a: Any, err: Any) -> Any:
+            x = float(a)
+            if not (-TWO63 <= x < TWO63):  # also nan
+                ct_flag_set(err)
+                return np.int64(0)
+            return np.int64(x)
+
+        return impl
+    return None
+
+
+@overload(ct_step)
+def _ol_step(a: Any, err: Any) -> Any:
+    if _isint(a):
+
+        def impl(a: Any, err: Any) -> Any:
+            if a == 0:
+                ct_flag_set(err)  # ValueError: range() arg 3 must not be zero
+                return np.int64(1)
+            return np.int64(a)
+
+        return impl
+    return None
+
+
+# -- comparisons ---------------------------------------------------------------------
+
+
+def _compare(op: Callable[[Any, Any], bool]) -> Callable[..., Any]:
+    def typer(a: Any, b: Any, err: Any) -> Any:
+        if _isint(a) and _isfloat(b):
+
+            def impl_if(a: Any, b: Any, err: Any) -> Any:
+                x = np.int64(a)
+                if x > EXACT or x < -EXACT:
+                    ct_flag_set(err)  # Python compares exactly, C would round x first
+                    return False
+                return op(float(x), b)
+
+            return impl_if
+        if _isfloat(a) and _isint(b):
+
+            def impl_fi(a: Any, b: Any, err: Any) -> Any:
+                y = np.int64(b)
+                if y > EXACT or y < -EXACT:
+                    ct_flag_set(err)
+                    return False
+                return op(a, float(y))
+
+            return impl_fi
+
+        def impl(a: Any, b: Any, err: Any) -> Any:
+            return op(a, b)
+
+        return impl
+
+    return typer
+
+
+overload(ct_lt)(_compare(operator.lt))
+overload(ct_le)(_compare(operator.le))
+overload(ct_gt)(_compare(operator.gt))
+overload(ct_ge)(_compare(operator.ge))
+overload(ct_eq)(_compare(operator.eq))
+overload(ct_ne)(_compare(operator.ne))
+
+
+def _pick(greater: bool) -> Callable[..., Any]:
+    cmp = ct_gt if greater else ct_lt
+
+    def typer(a: Any, b: Any, err: Any) -> Any:
+        if _isint(a) != _isint(b) and _isnum(a) and _isnum(b):
+            # int and float: Numba's result is a float, Python's is the int when it
+            # wins, so that case goes back to Python
+            a_is_int = _isint(a)
+
+            def impl_mixed(a: Any, b: Any, err: Any) -> Any:
+                if cmp(b, a, err):
+                    if not a_is_int:
+                        ct_flag_set(err)
+                    return float(b)
+                if a_is_int:
+                    ct_flag_set(err)
+                return float(a)
+
+            return impl_mixed
+
+        def impl(a: Any, b: Any, err: Any) -> Any:
+            return b if cmp(b, a, err) else a  # Python keeps the first of equals
+
+        return impl
+
+    return typer
+
+
+overload(ct_min)(_pick(False))
+overload(ct_max)(_pick(True))
+
+
+# -- math ------------------------------------------------------------------------------
+
+
+def _math1(name: str) -> Callable[..., Any]:
+    f = getattr(math, name)
+    stub = _stub(f"ct_m_{name}")
+
+    @overload(stub)
+    def _ol(a: Any, err: Any) -> Any:
+        if not _isnum(a):
+            return None
+
+        def impl(a: Any, err: Any) -> Any:
+            x = float(a)
+            r = f(x)
+            # CPython raises where C returns nan from a number or inf from a finite
+            if (math.isnan(r) and not math.isnan(x)) or (math.isinf(r) and math.isfinite(x)):
+                ct_flag_set(err)
+            return r
+
+        return impl
+
+    return stub
+
+
+def _math2(name: str) -> Callable[..., Any]:
+    f = getattr(math, name)
+    stub = _stub(f"ct_m_{name}")
+
+    @overload(stub)
+    def _ol(a: Any, b: Any, err: Any) -> Any:
+        if not (_isnum(a) and _isnum(b)):
+            return None
+
+        def impl(a: Any, b: Any, err: Any) -> Any:
+            x = float(a)
+            y = float(b)
+            r = f(x, y)
+            if (math.isnan(r) and not (math.isnan(x) or math.isnan(y))) or (
+                math.isinf(r) and math.isfinite(x) and math.isfinite(y)
+            ):
+                ct_flag_set(err)
+            return r
+
+        return impl
+
+    return stub
+
+
+def _math_to_int(name: str) -> Callable[..., Any]:
+    f = getattr(np, name)  # math.floor would convert to int64 before the range check
+    stub = _stub(f"ct_m_{name}")
+
+    @overload(stub)
+    def _ol(a: Any, err: Any) -> Any:
+        if _isint(a):
+
+            def impl_int(a: Any, err: Any) -> Any:
+                return np.int64(a)
+
+            return impl_int
+        if not _isfloat(a):
+            return None
+
+        def impl(a: Any, err: Any) -> Any:
+            x = f(float(a))
+            if not (-TWO63 <= x < TWO63):  # also nan and inf
+                ct_flag_set(err)
+                return np.int64(0)
+            return np.int64(x)
+
+        return impl
+
+    return stub
+
+
+for _name in sorted(MATH_1):
+    globals()[f"ct_m_{_name}"] = _math1(_name)
+    __all__.append(f"ct_m_{_name}")
+for _name in sorted(MATH_2):
+    globals()[f"ct_m_{_name}"] = _math2(_name)
+    __all__.append(f"ct_m_{_name}")
+for _name in sorted(MATH_TO_INT):
+    globals()[f"ct_m_{_name}"] = _math_to_int(_name)
+    __all__.append(f"ct_m_{_name}")

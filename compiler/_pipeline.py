@@ -1,0 +1,335 @@
+"""The compile pipeline: Numba, then Cython, then plain Python, never silently.
+
+``compile_task(fn)`` analyses ``fn`` and tries the backends in order; each failure
+is kept as its own ``CompileError`` subclass and its reasons.  The result is a
+``CompiledTask`` that says which backend won (``backend``), why not a better one
+(``fallback_reason``, ``reasons``), and, per call, how to run it (``plan``).
+
+A Cython build takes seconds, so it runs in the background: meanwhile the task's
+``backend`` is "python" and ``state`` is "building"; when the build finishes the
+task switches to "cython" (or stays "python" with the build error as its reason).
+``CompiledTask.wait()`` blocks until then, for the CLI and for strict mode.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from cytask.compiler._analysis import INT64_MAX, INT64_MIN, Analysis, Reason, analyze
+from cytask.compiler._errors import (
+    CompileError,
+    CompileFallbackWarning,
+    CythonCompileError,
+    IneligibleError,
+)
+
+__all__ = [
+    "CompiledTask",
+    "NativeEntry",
+    "compile_disabled",
+    "compile_task",
+    "compile_task_async",
+    "warn_fallback",
+]
+
+Backend = Literal["numba", "cython", "python"]
+State = Literal["ready", "building", "failed"]
+
+DISABLE_ENV = "CYTASK_DISABLE_COMPILE"
+
+
+def compile_disabled() -> bool:
+    return os.environ.get(DISABLE_ENV, "") not in ("", "0")
+
+
+@dataclass(frozen=True)
+class NativeEntry:
+    """A C entry point with the core's ABI, ready for ``Engine.submit_native``."""
+
+    address: int
+    arg_kinds: bytes
+    result_kind: bytes
+    #: the object that owns the machine code; keep it alive as long as the address
+    keepalive: Any = field(repr=False, compare=False)
+
+
+def _fits(kind: str, value: object) -> bool:
+    t = type(value)
+    if kind == "i":
+        return isinstance(value, int) and t is int and INT64_MIN <= value <= INT64_MAX
+    if kind == "d":
+        return t is float
+    if kind == "b":
+        return t is bool
+    return False
+
+
+def _fits_dispatcher(value: object) -> bool:
+    """Arguments whose Numba typing gives Python's semantics (see the README)."""
+    t = type(value)
+    if isinstance(value, int) and t is int:
+        return bool(INT64_MIN <= value <= INT64_MAX)
+    if t is float or t is bool:
+        return True
+    np = _numpy()
+    if np is not None and t is np.ndarray:
+        return bool(value.dtype in (np.int64, np.float64, np.bool_))  # type: ignore[attr-defined]
+    return False
+
+
+def _numpy() -> Any:
+    import sys
+
+    return sys.modules.get("numpy")
+
+
+class CompiledTask:
+    """One function after the compile stage: which backend runs it, and why.
+
+    Attributes are replaced (never mutated piecemeal) under ``_lock`` by the
+    background Cython build; readers without the lock may see the state just
+    before a switch, which is always a correct way to run the task (Python).
+    """
+
+    def __init__(self, fn: Callable[..., Any], analysis: Analysis | None = None) -> None:
+        self.python_fn: Callable[..., Any] = fn
+        self.name: str = getattr(fn, "__qualname__", getattr(fn, "__name__", repr(fn)))
+        self.backend: Backend = "python"
+        self.state: State = "ready"
+        self.fallback_reason: str | None = None
+        self.reasons: list[Reason] = []
+        self.errors: list[CompileError] = []
+        self.compile_ms: float = 0.0
+        self.native: NativeEntry | None = None
+        self.analysis = analysis
+        self._callable: Callable[..., Any] | None = None
+        self._nargs = len(analysis.arg_names) if analysis else -1
+        self._constants: dict[str, object] = dict(analysis.constants) if analysis else {}
+        self._cython_globals: list[str] = []
+        self._cython_module: Any = None
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._done.set()
+        self._warned = False
+
+    def __repr__(self) -> str:
+        why = f" ({self.fallback_reason})" if self.fallback_reason else ""
+        return f"<CompiledTask {self.name} backend={self.backend} state={self.state}{why}>"
+
+    @property
+    def filename(self) -> str:
+        return self.analysis.filename if self.analysis else "<unknown>"
+
+    @property
+    def lineno(self) -> int:
+        return self.analysis.lineno if self.analysis else 0
+
+    # -- per call --------------------------------------------------------------
+
+    def plan(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> NativeEntry | Callable[..., Any] | None:
+        """How to run one call: a ``NativeEntry``, a Python callable, or None (plain Python).
+
+        Arguments that do not fit the compiled signature (another type, an int past
+        int64, keyword arguments, a rebound global constant) get None: that call
+        runs as plain Python, with Python's semantics.
+        """
+        if kwargs or len(args) != self._nargs or not self._constants_unchanged():
+            return None
+        native = self.native
+        if native is not None:
+            kinds = native.arg_kinds.decode()
+            if all(_fits(k, v) for k, v in zip(kinds, args, strict=True)):
+                return native
+            return None
+        caller = self._callable
+        if caller is None:
+            return None
+        if self.backend == "numba":
+            return caller if all(_fits_dispatcher(v) for v in args) else None
+        if self.backend == "cython":
+            self._refresh_cython_globals()
+        return caller
+
+    def _constants_unchanged(self) -> bool:
+        if not self._constants:
+            return True
+        g = getattr(self.python_fn, "__globals__", {})
+        return all(
+            g.get(k, _MISSING) == v and type(g.get(k)) is type(v)
+            for k, v in self._constants.items()
+        )
+
+    def _refresh_cython_globals(self) -> None:
+        # the compiled module has its own globals: copy the ones the function reads
+        mod = self._cython_module
+        g = getattr(self.python_fn, "__globals__", {})
+        d = mod.__dict__
+        for name in self._cython_globals:
+            if name in g:
+                d[name] = g[name]
+
+    # -- waiting for a background build ----------------------------------------
+
+    def wait(self, timeout: float | None = None) -> CompiledTask:
+        """Block until a background (Cython) build has finished; returns self."""
+        self._done.wait(timeout)
+        return self
+
+    # -- switches (called by the pipeline) --------------------------------------
+
+    def _disable_dispatcher(self, why: str, reasons: list[Reason]) -> None:
+        with self._lock:
+            self._callable = None
+            self.backend = "python"
+            self.fallback_reason = why
+            self.reasons.extend(reasons)
+
+
+_MISSING = object()
+
+
+def warn_fallback(compiled: CompiledTask, *, stacklevel: int = 2) -> None:
+    """Emit ``CompileFallbackWarning`` once for a task that runs as plain Python."""
+    if compiled.backend != "python" or compiled._warned:
+        return
+    compiled._warned = True
+    warnings.warn(
+        f"task {compiled.name} runs as plain Python: {compiled.fallback_reason}",
+        CompileFallbackWarning,
+        stacklevel=stacklevel + 1,
+    )
+
+
+# -- the pipeline ------------------------------------------------------------------
+
+
+def _summary(reasons: list[Reason], limit: int = 2) -> str:
+    text = "; ".join(str(r) for r in reasons[:limit])
+    if len(reasons) > limit:
+        text += f"; and {len(reasons) - limit} more"
+    return text
+
+
+def compile_task(fn: Callable[..., Any], *, strict: bool = False) -> CompiledTask:
+    """Compile ``fn`` with the best backend that keeps Python's answers.
+
+    Never raises unless ``strict``: then a task that would run as plain Python
+    raises the ``CompileError`` of the last backend tried.  A Cython build, when it
+    is needed, runs in the background unless ``strict`` (see ``CompiledTask.wait``).
+    """
+    t0 = time.perf_counter()
+    if compile_disabled():
+        ct = CompiledTask(fn)
+        ct.fallback_reason = f"compiling is disabled by {DISABLE_ENV}=1"
+        return ct
+    analysis = analyze(fn)
+    ct = CompiledTask(fn, analysis)
+    try:
+        _try_numba(ct, analysis)
+    except CompileError as exc:
+        ct.errors.append(exc)
+        ct.reasons.extend(exc.reasons)
+    else:
+        ct.compile_ms = (time.perf_counter() - t0) * 1000.0
+        return ct
+    numba_why = str(ct.errors[-1])
+    from cytask.compiler import _cython
+
+    try:
+        job = _cython.prepare(analysis)
+    except CythonCompileError as exc:
+        ct.errors.append(exc)
+        ct.reasons.extend(r for r in exc.reasons if r not in ct.reasons)
+        ct.fallback_reason = f"{numba_why}; {exc}"
+        ct.compile_ms = (time.perf_counter() - t0) * 1000.0
+        if strict:
+            raise exc
+        return ct
+    ct.fallback_reason = f"{numba_why}; Cython build in progress"
+    ct.state = "building"
+    ct._done.clear()
+
+    def finish() -> None:
+        try:
+            module, fn_c = job.build()
+        except CythonCompileError as exc:
+            with ct._lock:
+                ct.errors.append(exc)
+                ct.fallback_reason = f"{numba_why}; {exc}"
+                ct.state = "failed"
+        else:
+            with ct._lock:
+                ct._cython_module = module
+                ct._cython_globals = list(analysis.global_names)
+                ct._callable = fn_c
+                ct.backend = "cython"
+                ct.fallback_reason = None
+                ct.state = "ready"
+        finally:
+            ct.compile_ms = (time.perf_counter() - t0) * 1000.0
+            ct._done.set()
+
+    if strict:
+        finish()
+        if ct.backend != "cython":
+            raise ct.errors[-1]
+        return ct
+    _background().submit(finish)
+    ct.compile_ms = (time.perf_counter() - t0) * 1000.0
+    return ct
+
+
+def _try_numba(ct: CompiledTask, analysis: Analysis) -> None:
+    if analysis.reasons:
+        raise IneligibleError(
+            f"Numba cannot run it exactly: {_summary(analysis.reasons)}", analysis.reasons
+        )
+    from cytask.compiler import _numba
+
+    build = _numba.build(analysis)  # raises NumbaCompileError
+    if build.cfunc is not None:
+        assert analysis.arg_kinds is not None and analysis.result_kind is not None
+        ct.native = NativeEntry(
+            address=int(build.cfunc.address),
+            arg_kinds=analysis.arg_kinds.encode(),
+            result_kind=analysis.result_kind.encode(),
+            keepalive=build,
+        )
+    if build.note is not None:
+        ct.reasons.append(Reason(analysis.lineno, build.note))
+    ct._callable = _numba.make_caller(analysis, build, ct.python_fn, ct._disable_dispatcher)
+    ct.backend = "numba"
+
+
+# Two pools, so that a compile waiting for a build can never starve the builds.
+_pools: dict[str, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def _background(kind: str = "build") -> ThreadPoolExecutor:
+    """A small pool per kind of job: compiles never run on a submitter's thread."""
+    with _pools_lock:
+        pool = _pools.get(kind)
+        if pool is None:
+            pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"cytask-{kind}")
+            _pools[kind] = pool
+        return pool
+
+
+def compile_task_async(fn: Callable[..., Any], strict: bool = False) -> Future[CompiledTask]:
+    """``compile_task`` on a background thread, so submitting never waits for a compiler.
+
+    The future resolves once Numba has decided; a Cython build may still be running
+    then (``state == "building"``) and the task switches to it when it finishes.
+    In strict mode the future waits for the build and carries its ``CompileError``.
+    """
+    return _background("compile").submit(compile_task, fn, strict=strict)

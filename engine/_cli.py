@@ -1,0 +1,328 @@
+"""``cytask check`` and ``cytask compile``: what compiles, what does not, and why.
+
+    cytask check TARGET [--json] [--verify]
+    cytask compile TARGET
+
+TARGET is a ``.py`` file, a module, or ``module:function``.  In a file or module,
+the tasks are the module-level objects marked ``__cytask_task__ = True`` (with
+``.fn``, and optionally ``.examples`` and ``.compile_to_c``); with
+``module:function`` the named object may also be a plain function.
+
+Exit codes, for CI: 0 every task compiles as requested, 1 some fall back (or
+``--verify`` found a difference), 2 usage error (missing file, import error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import inspect
+import json
+import math
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_FALLBACK = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Something about the command line or the target; exit code 2."""
+
+
+@dataclass
+class Target:
+    name: str
+    fn: Callable[..., Any]
+    requested: bool = True
+    strict: bool = False
+    examples: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+# -- finding tasks ------------------------------------------------------------------
+
+
+def _is_task(obj: object) -> bool:
+    return getattr(obj, "__cytask_task__", False) is True and callable(getattr(obj, "fn", None))
+
+
+def _as_target(name: str, obj: Any) -> Target:
+    if _is_task(obj):
+        opt = getattr(obj, "compile_to_c", True)
+        examples = [tuple(e) for e in (getattr(obj, "examples", None) or [])]
+        return Target(name, obj.fn, bool(opt), opt == "strict", examples)
+    return Target(name, obj)
+
+
+def _import_file(path: str) -> Any:
+    if not os.path.isfile(path):
+        raise UsageError(f"no such file: {path}")
+    folder = os.path.dirname(os.path.abspath(path))
+    name = os.path.splitext(os.path.basename(path))[0]
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"cannot import {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    _run_import(lambda: spec.loader.exec_module(module), path)  # type: ignore[union-attr]
+    return module
+
+
+def _run_import(do: Callable[[], Any], what: str) -> Any:
+    try:
+        return do()
+    except UsageError:
+        raise
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        raise UsageError(f"importing {what} failed: {last}") from exc
+
+
+def find_targets(spec: str) -> list[Target]:
+    """The tasks named by a TARGET string; raises ``UsageError``."""
+    if spec.endswith(".py") or os.sep in spec:
+        module = _import_file(spec)
+        attr = None
+    else:
+        modname, _, attr = spec.partition(":")
+        if not modname:
+            raise UsageError(f"expected MODULE, MODULE:FUNCTION or FILE.py, got {spec!r}")
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        module = _run_import(lambda: importlib.import_module(modname), modname)
+    if attr:
+        obj: Any = module
+        for part in attr.split("."):
+            if not hasattr(obj, part):
+                raise UsageError(f"{module.__name__} has no attribute {attr!r}")
+            obj = getattr(obj, part)
+        if not (_is_task(obj) or inspect.isfunction(obj)):
+            raise UsageError(f"{spec} is a {type(obj).__name__}, not a task or a function")
+        return [_as_target(attr, obj)]
+    found = [
+        _as_target(name, obj)
+        for name, obj in vars(module).items()
+        if _is_task(obj) and not name.startswith("__")
+    ]
+    if not found:
+        raise UsageError(f"no cytask tasks in {spec}; name one function with MODULE:FUNCTION")
+    found.sort(key=lambda t: getattr(getattr(t.fn, "__code__", None), "co_firstlineno", 0))
+    return found
+
+
+# -- checking ------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    target: Target
+    compiled: Any  # cytask.compiler.CompiledTask
+    differences: list[str] = field(default_factory=list)
+    verified: int = 0
+
+    @property
+    def ok(self) -> bool:
+        if self.differences:
+            return False
+        return not self.target.requested or self.compiled.backend != "python"
+
+    def as_json(self) -> dict[str, Any]:
+        c = self.compiled
+        return {
+            "name": self.target.name,
+            "file": c.filename,
+            "line": c.lineno,
+            "backend": c.backend,
+            "reasons": [{"line": r.line, "message": r.message} for r in c.reasons],
+            "compile_ms": round(c.compile_ms, 3),
+            "fallback_reason": c.fallback_reason,
+            "native": c.native is not None,
+            "requested": self.target.requested,
+            "verified": self.verified,
+            "differences": self.differences,
+        }
+
+
+def _compile(target: Target) -> Any:
+    from cytask.compiler import compile_task
+
+    ct = compile_task(target.fn)
+    ct.wait()
+    if not target.requested:
+        ct.fallback_reason = ct.fallback_reason or None
+    return ct
+
+
+def _same(a: Any, b: Any) -> bool:
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if isinstance(a, tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    try:
+        import numpy as np
+
+        if isinstance(a, np.ndarray):
+            return bool(a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True))
+    except ImportError:
+        pass
+    return bool(a == b)
+
+
+def _outcome(run: Callable[[], Any]) -> tuple[str, Any]:
+    try:
+        return "value", run()
+    except Exception as exc:
+        return "raises", type(exc)
+
+
+def _verify(row: Row, engine: Any) -> None:
+    ct = row.compiled
+    for args in row.target.examples:
+        want = _outcome(lambda a=args: ct.python_fn(*a))  # type: ignore[misc]
+        plan = ct.plan(args, {})
+        if plan is None:
+            got = want  # this call runs as plain Python
+        elif callable(plan):
+            got = _outcome(lambda p=plan, a=args: p(*a))  # type: ignore[misc]
+        else:
+
+            def native(p: Any = plan, a: tuple[Any, ...] = args) -> Any:
+                h = engine.submit_native(
+                    p.address, a, p.arg_kinds, p.result_kind, fallback=ct.python_fn
+                )
+                return h.result(timeout=60)
+
+            got = _outcome(native)
+        row.verified += 1
+        same = want[0] == got[0] and (
+            want[1] is got[1] if want[0] == "raises" else _same(want[1], got[1])
+        )
+        if not same:
+            row.differences.append(
+                f"{ct.name}{args!r}: Python {_show(want)}, {ct.backend} {_show(got)}"
+            )
+
+
+def _show(outcome: tuple[str, Any]) -> str:
+    kind, value = outcome
+    if kind == "raises":
+        return f"raises {value.__name__}"
+    return f"returns {value!r} ({type(value).__name__})"
+
+
+# -- output --------------------------------------------------------------------------
+
+
+def _progress(i: int, n: int, name: str, out: TextIO) -> None:
+    if n < 5 or not out.isatty():
+        return
+    width = 30
+    done = int(width * i / n)
+    out.write(f"\r[{'#' * done}{'.' * (width - done)}] {i}/{n} {name[:30]:<30}")
+    if i == n:
+        out.write("\r" + " " * (width + 45) + "\r")
+    out.flush()
+
+
+def _table(rows: list[Row], out: TextIO) -> None:
+    head = ("task", "file:line", "backend", "compile ms", "status")
+    body = []
+    for row in rows:
+        c = row.compiled
+        where = f"{os.path.relpath(c.filename) if c.lineno else c.filename}:{c.lineno}"
+        if not row.target.requested:
+            status = "not requested"
+        elif row.differences:
+            status = "DIFFERS"
+        elif c.backend == "python":
+            status = "FALLBACK"
+        elif c.native is not None:
+            status = "native, no GIL"
+        else:
+            status = "compiled"
+        body.append((row.target.name, where, c.backend, f"{c.compile_ms:.1f}", status))
+    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    out.write(line(head) + "\n")
+    out.write(line(["-" * w for w in widths]) + "\n")
+    for row, cells in zip(rows, body, strict=True):
+        out.write(line(cells) + "\n")
+        c = row.compiled
+        if c.fallback_reason:
+            out.write(f"    why: {c.fallback_reason}\n")
+        for r in c.reasons:
+            out.write(f"    line {r.line}: {r.message}\n")
+        if row.verified:
+            out.write(f"    verified {row.verified} example(s)\n")
+        for d in row.differences:
+            out.write(f"    DIFFERENCE {d}\n")
+    n_fallback = sum(1 for r in rows if not r.ok)
+    out.write(f"\n{len(rows)} task(s), {n_fallback} not compiled as requested\n")
+
+
+# -- main ----------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cytask", description="cytask command line")
+    sub = p.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check", help="report which tasks compile, and why not")
+    check.add_argument("target", metavar="TARGET", help="FILE.py, MODULE or MODULE:FUNCTION")
+    check.add_argument("--json", action="store_true", help="print a JSON array")
+    check.add_argument("--verify", action="store_true", help="compare compiled with Python")
+    comp = sub.add_parser("compile", help="compile tasks ahead of time (fills the caches)")
+    comp.add_argument("target", metavar="TARGET", help="FILE.py, MODULE or MODULE:FUNCTION")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 1 fallback, 2 usage error)."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # argparse has printed the usage
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        targets = find_targets(args.target)
+    except UsageError as exc:
+        print(f"cytask: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    rows: list[Row] = []
+    for i, target in enumerate(targets):
+        _progress(i, len(targets), target.name, sys.stderr)
+        rows.append(Row(target, _compile(target)))
+    _progress(len(targets), len(targets), "", sys.stderr)
+    if args.command == "check" and args.verify:
+        import cytask
+
+        with cytask.Engine(workers=1) as engine:
+            for row in rows:
+                _verify(row, engine)
+    if args.command == "check" and args.json:
+        json.dump([row.as_json() for row in rows], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif args.command == "check":
+        _table(rows, sys.stdout)
+    else:
+        for row in rows:
+            c = row.compiled
+            print(f"{row.target.name}: {c.backend} ({c.compile_ms:.1f} ms)")
+            if c.fallback_reason:
+                print(f"    why: {c.fallback_reason}")
+    return EXIT_OK if all(row.ok for row in rows) else EXIT_FALLBACK
