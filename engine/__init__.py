@@ -1,14 +1,18 @@
 """cytask: in-process background tasks on a lock-free native core.
 
-from cytask import Engine, Priority
+    from cytask import task
 
-with Engine(workers=2) as eng:
-    h = eng.submit(pow, 2, 10)
-    print(h.result())           # 1024
+    @task(retries=3)
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    print(add.delay(1, 2).result(timeout=5))   # 3, computed on a worker thread
 """
 
 from cytask import _core
-from cytask._core import TaskHandle
+from cytask._context import current_task
+from cytask._core import TaskHandle, TaskOptions
+from cytask._default import default_engine, set_default_engine
 from cytask._engine import Engine
 from cytask._enums import Priority, TaskPriority, TaskStatus
 from cytask._errors import (
@@ -21,7 +25,10 @@ from cytask._errors import (
     TaskTimeout,
     native_error_for,
 )
+from cytask._executor import EngineExecutor
+from cytask._periodic import Periodic
 from cytask._stats import EngineStats
+from cytask._task import Task, task
 
 _core._bind_enums(TaskStatus, Priority, CancelledError)
 _core._bind_errors(EngineClosed, QueueFull, native_error_for)
@@ -33,13 +40,21 @@ __all__ = [
     "CytaskError",
     "Engine",
     "EngineClosed",
+    "EngineExecutor",
     "EngineStats",
     "InvalidTaskOptions",
     "NativeTaskError",
+    "Periodic",
     "Priority",
     "QueueFull",
+    "Task",
     "TaskHandle",
+    "TaskOptions",
     "TaskPriority",
     "TaskStatus",
     "TaskTimeout",
+    "current_task",
+    "default_engine",
+    "set_default_engine",
+    "task",
 ]

@@ -3,63 +3,113 @@
 from __future__ import annotations
 
 import os
+import random
+import signal
 import threading
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cytask import _core
+from cytask._core import TaskHandle, TaskOptions
 from cytask._enums import Priority
-from cytask._errors import EngineClosed
+from cytask._errors import CancelledError, EngineClosed, QueueFull, TaskTimeout
 from cytask._stats import EngineStats, StatsSampler
+from cytask._timer import Timer
 from cytask._validate import check_callable, check_int, check_nonneg_number, check_priority
+
+if TYPE_CHECKING:
+    from cytask._aio import AsyncRunner
+    from cytask._autoscale import Supervisor
+    from cytask._executor import EngineExecutor
+    from cytask._periodic import Periodic
+    from cytask._task import Task
 
 __all__ = ["Engine"]
 
 R = TypeVar("R")
 
-_DEFAULT_QUEUE_SIZE = 65536
-_DEFAULT_MAX_RESULTS = 100_000
+_PENDING, _SCHEDULED, _RUNNING, _RETRYING = 0, 1, 2, 3
+_SUCCEEDED, _FAILED, _CANCELLED = 4, 5, 6
 
 
 class Engine(_core.Core):
     """A pool of native worker threads fed by four lock-free priority queues.
 
-    ``workers`` threads start at once and stay.  Python tasks run on them with the
-    GIL taken once per batch; native (compiled) tasks run with no GIL.  Every task
-    you submit ends in a terminal state its handle reports: succeeded, failed or
-    cancelled, also when the engine shuts down or a queue overflows.
+    ``workers`` threads start at once and stay; up to ``max_workers`` run while
+    workers are blocked (I/O, sleeps) and work waits.  Python tasks run with the
+    GIL taken once per batch; native (compiled) tasks run with no GIL.  Every
+    submitted task ends in a terminal state its handle reports: succeeded, failed
+    or cancelled, also on shutdown and on queue overflow.
 
     ``queue_size`` bounds each priority level; a submit to a full level waits up to
-    ``submit_timeout`` seconds (None: as long as it takes) and then raises
-    ``QueueFull``.  ``max_results`` bounds how many recent handles ``get()`` can find.
+    ``submit_timeout`` seconds (None: as long as it takes), then raises
+    ``QueueFull``.  ``get()`` finds the last ``max_results`` tasks for
+    ``result_ttl`` seconds after they finish; a handle you hold keeps its result.
+    ``async def`` tasks run on the engine's event loop thread, at most
+    ``async_concurrency`` at once.  ``eager=True`` runs every task inline at
+    submit (for your tests).
     """
 
     def __init__(
         self,
         workers: int | None = None,
         *,
-        queue_size: int = _DEFAULT_QUEUE_SIZE,
+        max_workers: int | None = None,
+        queue_size: int = 65536,
         submit_timeout: float | None = None,
-        max_results: int = _DEFAULT_MAX_RESULTS,
+        result_ttl: float | None = 3600.0,
+        max_results: int = 100_000,
+        async_concurrency: int = 200,
+        eager: bool = False,
+        worker_idle_timeout: float = 10.0,
         name: str | None = None,
     ) -> None:
         if workers is None:
             workers = os.cpu_count() or 2
         check_int(workers, "workers", minimum=1)
+        if max_workers is None:
+            max_workers = workers
+        check_int(max_workers, "max_workers", minimum=1)
+        if max_workers < workers:
+            raise ValueError(
+                f"Expected max_workers >= workers ({workers}), got {max_workers}"
+            )
         check_int(queue_size, "queue_size", minimum=2)
         check_nonneg_number(submit_timeout, "submit_timeout", allow_none=True)
+        check_nonneg_number(result_ttl, "result_ttl", allow_none=True)
         check_int(max_results, "max_results", minimum=0)
+        check_int(async_concurrency, "async_concurrency", minimum=1)
+        if not isinstance(eager, bool):
+            raise TypeError(f"Expected bool for eager, got {type(eager).__name__}")
+        check_nonneg_number(worker_idle_timeout, "worker_idle_timeout", positive=True)
         if name is not None and not isinstance(name, str):
             raise TypeError(f"Expected str or None for name, got {type(name).__name__}")
-        self._init_core(queue_size, submit_timeout, max_results, workers, 30.0)
+        self._init_core(queue_size, submit_timeout, max_results, workers, worker_idle_timeout)
         self.name = name or f"cytask-{id(self):x}"
         self.workers = workers
-        self._shutdown_lock = threading.Lock()
+        self.max_workers = max_workers
+        self.result_ttl = result_ttl
+        self.async_concurrency = async_concurrency
+        self.eager = eager
+        self._lock = threading.Lock()
         self._shut_down = False
+        self._accept_timed = True  # timer-held work is still accepted
         self._sampler = StatsSampler()
+        self._retried = 0
+        self._timer: Timer | None = None
+        self._async: AsyncRunner | None = None
+        self._async_ids: set[int] = set()
+        self._periodics: list[Periodic] = []
+        self._supervisor: Supervisor | None = None
+        if eager:
+            self.submit = self._submit_eager  # type: ignore[method-assign]
         for _ in range(workers):
             self._spawn_worker()
+        if max_workers > workers:
+            from cytask._autoscale import Supervisor
+
+            self._supervisor = Supervisor(self, max_workers)
 
     def __repr__(self) -> str:
         state = "closed" if self._shut_down else "running"
@@ -73,18 +123,259 @@ class Engine(_core.Core):
         /,
         *args: Any,
         priority: Priority = Priority.NORMAL,
+        delay: float | None = None,
         **kwargs: Any,
-    ) -> _core.TaskHandle:
-        """Run ``fn(*args, **kwargs)`` at ``priority`` (Catzilla's name for submit)."""
+    ) -> TaskHandle[R]:
+        """Run ``fn(*args, **kwargs)`` at ``priority``, after ``delay`` seconds if given.
+
+        Catzilla's name for submit.  A task declared with ``@task`` keeps its own
+        retries and time limit.
+        """
         check_callable(fn, "fn")
-        check_priority(priority)
-        return self._submit_handle(fn, args, kwargs, int(priority), None, False)
+        prio = int(check_priority(priority))
+        wait = check_nonneg_number(delay, "delay", allow_none=True)
+        from cytask._task import Task
+
+        if isinstance(fn, Task):
+            return self._submit_task(fn, args, kwargs, prio, wait)
+        return self._dispatch(fn, args, kwargs, prio, None, wait)
+
+    def _submit_task(
+        self,
+        t: Task[Any, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        priority: int,
+        delay: float | None,
+    ) -> TaskHandle[Any]:
+        fn: Callable[..., Any] = t.fn
+        options = t.options
+        if t.compile_to_c:
+            from cytask._compile import plan_for
+
+            plan = plan_for(t, args, kwargs)
+            if plan is not None:
+                if callable(plan):
+                    fn = plan
+                elif not delay and not self.eager and not options.retries and not options.timeout:
+                    return self.submit_native(  # type: ignore[no-any-return]
+                        plan.address, args, plan.arg_kinds, plan.result_kind, priority, t.fn
+                    )
+        return self._dispatch(fn, args, kwargs, priority, options, delay)
+
+    def _dispatch(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+        priority: int,
+        options: TaskOptions | None,
+        delay: float | None,
+    ) -> TaskHandle[Any]:
+        if self.eager:
+            return self._run_eager(fn, args, kwargs, priority, options)
+        if not delay:
+            return self._submit_handle(fn, args, kwargs, priority, options, False)  # type: ignore[no-any-return]
+        h: TaskHandle[Any] = self._submit_handle(fn, args, kwargs, priority, options, True)
+        if not self._timer_call_at(time.monotonic() + delay, self._enqueue_due, h, _SCHEDULED):
+            h._complete(_CANCELLED, CancelledError(f"task {h.task_id}: engine shut down"))
+        return h
+
+    def _enqueue_due(self, h: TaskHandle[Any], from_status: int) -> None:
+        try:
+            self._enqueue_handle(h, from_status)
+        except QueueFull:
+            pass  # the handle already failed with QueueFull
+
+    def _submit_eager(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> TaskHandle[R]:
+        check_callable(fn, "fn")
+        return self._run_eager(fn, args, kwargs, int(Priority.NORMAL), None)
+
+    def _run_eager(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+        priority: int,
+        options: TaskOptions | None,
+    ) -> TaskHandle[Any]:
+        h: TaskHandle[Any] = self._submit_handle(fn, args, kwargs, priority, options, True)
+        h._transition(_SCHEDULED, _PENDING)
+        self._run_inline(h)
+        while h._transition(_RETRYING, _PENDING):  # eager retries run at once
+            self._run_inline(h)
+        h.wait()  # an async task finishes on the engine's loop
+        return h
+
+    # -- scheduling: delays, periodic, cron -------------------------------------
+
+    def _timer_call_at(self, deadline: float, action: Callable[..., Any], *args: Any) -> bool:
+        """Run `action` on the timer thread at `deadline`; False once shut down."""
+        with self._lock:
+            if not self._accept_timed:
+                return False
+            if self._timer is None:
+                self._timer = Timer(self.name)
+            self._timer.call_at(deadline, action, *args)
+        return True
+
+    def every(
+        self,
+        interval: float,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        priority: Priority = Priority.NORMAL,
+        **kwargs: Any,
+    ) -> Periodic:
+        """Submit ``fn(*args, **kwargs)`` every `interval` seconds, first after one interval."""
+        from cytask._periodic import Periodic
+
+        seconds = check_nonneg_number(interval, "interval", positive=True)
+        check_callable(fn, "fn")
+        self._check_open()
+        p = Periodic(self, fn, args, kwargs, int(check_priority(priority)), interval=seconds)
+        self._periodics.append(p)
+        p._schedule_next()
+        return p
+
+    def cron(
+        self,
+        expression: str,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        priority: Priority = Priority.NORMAL,
+        **kwargs: Any,
+    ) -> Periodic:
+        """Submit ``fn(*args, **kwargs)`` at each minute matching a 5-field cron expression
+        (local time)."""
+        from cytask._cron import CronExpression
+        from cytask._periodic import Periodic
+
+        expr = CronExpression(expression)
+        check_callable(fn, "fn")
+        self._check_open()
+        p = Periodic(self, fn, args, kwargs, int(check_priority(priority)), cron=expr)
+        self._periodics.append(p)
+        p._schedule_next()
+        return p
+
+    # -- hooks called by the native core ----------------------------------------
+
+    def _on_retry(self, h: TaskHandle[Any], exc: BaseException) -> bool:
+        options = h.options
+        assert options is not None
+        if not isinstance(exc, options.retry_on) or not h._transition(_RUNNING, _RETRYING):
+            return False
+        self._retried += 1
+        if self.eager:
+            return True  # _run_eager runs it again at once
+        delay = _backoff(options, h.attempts)
+        if delay <= 0:
+            self._enqueue_handle(h, _RETRYING)
+            return True
+        if self._timer_call_at(time.monotonic() + delay, self._enqueue_due, h, _RETRYING):
+            return True
+        h._transition(_RETRYING, _RUNNING)  # shutting down: this failure is final
+        self._retried -= 1
+        return False
+
+    def _on_timed_start(self, h: TaskHandle[Any]) -> None:
+        assert h.options is not None
+        self._timer_call_at(time.monotonic() + h.options.timeout, self._expire, h, h.attempts)
+
+    def _expire(self, h: TaskHandle[Any], attempt: int) -> None:
+        """A time limit passed: fail the handle, ask the task to stop, keep capacity."""
+        if h.attempts != attempt or h.done() or h.task_id in self._async_ids:
+            return  # finished, retried, or async (its own wait_for enforces the limit)
+        assert h.options is not None
+        h._request_cancel()
+        err = TaskTimeout(
+            f"task {h.task_id} ({h.name}) exceeded its time limit of {h.options.timeout} s; "
+            f"its result will be discarded"
+        )
+        if h._complete(_FAILED, err, _RUNNING) and not self._shut_down:
+            self._spawn_worker()  # the stuck thread keeps its slot until the task returns
+            self._request_retire(1)  # ... and the pool shrinks back when one is idle
+
+    def _on_coroutine(self, h: TaskHandle[Any], coro: Any) -> None:
+        if self._async is None:
+            with self._lock:
+                if self._async is None:
+                    from cytask._aio import AsyncRunner
+
+                    self._async = AsyncRunner(self, self.async_concurrency)
+        self._async_ids.add(h.task_id)
+        self._async.submit(h, coro)
+
+    def _async_failed(self, h: TaskHandle[Any], exc: BaseException) -> None:
+        """An async task raised: retry it or fail it (called on the loop thread)."""
+        self._async_ids.discard(h.task_id)
+        options = h.options
+        if (
+            options is not None
+            and h.attempts <= options.retries
+            and not h.cancel_requested
+            and self._on_retry(h, exc)
+        ):
+            return
+        h._complete(_FAILED, exc, _RUNNING)
+
+    def _before_blocking_wait(self, h: TaskHandle[Any]) -> None:
+        # A task waiting on another task of this engine holds a worker while it
+        # waits; without a stand-in a single-worker engine would deadlock.
+        if _core.current_worker_core() is self and not self._shut_down:
+            self._spawn_worker()
+
+    def _after_blocking_wait(self, h: TaskHandle[Any]) -> None:
+        if _core.current_worker_core() is self and not self._shut_down:
+            self._request_retire(1)
 
     # -- observing -------------------------------------------------------------
 
+    def get(self, task_id: int) -> TaskHandle[Any] | None:
+        """The handle of a recent task, or None once it left the store (see ``result_ttl``)."""
+        h: TaskHandle[Any] | None = super().get(task_id)
+        if h is not None and self.result_ttl is not None:
+            finished = h._finished_monotonic
+            if finished is not None and time.monotonic() - finished > self.result_ttl:
+                return None
+        return h
+
     def stats(self) -> EngineStats:
-        """A snapshot of queue depths, workers, throughput and latencies."""
-        return EngineStats.from_core(self._core_stats(), self, self._sampler)
+        """A snapshot of queue depths, workers, throughput, latencies and memory."""
+        scheduled = 0
+        if self._timer is not None:
+            for action, args in self._timer.pending():
+                if getattr(action, "__func__", None) is Engine._enqueue_due and args[0].status in (
+                    "scheduled",
+                    "retrying",
+                ):
+                    scheduled += 1
+        from cytask._compile import compile_stats
+
+        return EngineStats.from_core(
+            self._core_stats(),
+            self,
+            self._sampler,
+            scheduled=scheduled,
+            retried=self._retried,
+            async_running=0 if self._async is None else self._async.active,
+            compile=compile_stats(),
+        )
+
+    def as_executor(self) -> EngineExecutor:
+        """A ``concurrent.futures.Executor`` view (real Futures) of this engine."""
+        from cytask._executor import EngineExecutor
+
+        return EngineExecutor(self)
+
+    def warmup(self) -> dict[str, str]:
+        """Compile every ``compile_to_c`` task now; returns {task name: backend}."""
+        from cytask._compile import compile_now, registered_tasks
+
+        return {t.name: compile_now(t).backend for t in registered_tasks()}
 
     # -- shutdown --------------------------------------------------------------
 
@@ -94,33 +385,95 @@ class Engine(_core.Core):
         """Stop taking tasks, then finish what is queued (or cancel it).
 
         ``wait=True`` blocks until the workers have drained the queues and exited,
-        at most ``timeout`` seconds; tasks still queued after that are cancelled, so
-        every handle ends in a terminal state.  ``cancel_pending=True`` cancels
-        queued tasks at once instead of running them.  Calling it twice is harmless.
+        at most ``timeout`` seconds; tasks still queued after that are cancelled.
+        Delayed and retrying tasks whose time has not come are cancelled at once,
+        periodic schedules stop, and running async tasks may finish within the
+        timeout.  ``cancel_pending=True`` cancels queued tasks instead of running
+        them.  Every handle ends in a terminal state.  Calling it twice is harmless.
         """
         check_nonneg_number(timeout, "timeout", allow_none=True)
-        with self._shutdown_lock:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
             first = not self._shut_down
             self._shut_down = True
             self._close()
+            self._accept_timed = False
+            timer = self._timer
+        for p in self._periodics:
+            p.cancel()
+        if timer is not None:
+            self._cancel_timed(timer)
         if cancel_pending:
             self._cancel_queued("cancelled by Engine.shutdown(cancel_pending=True)")
         if first:
             self._stop_workers()
+            if self._supervisor is not None:
+                self._supervisor.stop()
         if not wait:
             return
-        deadline = None if timeout is None else time.monotonic() + timeout
-        current = threading.current_thread()
-        for t in list(self._threads):
-            if t is current:
-                continue
-            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        self._join_workers(deadline)
+        if self._async is not None:
+            self._async.stop(_remaining(deadline))
         if self._queued():
             self._cancel_queued("cancelled: Engine.shutdown() timed out before it ran")
+        if timer is not None:
+            timer.stop()
+
+    def _cancel_timed(self, timer: Timer) -> None:
+        for action, args in timer.pending():
+            if getattr(action, "__func__", None) is Engine._enqueue_due:
+                h = args[0]
+                h._complete(
+                    _CANCELLED,
+                    CancelledError(f"task {h.task_id}: engine shut down before it was due"),
+                )
+
+    def _join_workers(self, deadline: float | None) -> None:
+        current = threading.current_thread()
+        for t in list(self._threads):
+            while t is not current and t.is_alive():
+                running = self._current_task_of_slot(t.cytask_slot)
+                if running is not None and running.done():
+                    break  # abandoned after its time limit: nothing left to wait for
+                left = _remaining(deadline)
+                if left == 0:
+                    return
+                t.join(0.05 if left is None else min(0.05, left))
 
     @property
     def closed(self) -> bool:
         return self._shut_down
+
+    def _check_open(self) -> None:
+        if self._shut_down:
+            raise EngineClosed(f"engine {self.name} is shut down; create a new Engine")
+
+    def install_signal_handlers(
+        self,
+        timeout: float = 30.0,
+        signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT),
+    ) -> None:
+        """Turn SIGTERM/SIGINT into a graceful drain (at most `timeout` s), then exit.
+
+        Call from the main thread.  After draining, the previous handler runs; with
+        none, SIGINT raises KeyboardInterrupt and SIGTERM exits with status 143.
+        """
+        check_nonneg_number(timeout, "timeout")
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("install_signal_handlers() must be called from the main thread")
+        for sig in signals:
+            previous = signal.getsignal(sig)
+
+            def handler(signum: int, frame: Any, previous: Any = previous) -> None:
+                self.shutdown(wait=True, timeout=timeout)
+                if callable(previous) and previous is not signal.default_int_handler:
+                    previous(signum, frame)
+                elif signum == signal.SIGINT:
+                    raise KeyboardInterrupt
+                else:
+                    raise SystemExit(128 + signum)
+
+            signal.signal(sig, handler)
 
     def __enter__(self) -> Engine:
         return self
@@ -128,6 +481,17 @@ class Engine(_core.Core):
     def __exit__(self, *exc_info: object) -> None:
         self.shutdown(wait=True)
 
-    def _check_open(self) -> None:
-        if self._shut_down:
-            raise EngineClosed(f"engine {self.name} is shut down; create a new Engine")
+
+def _remaining(deadline: float | None) -> float | None:
+    if deadline is None:
+        return None
+    return max(0.0, deadline - time.monotonic())
+
+
+def _backoff(options: TaskOptions, attempt: int) -> float:
+    """Exponential back-off: base * 2**(attempt-1), capped, with 'equal jitter'."""
+    delay = min(options.retry_backoff * 2.0 ** (attempt - 1), options.retry_backoff_max)
+    if options.retry_jitter and delay > 0:
+        delay = delay / 2 + random.uniform(0, delay / 2)
+    return delay
+

@@ -34,7 +34,14 @@ class StatsSampler:
 
 @dataclasses.dataclass(frozen=True)
 class EngineStats:
-    """A snapshot; fields may be a little stale by the time you read them."""
+    """A snapshot; fields may be a little stale by the time you read them.
+
+    Queue sizes and worker counts are read from the native core's counters;
+    ``tasks_per_second`` is a sliding 10 s window over successive ``stats()``
+    calls; execution-time percentiles come from a fixed-size log-scale histogram
+    (4 buckets per power of two, so within about 19%); ``queue_pressure`` is the
+    queued fraction of total queue capacity; ``error_rate`` is failed / processed.
+    """
 
     critical_queue_size: int
     high_queue_size: int
@@ -44,10 +51,13 @@ class EngineStats:
     active_workers: int
     idle_workers: int
     total_workers: int
+    scheduled_tasks: int
     total_tasks_processed: int
     failed_tasks: int
+    retried_tasks: int
     cancelled_tasks: int
     submitted_tasks: int
+    async_tasks_running: int
     error_rate: float
     tasks_per_second: float
     avg_execution_time_ms: float
@@ -55,10 +65,25 @@ class EngineStats:
     p99_execution_time_ms: float
     avg_worker_utilization: float
     queue_pressure: float
+    memory_usage_mb: float
     uptime_seconds: float
+    compiled_numba: int
+    compiled_cython: int
+    compile_fallbacks: int
+    compile_time_ms: float
 
     @classmethod
-    def from_core(cls, raw: dict[str, Any], engine: Any, sampler: StatsSampler) -> EngineStats:
+    def from_core(
+        cls,
+        raw: dict[str, Any],
+        engine: Any,
+        sampler: StatsSampler,
+        *,
+        scheduled: int,
+        retried: int,
+        async_running: int,
+        compile: dict[str, Any],
+    ) -> EngineStats:
         sizes = raw["queue_sizes"]
         total_queued = sum(sizes)
         workers = raw["total_workers"]
@@ -74,10 +99,13 @@ class EngineStats:
             active_workers=active,
             idle_workers=max(0, workers - active),
             total_workers=workers,
+            scheduled_tasks=scheduled,
             total_tasks_processed=processed,
             failed_tasks=raw["failed"],
+            retried_tasks=retried,
             cancelled_tasks=raw["cancelled"],
             submitted_tasks=raw["submitted"],
+            async_tasks_running=async_running,
             error_rate=raw["failed"] / processed if processed else 0.0,
             tasks_per_second=sampler.rate(time.monotonic(), processed),
             avg_execution_time_ms=raw["avg_ns"] / 1e6,
@@ -89,8 +117,16 @@ class EngineStats:
                 else 0.0
             ),
             queue_pressure=total_queued / (engine.queue_capacity * 4),
+            memory_usage_mb=_rss_mb(),
             uptime_seconds=uptime,
+            **compile,
         )
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _rss_mb() -> float:
+    import psutil  # imported on the first stats() call, not at import cytask
+
+    return float(psutil.Process().memory_info().rss) / (1024 * 1024)

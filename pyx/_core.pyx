@@ -105,6 +105,7 @@ cdef enum:
     NATIVE_DEFER_MAX = 256   # native tasks finished per GIL visit, at most
     HIST_BUCKETS = 256       # latency histogram: 4 sub-buckets per power of two (ns)
     MAX_WORKER_SLOTS = 1024
+    INLINE_SLOT = MAX_WORKER_SLOTS - 1   # counters of tasks run inline (eager mode)
 
 # Task status codes, in lifecycle order; everything >= ST_SUCCEEDED is terminal.
 cdef enum:
@@ -514,8 +515,9 @@ cdef class TaskHandle:
     def _finished_monotonic(self):
         return self._finished_ns / 1e9 if self._finished_ns else None
 
-    def _mark_started(self):
-        self._attempts += 1
+    def _request_cancel(self):
+        """Ask a running task to stop (time limit, shutdown): it sees cancel_requested."""
+        self._cancel_requested = True
 
 
 cdef object _status_enum(int32_t st):
@@ -853,7 +855,7 @@ cdef class Core:
         """Start one worker thread; returns its slot."""
         cdef int slot
         with self._spawn_lock:
-            for slot in range(MAX_WORKER_SLOTS):
+            for slot in range(INLINE_SLOT):
                 if not ct_load_i32(&self._workers[slot].alive):
                     break
             else:
@@ -862,10 +864,27 @@ cdef class Core:
             ct_add_i32(&self._live_workers, 1)
             t = threading.Thread(target=self._worker_main, args=(slot,),
                                  name=f"cytask-worker-{slot}", daemon=True)
+            t.cytask_slot = slot
             self._threads = [x for x in self._threads if x.is_alive()]
             self._threads.append(t)
         t.start()
         return slot
+
+    def _run_inline(self, TaskHandle h):
+        """Run a PENDING handle on the calling thread (eager mode), like a worker would."""
+        if not ct_cas_i32(&h._status, ST_PENDING, ST_PENDING):
+            raise RuntimeError(f"task {h.task_id} is not pending")
+        previous = _worker_slots.get(threading.get_ident())
+        _worker_slots[threading.get_ident()] = (self, INLINE_SLOT)
+        outer = self._current[INLINE_SLOT]   # an eager task may submit eager tasks
+        try:
+            self._run_python(&self._workers[INLINE_SLOT], INLINE_SLOT, h)
+        finally:
+            self._current[INLINE_SLOT] = outer
+            if previous is None:
+                del _worker_slots[threading.get_ident()]
+            else:
+                _worker_slots[threading.get_ident()] = previous
 
     def _request_retire(self, int n):
         """Ask `n` workers to exit at their next idle moment."""
@@ -1209,17 +1228,18 @@ cdef class Core:
             "submitted": self._next_id - 1,
         }
 
-    def _oldest_running_ns(self):
-        """How long the longest-running current task has run (0 if none)."""
+    def _blocked_workers(self, int64_t min_age_ns):
+        """How many workers have been inside their current task for >= min_age_ns."""
         cdef int i
+        cdef int n = 0
         cdef int64_t now = ct_now_ns()
-        cdef int64_t t, oldest = 0
-        for i in range(MAX_WORKER_SLOTS):
+        cdef int64_t t
+        for i in range(INLINE_SLOT):
             if ct_load_i32(&self._workers[i].alive):
                 t = ct_load_i64(&self._workers[i].task_started_ns)
-                if t != 0 and now - t > oldest:
-                    oldest = now - t
-        return oldest
+                if t != 0 and now - t >= min_age_ns:
+                    n += 1
+        return n
 
     def _idle_workers(self):
         return ct_load_i32(&self._parker.sleepers)
