@@ -42,7 +42,7 @@ extensions = [
 setup(
     package_dir={"cytask": "engine", "cytask.compiler": "compiler"},
     packages=["cytask", "cytask.compiler"],
-    package_data={"cytask": ["py.typed", "*.pyi"], "cytask.compiler": ["py.typed"]},
+    package_data={"cytask": ["py.typed", "_core.pyi"], "cytask.compiler": ["py.typed"]},
     ext_modules=cythonize(
         extensions,
         # separate generated C per build mode: a debug build never reuses release C

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncRunner", "await_handle", "current_async_handle"]
 
-_current: contextvars.ContextVar[TaskHandle | None] = contextvars.ContextVar(
+_current: contextvars.ContextVar[TaskHandle[Any] | None] = contextvars.ContextVar(
     "cytask_current_task", default=None
 )
 
@@ -32,7 +32,7 @@ _FAILED = 5
 _RUNNING = 2
 
 
-def current_async_handle() -> TaskHandle | None:
+def current_async_handle() -> TaskHandle[Any] | None:
     return _current.get()
 
 
@@ -42,7 +42,7 @@ class AsyncRunner:
     def __init__(self, engine: Engine, concurrency: int) -> None:
         self._engine = engine
         self._concurrency = concurrency
-        self._waiting: collections.deque[tuple[TaskHandle, Coroutine[Any, Any, Any]]] = (
+        self._waiting: collections.deque[tuple[TaskHandle[Any], Coroutine[Any, Any, Any]]] = (
             collections.deque()
         )
         self._running: dict[int, asyncio.Task[Any]] = {}
@@ -66,7 +66,7 @@ class AsyncRunner:
     def active(self) -> int:
         return len(self._running)
 
-    def submit(self, handle: TaskHandle, coro: Coroutine[Any, Any, Any]) -> None:
+    def submit(self, handle: TaskHandle[Any], coro: Coroutine[Any, Any, Any]) -> None:
         """From any thread: queue the coroutine; wake the loop once per batch."""
         with self._lock:
             self._waiting.append((handle, coro))
@@ -94,7 +94,7 @@ class AsyncRunner:
             task = self._loop.create_task(self._run(handle, coro), context=ctx)
             self._running[handle.task_id] = task
 
-    async def _run(self, handle: TaskHandle, coro: Coroutine[Any, Any, Any]) -> None:
+    async def _run(self, handle: TaskHandle[Any], coro: Coroutine[Any, Any, Any]) -> None:
         options = handle.options
         try:
             if options is not None and options.timeout > 0:
@@ -124,7 +124,7 @@ class AsyncRunner:
             self._running.pop(handle.task_id, None)
             self._start_waiting()
 
-    def cancel(self, handle: TaskHandle) -> None:
+    def cancel(self, handle: TaskHandle[Any]) -> None:
         """Cancel a running async task (from any thread)."""
         self._loop.call_soon_threadsafe(self._cancel_in_loop, handle.task_id)
 
@@ -158,13 +158,13 @@ class AsyncRunner:
             self._thread.join(timeout)
 
 
-async def await_handle(handle: TaskHandle) -> Any:
+async def await_handle(handle: TaskHandle[Any]) -> Any:
     """Wait for a handle from inside any running event loop."""
     if not handle.done():
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
 
-        def wake(_: TaskHandle) -> None:
+        def wake(_: TaskHandle[Any]) -> None:
             loop.call_soon_threadsafe(_resolve, fut)
 
         handle.add_done_callback(wake)

@@ -17,4 +17,4 @@ def current_task() -> TaskHandle[Any]:
     h = current_async_handle() or _core.current_handle()
     if h is None:
         raise RuntimeError("current_task() called outside a cytask task")
-    return h  # type: ignore[no-any-return]
+    return h

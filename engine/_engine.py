@@ -158,7 +158,7 @@ class Engine(_core.Core):
                 if callable(plan):
                     fn = plan
                 elif not delay and not self.eager and not options.retries and not options.timeout:
-                    return self.submit_native(  # type: ignore[no-any-return]
+                    return self.submit_native(
                         plan.address, args, plan.arg_kinds, plan.result_kind, priority, t.fn
                     )
         return self._dispatch(fn, args, kwargs, priority, options, delay)
@@ -175,7 +175,7 @@ class Engine(_core.Core):
         if self.eager:
             return self._run_eager(fn, args, kwargs, priority, options)
         if not delay:
-            return self._submit_handle(fn, args, kwargs, priority, options, False)  # type: ignore[no-any-return]
+            return self._submit_handle(fn, args, kwargs, priority, options, False)
         h: TaskHandle[Any] = self._submit_handle(fn, args, kwargs, priority, options, True)
         if not self._timer_call_at(time.monotonic() + delay, self._enqueue_due, h, _SCHEDULED):
             h._complete(_CANCELLED, CancelledError(f"task {h.task_id}: engine shut down"))
@@ -334,7 +334,7 @@ class Engine(_core.Core):
 
     # -- observing -------------------------------------------------------------
 
-    def get(self, task_id: int) -> TaskHandle[Any] | None:
+    def get(self, task_id: object) -> TaskHandle[Any] | None:
         """The handle of a recent task, or None once it left the store (see ``result_ttl``)."""
         h: TaskHandle[Any] | None = super().get(task_id)
         if h is not None and self.result_ttl is not None:

@@ -18,7 +18,7 @@ what was expected and what came.  A task's own exception is re-raised unchanged 
 from __future__ import annotations
 
 from concurrent.futures import CancelledError
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from cytask._core import TaskHandle
@@ -49,7 +49,7 @@ class QueueFull(CytaskError):
     nothing is lost silently.
     """
 
-    handle: TaskHandle | None = None
+    handle: TaskHandle[Any] | None = None
 
 
 class TaskTimeout(CytaskError, TimeoutError):

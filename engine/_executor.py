@@ -32,7 +32,7 @@ class EngineExecutor(concurrent.futures.Executor):
         self._closed = False
         self._outstanding: set[concurrent.futures.Future[Any]] = set()
 
-    def submit(  # type: ignore[override]
+    def submit(
         self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
     ) -> concurrent.futures.Future[T]:
         with self._lock:
@@ -45,7 +45,7 @@ class EngineExecutor(concurrent.futures.Executor):
         handle.add_done_callback(lambda h: self._transfer(h, fut))
         return fut
 
-    def _transfer(self, handle: TaskHandle, fut: concurrent.futures.Future[Any]) -> None:
+    def _transfer(self, handle: TaskHandle[Any], fut: concurrent.futures.Future[Any]) -> None:
         with self._lock:
             self._outstanding.discard(fut)
         if not fut.set_running_or_notify_cancel():

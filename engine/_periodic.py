@@ -43,7 +43,7 @@ class Periodic:
         self.interval = interval
         self.cron = cron
         self.runs = 0
-        self.last_handle: TaskHandle | None = None
+        self.last_handle: TaskHandle[Any] | None = None
         self._cancelled = threading.Event()
         self._next_due = time.monotonic()
 
@@ -62,9 +62,9 @@ class Periodic:
 
     def _schedule_next(self) -> None:
         if self.cron is not None:
-            now = dt.datetime.now().astimezone()
-            due_wall = self.cron.next_after(now)
-            self._next_due = time.monotonic() + (due_wall - now).total_seconds()
+            wall_now = dt.datetime.now().astimezone()
+            due_wall = self.cron.next_after(wall_now)
+            self._next_due = time.monotonic() + (due_wall - wall_now).total_seconds()
         else:
             assert self.interval is not None
             now = time.monotonic()

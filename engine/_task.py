@@ -61,7 +61,9 @@ class Task(Generic[P, R]):
         self.compile_to_c = compile_to_c
         self.examples = list(examples)
         self.is_async = inspect.iscoroutinefunction(fn)
-        self._compiled: Any = None
+        self._compiled: Any = None  # a cytask.compiler.CompiledTask once compiled
+        self._compile_future: Any = None  # its Future while compiling in the background
+        self._warned = False  # CompileFallbackWarning emitted
         functools.update_wrapper(self, fn)
 
     def __repr__(self) -> str:
