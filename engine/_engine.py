@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -72,9 +73,7 @@ class Engine(_core.Core):
             max_workers = workers
         check_int(max_workers, "max_workers", minimum=1)
         if max_workers < workers:
-            raise ValueError(
-                f"Expected max_workers >= workers ({workers}), got {max_workers}"
-            )
+            raise ValueError(f"Expected max_workers >= workers ({workers}), got {max_workers}")
         check_int(queue_size, "queue_size", minimum=2)
         check_nonneg_number(submit_timeout, "submit_timeout", allow_none=True)
         check_nonneg_number(result_ttl, "result_ttl", allow_none=True)
@@ -182,10 +181,8 @@ class Engine(_core.Core):
         return h
 
     def _enqueue_due(self, h: TaskHandle[Any], from_status: int) -> None:
-        try:
+        with contextlib.suppress(QueueFull):  # the handle already failed with QueueFull
             self._enqueue_handle(h, from_status)
-        except QueueFull:
-            pass  # the handle already failed with QueueFull
 
     def _submit_eager(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> TaskHandle[R]:
         check_callable(fn, "fn")
@@ -494,4 +491,3 @@ def _backoff(options: TaskOptions, attempt: int) -> float:
     if options.retry_jitter and delay > 0:
         delay = delay / 2 + random.uniform(0, delay / 2)
     return delay
-
