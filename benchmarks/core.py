@@ -237,8 +237,10 @@ def rate(x: float) -> str:
         return "n/a"
     if x >= 1e6:
         return f"{x / 1e6:.2f}M"
+    if x >= 1e5:
+        return f"{x / 1e3:.0f}k"
     if x >= 1e3:
-        return f"{x / 1e3:.0f}k" if x >= 1e4 else f"{x / 1e3:.1f}k"
+        return f"{x / 1e3:.1f}k"
     return f"{x:.0f}"
 
 
@@ -386,7 +388,7 @@ def header(sizes: Sizes, with_catzilla: bool) -> str:
         catz = version("catzilla")
     return (
         f"cytask {cytask.__version__}, Python {platform.python_version()}, "
-        f"{os.cpu_count()} CPUs, catzilla {catz}\n"
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, catzilla {catz}\n"
         f"end-to-end tasks per round: cytask {sizes.cytask:,}, executors "
         f"{sizes.executor:,}, Catzilla {sizes.catzilla:,}; medians of {sizes.rounds} "
         f"round(s); wake: {sizes.wake_samples:,} samples after {sizes.wake_warmup} "
@@ -430,6 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"  total {time.perf_counter() - started:.0f} s", file=sys.stderr)
     print()
     print(report(systems, sizes))
+    print(f"\nload average (1 min) at the end: {os.getloadavg()[0]:.2f}")
     return 0
 
 

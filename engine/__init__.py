@@ -1,12 +1,12 @@
 """cytask: in-process background tasks on a lock-free native core.
 
-    from cytask import task
+from cytask import task
 
-    @task(retries=3)
-    def add(x: int, y: int) -> int:
-        return x + y
+@task(retries=3)
+def add(x: int, y: int) -> int:
+    return x + y
 
-    print(add.delay(1, 2).result(timeout=5))   # 3, computed on a worker thread
+print(add.delay(1, 2).result(timeout=5))   # 3, computed on a worker thread
 """
 
 from cytask import _core

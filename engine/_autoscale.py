@@ -18,10 +18,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Supervisor"]
 
-_BUSY_TICK = 0.001   # while work waits
-_IDLE_TICK = 0.02    # while nothing waits
-_BLOCKED_NS = 1_000_000   # a worker in the same task this long counts as blocked
-_CPU_BUSY = 0.9      # process CPU (cores) above which more threads would fight over the GIL
+_BUSY_TICK = 0.001  # while work waits
+_IDLE_TICK = 0.02  # while nothing waits
+_BLOCKED_NS = 1_000_000  # a worker in the same task this long counts as blocked
+_CPU_BUSY = 0.9  # process CPU (cores) above which more threads would fight over the GIL
 
 
 class Supervisor:

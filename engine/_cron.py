@@ -12,8 +12,12 @@ import datetime as dt
 
 __all__ = ["CronExpression"]
 
-_MONTHS = {m: i for i, m in enumerate(
-    ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], 1)}
+_MONTHS = {
+    m: i
+    for i, m in enumerate(
+        ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], 1
+    )
+}
 _DAYS = {d: i for i, d in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])}
 _FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (
     ("minute", 0, 59, {}),
@@ -29,9 +33,7 @@ class CronExpression:
 
     def __init__(self, expression: str) -> None:
         if not isinstance(expression, str):
-            raise TypeError(
-                f"Expected str for cron expression, got {type(expression).__name__}"
-            )
+            raise TypeError(f"Expected str for cron expression, got {type(expression).__name__}")
         parts = expression.split()
         if len(parts) != 5:
             raise ValueError(

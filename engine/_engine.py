@@ -292,9 +292,9 @@ class Engine(_core.Core):
             f"task {h.task_id} ({h.name}) exceeded its time limit of {h.options.timeout} s; "
             f"its result will be discarded"
         )
-        if h._complete(_FAILED, err, _RUNNING) and not self._shut_down:
-            self._spawn_worker()  # the stuck thread keeps its slot until the task returns
-            self._request_retire(1)  # ... and the pool shrinks back when one is idle
+        if h._complete(_FAILED, err, _RUNNING) and self._abandon_running(h) and not self._shut_down:
+            # the stuck thread exits when its task returns; a fresh one takes its place
+            self._spawn_worker()
 
     def _on_coroutine(self, h: TaskHandle[Any], coro: Any) -> None:
         if self._async is None:
@@ -430,7 +430,7 @@ class Engine(_core.Core):
         for t in list(self._threads):
             while t is not current and t.is_alive():
                 running = self._current_task_of_slot(t.cytask_slot)
-                if running is not None and running.done():
+                if running is not None and running.done() and running.cancel_requested:
                     break  # abandoned after its time limit: nothing left to wait for
                 left = _remaining(deadline)
                 if left == 0:

@@ -77,8 +77,15 @@ class Periodic:
     def _fire(self) -> None:
         if self.cancelled or self._engine.closed:
             return
-        self.last_handle = self._engine._submit_handle(
-            self._fn, self._args, self._kwargs, self._priority, None, False
-        )
+        from cytask._task import Task
+
+        if isinstance(self._fn, Task):  # keep the task's retries, time limit, compilation
+            self.last_handle = self._engine._submit_task(
+                self._fn, self._args, self._kwargs, self._priority, None
+            )
+        else:
+            self.last_handle = self._engine._dispatch(
+                self._fn, self._args, self._kwargs, self._priority, None, None
+            )
         self.runs += 1
         self._schedule_next()

@@ -141,9 +141,7 @@ def _build(fn: Callable[P, R], options: dict[str, Any]) -> Task[P, R]:
     priority = check_priority(options.get("priority", Priority.NORMAL))
     retries = check_int(options.get("retries", 0), "retries", minimum=0)
     backoff = check_nonneg_number(options.get("retry_backoff", 0.0), "retry_backoff")
-    backoff_max = check_nonneg_number(
-        options.get("retry_backoff_max", 300.0), "retry_backoff_max"
-    )
+    backoff_max = check_nonneg_number(options.get("retry_backoff_max", 300.0), "retry_backoff_max")
     jitter = options.get("retry_jitter", True)
     if not isinstance(jitter, bool):
         raise TypeError(f"Expected bool for retry_jitter, got {type(jitter).__name__}")
@@ -173,9 +171,7 @@ def _build(fn: Callable[P, R], options: dict[str, Any]) -> Task[P, R]:
             f"Expected True, False or 'strict' for compile_to_c, got {compile_to_c!r}"
         )
     examples = options.get("examples", ())
-    if not isinstance(examples, (list, tuple)) or not all(
-        isinstance(e, tuple) for e in examples
-    ):
+    if not isinstance(examples, (list, tuple)) or not all(isinstance(e, tuple) for e in examples):
         raise TypeError("Expected a list of argument tuples for examples")
     opts = TaskOptions(
         name,

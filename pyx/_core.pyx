@@ -28,6 +28,11 @@ from libc.string cimport memset
 import sys
 import threading
 
+cdef extern from "Python.h":
+    void PyObject_GC_Track(void *op)
+    void PyObject_GC_UnTrack(void *op)
+    int PyObject_GC_IsTracked(object op)
+
 cdef extern from "ct_atomic.h":
     void ct_cpu_relax() noexcept nogil
     int32_t ct_load_i32(const int32_t *p) noexcept nogil
@@ -143,6 +148,10 @@ ctypedef struct ct_worker:
     int64_t exec_ns_sum      # sum of task run times, for the average
     uint64_t hist[HIST_BUCKETS]  # task run times, log-scale buckets
     int32_t alive            # 1 while a thread runs this slot (written by it and by spawn)
+    # 1 once the engine gave up on this slot's current task (time limit) and started a
+    # replacement: written (SEQ_CST) under the GIL by _abandon_running, read by the
+    # worker after its task returns, which then exits instead of taking more work
+    int32_t abandoned
     char _pad[60]
 
 
@@ -214,6 +223,14 @@ cdef class TaskHandle:
     only by whoever still refers to it (the user, the engine's bounded result store).
     It holds no lock and no condition variable: waiting uses the engine's futex wait
     set, and the status field is the only word two threads race on.
+
+    Garbage collection: handles are untracked by the cyclic GC at submit, so a
+    million queued tasks cost the collector nothing.  That is safe because a handle
+    can only be part of a cycle through what it references: while it is queued or
+    running the queue (a C reference) keeps it alive anyway, and once it ends it drops
+    its function, arguments, callbacks and engine, keeping only its result.  If that
+    result is a GC-tracked object (it could point back at the handle), the handle is
+    tracked again at that moment.
     """
 
     # Status of a Python task: SEQ_CST stores/CAS by the worker (running, done), by
@@ -221,6 +238,7 @@ cdef class TaskHandle:
     # read it without the GIL.  Native tasks keep theirs in _ncall.status instead.
     cdef int32_t _status
     cdef readonly int64_t task_id
+    # the engine, for waiting and accounting; dropped (None) once the task ended
     cdef Core _core
     # fn/args/kwargs: written at submit, read by the worker under the GIL, cleared
     # when the task ends so the handle does not keep the arguments alive.
@@ -337,18 +355,19 @@ cdef class TaskHandle:
         cdef int64_t deadline = -1
         cdef int32_t *status = self._status_ptr()
         cdef int done
-        if ct_load_i32(status) >= ST_SUCCEEDED:
+        cdef Core core = self._core   # our own reference: completion drops the field
+        if ct_load_i32(status) >= ST_SUCCEEDED or core is None:
             return 0
         if timeout is not None:
             if timeout < 0:
                 raise ValueError(f"Expected timeout >= 0 or None, got {timeout!r}")
             deadline = ct_now_ns() + <int64_t>(timeout * 1e9)
-        self._core._before_blocking_wait(self)
+        core._before_blocking_wait(self)
         try:
             with nogil:
-                done = ct_waitset_wait(&self._core._done, status, ST_SUCCEEDED, deadline)
+                done = ct_waitset_wait(&core._done, status, ST_SUCCEEDED, deadline)
         finally:
-            self._core._after_blocking_wait(self)
+            core._after_blocking_wait(self)
         if not done:
             raise TimeoutError(f"task {self.task_id} did not finish within {timeout} s")
         return 0
@@ -368,7 +387,7 @@ cdef class TaskHandle:
         """
         self._wait(timeout)
         if self._result_kind != 0:
-            self._core._materialize_native(self)
+            self._materialize()
         if self._load_status() == ST_SUCCEEDED:
             return self._value
         raise self._value
@@ -377,7 +396,7 @@ cdef class TaskHandle:
         """The exception the task raised, or None if it succeeded."""
         self._wait(timeout)
         if self._result_kind != 0:
-            self._core._materialize_native(self)
+            self._materialize()
         cdef int32_t st = self._load_status()
         if st == ST_SUCCEEDED:
             return None
@@ -420,9 +439,32 @@ cdef class TaskHandle:
         self._args = None
         self._kwargs = None
 
+    cdef void _materialize(self) noexcept:
+        """Turn a finished native call's slot or return code into a Python value."""
+        cdef ct_ncall *call = self._ncall
+        cdef int32_t st = ct_load_i32(&call.status)
+        if st == ST_SUCCEEDED:
+            if self._result_kind == b'd':
+                self._value = call.result.d
+            elif self._result_kind == b'b':
+                self._value = call.result.i != 0
+            else:
+                self._value = call.result.i
+        elif st == ST_FAILED:
+            try:
+                self._value = _native_error_for(call.rc)
+            except BaseException as exc:
+                self._value = exc
+        else:
+            return   # cancelled: _value already holds the CancelledError
+        self._result_kind = 0   # _value now holds the Python result
+
     cdef void _done_published_native(self) noexcept:
         """A native call's worker already stored the status and woke waiters."""
+        if self._result_kind != 0:
+            self._materialize()
         self._finished_ns = ct_now_ns()
+        self._let_go()
         if self._callbacks is not None:
             self._run_callbacks()
 
@@ -430,8 +472,16 @@ cdef class TaskHandle:
         """After the terminal status is visible: wake waiters, run callbacks."""
         self._finished_ns = ct_now_ns()
         ct_waitset_notify(&self._core._done)
+        self._let_go()
         if self._callbacks is not None:
             self._run_callbacks()
+
+    cdef void _let_go(self) noexcept:
+        """The task ended: drop the engine; let the GC see a result that may cycle back."""
+        self._core = None
+        if self._value is not None and PyObject_GC_IsTracked(self._value) \
+                and not PyObject_GC_IsTracked(self):
+            PyObject_GC_Track(<void *>self)
 
     cdef void _run_callbacks(self) noexcept:
         callbacks = self._callbacks
@@ -689,6 +739,7 @@ cdef class Core:
         cdef TaskHandle h = TaskHandle.__new__(TaskHandle)
         h.task_id = self._next_id
         self._next_id += 1
+        PyObject_GC_UnTrack(<void *>h)   # see the class docstring
         h._core = self
         h._fn = fn
         h._args = args
@@ -828,27 +879,6 @@ cdef class Core:
         self._enqueue(h)
         return h
 
-    def _materialize_native(self, TaskHandle h):
-        """Turn a finished native call's slot or return code into a Python value."""
-        cdef ct_ncall *call = h._ncall
-        cdef int32_t st = ct_load_i32(&call.status)
-        if st == ST_SUCCEEDED:
-            if h._result_kind == b'd':
-                h._value = call.result.d
-            elif h._result_kind == b'b':
-                h._value = call.result.i != 0
-            else:
-                h._value = call.result.i
-        elif st == ST_FAILED:
-            h._value = self._native_error(h, call.rc)
-        else:
-            return   # cancelled: _value already holds the CancelledError
-        h._result_kind = 0   # _value now holds the Python result
-
-    def _native_error(self, TaskHandle h, int rc):
-        """The exception for a native return code (overridden by the compile stage)."""
-        return _native_error_for(rc)
-
     # -- workers ----------------------------------------------------------------
 
     def _spawn_worker(self):
@@ -860,6 +890,7 @@ cdef class Core:
                     break
             else:
                 raise RuntimeError(f"cytask supports at most {MAX_WORKER_SLOTS} workers")
+            ct_store_i32(&self._workers[slot].abandoned, 0)
             ct_store_i32(&self._workers[slot].alive, 1)
             ct_add_i32(&self._live_workers, 1)
             t = threading.Thread(target=self._worker_main, args=(slot,),
@@ -885,6 +916,19 @@ cdef class Core:
                 del _worker_slots[threading.get_ident()]
             else:
                 _worker_slots[threading.get_ident()] = previous
+
+    def _abandon_running(self, TaskHandle h):
+        """The worker running `h` exits once `h` returns; True if one was found.
+
+        Used after a time limit: the engine starts a replacement worker at once, so
+        the stuck thread no longer counts towards the pool.
+        """
+        cdef int slot
+        for slot in range(INLINE_SLOT):
+            if self._current[slot] is h and ct_load_i32(&self._workers[slot].alive):
+                ct_store_i32(&self._workers[slot].abandoned, 1)
+                return True
+        return False
 
     def _request_retire(self, int n):
         """Ask `n` workers to exit at their next idle moment."""
@@ -949,10 +993,30 @@ cdef class Core:
                     with gil:
                         item = self._gil_section(w, slot, item, deferred, ndeferred)
                     ndeferred = 0
+                    if ct_load_i32(&w.abandoned):
+                        # a replacement took this slot's place; hand back any popped item
+                        if item != NULL:
+                            with gil:
+                                self._requeue(item)
+                        ct_add_i32(&self._live_workers, -1)
+                        break
         finally:
             _worker_slots.pop(threading.get_ident(), None)
             self._current[slot] = None
             ct_store_i32(&w.alive, 0)
+
+    cdef void _requeue(self, void *item) noexcept:
+        """Push back an item this worker popped but will not run (it is exiting)."""
+        cdef TaskHandle h
+        if _is_native(item):
+            h = <TaskHandle>_as_ncall(item).owner
+        else:
+            h = <TaskHandle><PyObject *>item
+        try:
+            self._enqueue(h)
+        except BaseException as exc:
+            _report_unraisable(exc, f"requeueing task {h.task_id}")
+        Py_DECREF(h)   # the reference the popped item carried
 
     cdef inline bint _all_empty(self) noexcept nogil:
         cdef int lvl
@@ -1077,6 +1141,8 @@ cdef class Core:
             if CT_DEBUG:
                 ct_add_i64(&_debug_counters[1], 1)
             self._run_python(w, slot, h)
+            if ct_load_i32(&w.abandoned):
+                return NULL
             n += 1
             if n >= BATCH_MAX or ct_now_ns() - t_start > BATCH_NS:
                 return NULL
@@ -1115,9 +1181,14 @@ cdef class Core:
         h._done_published()
 
     cdef void _run_python(self, ct_worker *w, int slot, TaskHandle h) noexcept:
-        """Run one Python task under the GIL; never raises."""
+        """Run one Python task under the GIL; never raises.
+
+        The worker's counters and current-task slot are settled before the handle
+        is completed, so whoever the completion wakes sees them up to date.
+        """
         cdef int64_t t0, t1
-        cdef bint failed = False
+        cdef BaseException error = None
+        cdef bint retried = False
         if not ct_cas_i32(&h._status, ST_PENDING, ST_RUNNING):
             return   # cancelled while queued: cancel() already finished it
         h._attempts += 1
@@ -1132,31 +1203,35 @@ cdef class Core:
             else:
                 value = h._fn(*h._args, **h._kwargs)
         except BaseException as exc:
-            failed = not self._handle_failure(h, exc)
-        else:
-            if type(value) is _CoroutineType:
-                self._hand_to_loop(h, value)
-            else:
-                # expected=RUNNING: a time limit may have failed the handle meanwhile
-                h._complete(ST_SUCCEEDED, value, ST_RUNNING)
+            error = exc
+            value = None
         t1 = ct_now_ns()
         w.task_started_ns = 0
         self._current[slot] = None
-        self._account(w, t1 - t0, failed)
+        if error is not None:
+            retried = self._try_retry(h, error)
+            # a task timed out or cancelled meanwhile is not counted as this run's failure
+            self._account(w, t1 - t0, not retried and ct_load_i32(&h._status) == ST_RUNNING)
+            if not retried:
+                h._complete_failed_by_worker(error)
+            return
+        self._account(w, t1 - t0, False)
+        if type(value) is _CoroutineType:
+            self._hand_to_loop(h, value)
+        else:
+            # expected=RUNNING: a time limit may have failed the handle meanwhile
+            h._complete(ST_SUCCEEDED, value, ST_RUNNING)
 
-    cdef bint _handle_failure(self, TaskHandle h, BaseException exc) noexcept:
-        """A task raised: retry it (True) or fail the handle (False)."""
+    cdef bint _try_retry(self, TaskHandle h, BaseException exc) noexcept:
+        """A task raised: True if the engine's retry policy queued it again."""
         try:
             if h.options is not None and h.options.retries > 0 \
                     and h._attempts <= h.options.retries \
                     and not h._cancel_requested:
-                if self._on_retry(h, exc):
-                    return True
+                return self._on_retry(h, exc)
         except BaseException as internal:
             _report_unraisable(internal, f"the retry policy of task {h.task_id}")
-        if h._complete_failed_by_worker(exc):
-            return False
-        return True  # timed out or cancelled meanwhile: not this worker's failure
+        return False
 
     cdef void _hand_to_loop(self, TaskHandle h, coro) noexcept:
         try:

@@ -75,3 +75,31 @@ def test_debug_counters_balance() -> None:
     del handles
     gc.collect()
     assert _core.debug_counters()[2] == live0
+
+
+def test_engine_is_collected_after_shutdown() -> None:
+    import weakref
+
+    eng = Engine(workers=2)
+    handles = [eng.submit(int, i) for i in range(1000)]
+    eng.shutdown(wait=True)
+    ref = weakref.ref(eng)
+    del eng
+    gc.collect()
+    assert ref() is None, "a finished handle must not keep its engine alive"
+    assert handles[-1].result(timeout=0) == 999
+
+
+def test_cycle_through_a_result_is_collected() -> None:
+    import weakref
+
+    from cytask import current_task
+
+    marker = Sentinel()
+    ref = weakref.ref(marker)
+    with Engine(workers=1) as eng:
+        h = eng.submit(lambda m: [current_task(), m], marker)  # result -> handle -> result
+        assert h.result(timeout=10)[0] is h
+    del h, marker
+    gc.collect()
+    assert ref() is None, "handles whose result may cycle back must be GC-tracked"
