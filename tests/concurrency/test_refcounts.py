@@ -100,6 +100,6 @@ def test_cycle_through_a_result_is_collected() -> None:
     with Engine(workers=1) as eng:
         h = eng.submit(lambda m: [current_task(), m], marker)  # result -> handle -> result
         assert h.result(timeout=10)[0] is h
-    del h, marker
+    del h, marker, eng  # the engine's result store holds the handle too
     gc.collect()
     assert ref() is None, "handles whose result may cycle back must be GC-tracked"
