@@ -5,6 +5,9 @@ supervisor grows the pool when work is queued, every worker has been inside its
 current task for a while, and the process is not busy computing (so more threads
 would not just fight over the GIL).  Workers that idle for ``worker_idle_timeout``
 seconds retire on their own (in the native core) down to ``workers``.
+
+While there is nothing to grow for, the supervisor sleeps in the native core; the
+first submit that finds no idle worker wakes it, so an idle engine costs no CPU.
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Supervisor"]
 
-_BUSY_TICK = 0.001  # while work waits
-_IDLE_TICK = 0.02  # while nothing waits
-_BLOCKED_NS = 1_000_000  # a worker in the same task this long counts as blocked
+_TICK = 0.0005  # how often the supervisor looks while work waits
+_PARK = 1.0  # longest sleep while nothing waits (also bounds the shutdown delay)
+_BLOCKED_NS = 500_000  # a worker in the same task this long counts as blocked
 _CPU_BUSY = 0.9  # process CPU (cores) above which more threads would fight over the GIL
 
 
@@ -28,7 +31,7 @@ class Supervisor:
     def __init__(self, engine: Engine, max_workers: int) -> None:
         self._engine = engine
         self._max = max_workers
-        self._stop = threading.Event()
+        self._stopped = False
         self.grown = 0
         self._thread = threading.Thread(
             target=self._run, name=f"{engine.name}-autoscale", daemon=True
@@ -36,28 +39,29 @@ class Supervisor:
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopped = True
+        self._engine._poke_grower_now()
         if threading.current_thread() is not self._thread:
             self._thread.join()
 
     def _run(self) -> None:
         eng = self._engine
         cpu0, t0 = time.process_time(), time.monotonic()
-        tick = _IDLE_TICK
-        while not self._stop.wait(tick):
+        while not self._stopped:
             queued = eng._queued()
             live = eng._live()
+            if queued == 0 or live >= self._max or eng.closed:
+                eng._grower_park(_PARK)
+                cpu0, t0 = time.process_time(), time.monotonic()
+                continue
+            time.sleep(_TICK)
             cpu1, t1 = time.process_time(), time.monotonic()
             cpu_cores = (cpu1 - cpu0) / (t1 - t0) if t1 > t0 else 0.0
             cpu0, t0 = cpu1, t1
-            if queued == 0 or live >= self._max or eng.closed:
-                tick = _IDLE_TICK
-                continue
-            tick = _BUSY_TICK
             if eng._blocked_workers(_BLOCKED_NS) < live or cpu_cores > _CPU_BUSY:
                 continue
-            for _ in range(min(queued, self._max - live)):
-                if eng.closed:
+            for _ in range(min(eng._queued(), self._max - live)):
+                if eng.closed or self._stopped:
                     break
                 eng._spawn_worker()
                 self.grown += 1

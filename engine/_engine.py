@@ -426,16 +426,9 @@ class Engine(_core.Core):
                 )
 
     def _join_workers(self, deadline: float | None) -> None:
-        current = threading.current_thread()
-        for t in list(self._threads):
-            while t is not current and t.is_alive():
-                running = self._current_task_of_slot(t.cytask_slot)
-                if running is not None and running.done() and running.cancel_requested:
-                    break  # abandoned after its time limit: nothing left to wait for
-                left = _remaining(deadline)
-                if left == 0:
-                    return
-                t.join(0.05 if left is None else min(0.05, left))
+        # workers abandoned after a time limit are not waited for: their task
+        # already ended (TaskTimeout) and the thread exits whenever it returns
+        self._wait_workers_exit(_remaining(deadline))
 
     @property
     def closed(self) -> bool:

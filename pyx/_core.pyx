@@ -25,6 +25,7 @@ from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 
+import _thread
 import sys
 import threading
 
@@ -66,6 +67,7 @@ cdef extern from "ct_park.h":
     void ct_futex_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns) noexcept nogil
     void ct_parker_notify_one(ct_parker *p) noexcept nogil
     void ct_parker_notify_all(ct_parker *p) noexcept nogil
+    void ct_futex_wake_all "ct_parker_futex_wake_all"(uint32_t *addr) noexcept nogil
     void ct_waitset_notify(ct_waitset *w) noexcept nogil
     int ct_waitset_wait(ct_waitset *w, const int32_t *status, int32_t terminal_from,
                         int64_t deadline_ns) noexcept nogil
@@ -651,6 +653,12 @@ cdef class Core:
     cdef ct_waitset _done
     # producers blocked on a full ring wait here; consumers notify after a pop
     cdef ct_waitset _space
+    # the auto-scaler parks here while there is nothing to grow for; `waiters` is 1
+    # while it sleeps, and the first producer that queues work with no idle worker
+    # exchanges it to 0 and wakes it (one wake per sleep)
+    cdef ct_waitset _grower
+    # bumped by every worker thread as it exits; shutdown waits on it
+    cdef ct_waitset _exited
     cdef ct_worker *_workers
     # number of live worker threads: += under the GIL at spawn, -= by a retiring
     # worker without the GIL (SEQ_CST both)
@@ -676,7 +684,6 @@ cdef class Core:
     cdef list _results
     cdef Py_ssize_t _results_len
     cdef list _current         # slot -> the TaskHandle that slot runs now, or None
-    cdef readonly list _threads
     cdef object _spawn_lock
 
     def __cinit__(self):
@@ -707,7 +714,6 @@ cdef class Core:
         self._results_len = max_results
         self._results = [None] * max_results if max_results > 0 else None
         self._current = [None] * MAX_WORKER_SLOTS
-        self._threads = []
         self._spawn_lock = threading.Lock()
         self._min_workers = min_workers
         self._idle_retire_ns = <int64_t>(idle_retire_s * 1e9)
@@ -789,7 +795,32 @@ cdef class Core:
         if CT_DEBUG:
             ct_add_i64(&_debug_counters[0], 1)
         ct_parker_notify_one(&self._parker)
+        if ct_load_i32(&self._grower.waiters) and not ct_load_i32(&self._parker.sleepers):
+            self._poke_grower()
         return 0
+
+    cdef void _poke_grower(self) noexcept:
+        """Work was queued and no worker is idle: wake the auto-scaler, once."""
+        if ct_xchg_i32(&self._grower.waiters, 0) == 1:
+            ct_add_i32(<int32_t *>&self._grower.seq, 1)
+            ct_futex_wake_all(&self._grower.seq)
+
+    def _poke_grower_now(self):
+        """Wake the auto-scaler unconditionally (shutdown)."""
+        ct_store_i32(&self._grower.waiters, 1)
+        self._poke_grower()
+
+    def _grower_park(self, double timeout):
+        """The auto-scaler sleeps here (GIL released) until work arrives with no
+        idle worker, or `timeout` seconds pass."""
+        cdef uint32_t s
+        cdef int64_t t = <int64_t>(timeout * 1e9)
+        with nogil:
+            ct_store_i32(&self._grower.waiters, 1)
+            s = ct_load_u32(&self._grower.seq)
+            if self._all_empty() or ct_load_i32(&self._parker.sleepers):
+                ct_futex_wait(&self._grower.seq, s, t)
+            ct_store_i32(&self._grower.waiters, 0)
 
     cdef bint _wait_for_space(self, ct_ring *ring, void *item):
         """The ring was full: wait (GIL released) until a pop frees a slot."""
@@ -893,13 +924,51 @@ cdef class Core:
             ct_store_i32(&self._workers[slot].abandoned, 0)
             ct_store_i32(&self._workers[slot].alive, 1)
             ct_add_i32(&self._live_workers, 1)
-            t = threading.Thread(target=self._worker_main, args=(slot,),
-                                 name=f"cytask-worker-{slot}", daemon=True)
-            t.cytask_slot = slot
-            self._threads = [x for x in self._threads if x.is_alive()]
-            self._threads.append(t)
-        t.start()
+        try:
+            # a bare thread: threading.Thread.start() waits for the thread to run,
+            # which makes growing by 200 workers take tens of milliseconds
+            _thread.start_new_thread(self._worker_main, (slot,))
+        except BaseException:
+            ct_add_i32(&self._live_workers, -1)
+            ct_store_i32(&self._workers[slot].alive, 0)
+            raise
         return slot
+
+    def _wait_workers_exit(self, timeout):
+        """Wait (GIL released) until every worker has exited, except the calling
+        thread and workers abandoned after a time limit.  False on time-out."""
+        cdef int64_t deadline = -1
+        cdef int64_t left
+        cdef uint32_t s
+        cdef int own = -1
+        cdef bint done = False
+        entry = _worker_slots.get(threading.get_ident())
+        if entry is not None and entry[0] is self:
+            own = entry[1]
+        if timeout is not None:
+            deadline = ct_now_ns() + <int64_t>(timeout * 1e9)
+        with nogil:
+            while True:
+                s = ct_load_u32(&self._exited.seq)
+                if self._running_workers(own) == 0:
+                    done = True
+                    break
+                left = -1
+                if deadline >= 0:
+                    left = deadline - ct_now_ns()
+                    if left <= 0:
+                        break
+                ct_futex_wait(&self._exited.seq, s, left)
+        return done
+
+    cdef int _running_workers(self, int except_slot) noexcept nogil:
+        cdef int i
+        cdef int n = 0
+        for i in range(INLINE_SLOT):
+            if i != except_slot and ct_load_i32(&self._workers[i].alive) \
+                    and not ct_load_i32(&self._workers[i].abandoned):
+                n += 1
+        return n
 
     def _run_inline(self, TaskHandle h):
         """Run a PENDING handle on the calling thread (eager mode), like a worker would."""
@@ -1004,6 +1073,8 @@ cdef class Core:
             _worker_slots.pop(threading.get_ident(), None)
             self._current[slot] = None
             ct_store_i32(&w.alive, 0)
+            ct_add_i32(<int32_t *>&self._exited.seq, 1)
+            ct_futex_wake_all(&self._exited.seq)
 
     cdef void _requeue(self, void *item) noexcept:
         """Push back an item this worker popped but will not run (it is exiting)."""

@@ -52,6 +52,8 @@ static inline void ct_futex_wake(uint32_t *addr, int count) {
     syscall(SYS_futex, addr, FUTEX_WAKE_PRIVATE, count, NULL, NULL, 0);
 }
 
+static inline void ct_parker_futex_wake_all(uint32_t *addr) { ct_futex_wake(addr, INT_MAX); }
+
 typedef struct {
     /* futex word: bumped (SEQ_CST) by every waker before FUTEX_WAKE, so a worker
        that read the old value never sleeps through a wake */
