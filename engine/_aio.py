@@ -88,6 +88,7 @@ class AsyncRunner:
                 handle, coro = self._waiting.popleft()
             if handle.done():  # cancelled or timed out while waiting for a slot
                 coro.close()
+                self._engine._async_ids.discard(handle.task_id)
                 continue
             ctx = contextvars.copy_context()
             ctx.run(_current.set, handle)
@@ -104,6 +105,7 @@ class AsyncRunner:
         except asyncio.CancelledError:
             from cytask._errors import CancelledError
 
+            self._engine._async_ids.discard(handle.task_id)
             handle._complete(6, CancelledError(f"task {handle.task_id} was cancelled"))
         except TimeoutError as exc:
             if options is not None and options.timeout > 0 and not handle.done():
@@ -119,6 +121,9 @@ class AsyncRunner:
         except BaseException as exc:
             self._engine._async_failed(handle, exc)
         else:
+            # the failure paths discard the id in Engine._async_failed (before a retry
+            # may add it again); these two must too, or the set grows with every task
+            self._engine._async_ids.discard(handle.task_id)
             handle._complete(_SUCCEEDED, value, _RUNNING)
         finally:
             self._running.pop(handle.task_id, None)

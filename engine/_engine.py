@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import random
 import signal
@@ -314,12 +315,28 @@ class Engine(_core.Core):
             options is not None
             and h.attempts <= options.retries
             and not h.cancel_requested
+            and not isinstance(exc, TaskTimeout)  # time limits are final, as for sync tasks
             and self._on_retry(h, exc)
         ):
             return
         h._complete(_FAILED, exc, _RUNNING)
 
     def _before_blocking_wait(self, h: TaskHandle[Any]) -> None:
+        runner = self._async
+        if (
+            runner is not None
+            and threading.current_thread() is runner._thread
+            and (
+                h.task_id in self._async_ids
+                or inspect.iscoroutinefunction(getattr(h, "_fn_", None))
+            )
+        ):
+            # an async task of this engine blocking its own loop on another async task:
+            # the child can never run, so say so instead of hanging
+            raise RuntimeError(
+                f"blocking wait on async task {h.task_id} from the engine's event loop would "
+                f"deadlock; inside an async task use `await handle` instead"
+            )
         # A task waiting on another task of this engine holds a worker while it
         # waits; without a stand-in a single-worker engine would deadlock.
         if _core.current_worker_core() is self and not self._shut_down:

@@ -40,7 +40,20 @@ class EngineExecutor(concurrent.futures.Executor):
                 raise EngineClosed("this executor was shut down")
             fut: concurrent.futures.Future[T] = concurrent.futures.Future()
             self._outstanding.add(fut)
-        handle = self._engine.submit(fn, *args, **kwargs)
+
+        def run() -> T:
+            # The Future is RUNNING from the moment a worker starts the task, as with
+            # ThreadPoolExecutor: from then on fut.cancel() returns False.
+            if not fut.set_running_or_notify_cancel():
+                raise concurrent.futures.CancelledError("cancelled as it started")
+            return fn(*args, **kwargs)
+
+        try:
+            handle = self._engine.submit(run)
+        except BaseException:
+            with self._lock:  # never submitted: shutdown(wait=True) must not wait for it
+                self._outstanding.discard(fut)
+            raise
         fut.add_done_callback(lambda f: handle.cancel() if f.cancelled() else None)
         handle.add_done_callback(lambda h: self._transfer(h, fut))
         return fut
@@ -48,11 +61,15 @@ class EngineExecutor(concurrent.futures.Executor):
     def _transfer(self, handle: TaskHandle[Any], fut: concurrent.futures.Future[Any]) -> None:
         with self._lock:
             self._outstanding.discard(fut)
-        if not fut.set_running_or_notify_cancel():
-            return
-        if handle.cancelled():
-            fut.set_exception(concurrent.futures.CancelledError(f"task {handle.task_id}"))
-            return
+        if handle.attempts == 0:
+            # never started (cancelled, engine shut down, queue full): `run` did not
+            # touch the Future; move it on here (this also wakes cf.wait/as_completed)
+            if handle.cancelled():
+                fut.cancel()
+            if not fut.set_running_or_notify_cancel():
+                return
+        elif fut.cancelled():
+            return  # cancelled just as it started: `run` already notified the waiters
         exc = handle.exception(timeout=0)
         if exc is None:
             fut.set_result(handle.result(timeout=0))

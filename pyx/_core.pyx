@@ -994,8 +994,12 @@ cdef class Core:
         """
         cdef int slot
         for slot in range(INLINE_SLOT):
-            if self._current[slot] is h and ct_load_i32(&self._workers[slot].alive):
+            if self._current[slot] is h and ct_load_i32(&self._workers[slot].alive) \
+                    and not ct_load_i32(&self._workers[slot].abandoned):
                 ct_store_i32(&self._workers[slot].abandoned, 1)
+                # it no longer counts as a worker: not towards the pool size, not
+                # towards the minimum that idle workers retire down to
+                ct_add_i32(&self._live_workers, -1)
                 return True
         return False
 
@@ -1067,8 +1071,7 @@ cdef class Core:
                         if item != NULL:
                             with gil:
                                 self._requeue(item)
-                        ct_add_i32(&self._live_workers, -1)
-                        break
+                        break   # _abandon_running already took it off _live_workers
         finally:
             _worker_slots.pop(threading.get_ident(), None)
             self._current[slot] = None

@@ -62,6 +62,7 @@ def test_status_is_scheduled_until_due(engine: Engine) -> None:
     h = t.apply_async(countdown=60)
     assert h.status is TaskStatus.SCHEDULED
     assert not h.done() and not h.running()
+    assert engine.get(h.task_id) is h
     assert engine.stats().scheduled_tasks == 1
     assert h.cancel() is True
     assert engine.stats().scheduled_tasks == 0

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
@@ -41,7 +42,7 @@ def test_final_error_is_the_last_one_raised(engine: Engine) -> None:
         raise Flaky(f"attempt {current_task().attempt}")
 
     h = always.delay()
-    with pytest.raises(Flaky, match="^attempt 3$"):
+    with pytest.raises(Flaky, match=r"^attempt 3$"):
         h.result(timeout=30)
     assert h.attempts == 3
     assert h.status is TaskStatus.FAILED
@@ -103,12 +104,11 @@ def test_status_is_retrying_between_attempts(
         raise Flaky("later")
 
     h = slow_retry.delay()
-    wait_until(lambda: h.status is not TaskStatus.RUNNING and h.attempts == 1, what="attempt 1")
+    # the back-off sits on the timer: stats count it as scheduled
+    wait_until(lambda: engine.stats().scheduled_tasks == 1, what="the retry to be scheduled")
     assert h.status is TaskStatus.RETRYING
-    assert not h.done()
-    stats = engine.stats()
-    assert stats.retried_tasks == 1
-    assert stats.scheduled_tasks == 1  # waiting on the timer for its back-off
+    assert not h.done() and h.attempts == 1
+    assert engine.stats().retried_tasks == 1
     assert h.cancel() is True  # a retrying task has not started its next run
     assert h.cancelled() and h.attempts == 1
 
@@ -125,7 +125,7 @@ def test_backoff_grows_exponentially(engine: Engine) -> None:
         return "ok"
 
     assert flaky.delay().result(timeout=30) == "ok"
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     for i, gap in enumerate(gaps):
         expected = base * 2**i  # 0.05, 0.1, 0.2
         assert expected <= gap <= expected + 0.5, (i, gaps)
@@ -143,7 +143,7 @@ def test_backoff_with_jitter_stays_within_half_and_full_delay(engine: Engine) ->
         return "ok"
 
     assert flaky.delay().result(timeout=30) == "ok"
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     for i, gap in enumerate(gaps):
         full = base * 2**i
         assert full / 2 <= gap <= full + 0.5, (i, gaps)
@@ -217,3 +217,20 @@ def test_many_concurrent_retrying_tasks(engine: Engine) -> None:
     handles = [flaky.delay(i) for i in range(300)]
     assert [h.result(timeout=60) for h in handles] == list(range(300))
     assert [h.attempts for h in handles] == [i % 5 + 1 for i in range(300)]
+
+
+def test_shutdown_cancels_a_task_waiting_to_retry(
+    make_engine: Callable[..., Engine], wait_until: Callable[..., None]
+) -> None:
+    eng = make_engine(workers=1)
+
+    @task(engine=eng, retries=3, retry_backoff=60)
+    def flaky() -> None:
+        raise Flaky("later")
+
+    h = flaky.delay()
+    wait_until(lambda: eng.stats().scheduled_tasks == 1, what="the retry to be scheduled")
+    t0 = time.monotonic()
+    eng.shutdown(wait=True, timeout=30)
+    assert time.monotonic() - t0 < 30  # did not wait out the back-off
+    assert h.cancelled() and h.attempts == 1

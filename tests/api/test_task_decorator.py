@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -232,3 +233,41 @@ def test_public_surface() -> None:
     assert issubclass(cytask.TaskTimeout, cytask.CytaskError)
     assert issubclass(cytask.EngineClosed, cytask.CytaskError)
     assert issubclass(cytask.QueueFull, cytask.CytaskError)
+
+
+def test_full_queue_raises_queue_full_after_submit_timeout(
+    make_engine: Callable[..., Engine], gate: threading.Event
+) -> None:
+    eng = make_engine(workers=1, queue_size=2, submit_timeout=0.05)
+    started = threading.Event()
+    eng.submit(lambda: (started.set(), gate.wait()))
+    assert started.wait(10)
+    queued = [eng.submit(int, i) for i in range(eng.queue_capacity)]
+    t0 = time.monotonic()
+    with pytest.raises(cytask.QueueFull, match="NORMAL queue is full") as info:
+        eng.submit(int, 99)
+    assert time.monotonic() - t0 >= 0.05  # it waited submit_timeout for space first
+    rejected = info.value.handle
+    assert rejected is not None and rejected.status is TaskStatus.FAILED  # nothing lost silently
+    assert eng.add_task(int, priority=Priority.HIGH).status is TaskStatus.PENDING  # per level
+    gate.set()
+    assert [h.result(timeout=30) for h in queued] == list(range(eng.queue_capacity))
+
+
+def test_full_queue_waits_for_space_without_submit_timeout(
+    make_engine: Callable[..., Engine], gate: threading.Event
+) -> None:
+    eng = make_engine(workers=1, queue_size=2)  # submit_timeout=None: wait as long as needed
+    started = threading.Event()
+    eng.submit(lambda: (started.set(), gate.wait()))
+    assert started.wait(10)
+    for _ in range(eng.queue_capacity):
+        eng.submit(int)
+    got: list[TaskHandle[int]] = []
+    submitter = threading.Thread(target=lambda: got.append(eng.submit(int, 7)))
+    submitter.start()
+    submitter.join(0.1)
+    assert submitter.is_alive() and not got  # blocked on the full level ...
+    gate.set()
+    submitter.join(30)
+    assert got[0].result(timeout=30) == 7  # ... until a worker made room

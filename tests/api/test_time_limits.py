@@ -32,7 +32,7 @@ def test_handle_fails_with_task_timeout_at_the_deadline(
     submitted = time.monotonic()
     h = stuck.delay()
     assert started.wait(10)
-    with pytest.raises(TaskTimeout, match="time limit of 0.2 s") as info:
+    with pytest.raises(TaskTimeout, match=r"time limit of 0\.2 s") as info:
         h.result(timeout=30)
     failed_at = time.monotonic()
     assert isinstance(info.value, TimeoutError) and isinstance(info.value, CytaskError)
@@ -111,6 +111,24 @@ def test_stuck_worker_slot_is_replaced(
     # once the stuck thread is free the pool shrinks back to its size
     wait_until(lambda: eng.stats().total_workers == 1, what="the pool to shrink back")
     assert eng.submit(lambda: 1).result(timeout=10) == 1
+
+
+def test_replacement_survives_idle_retirement(
+    make_engine: Callable[..., Engine], gate: threading.Event
+) -> None:
+    eng = make_engine(workers=1, worker_idle_timeout=0.05)
+
+    @task(engine=eng, timeout=0.05)
+    def stuck() -> None:
+        gate.wait()
+
+    with pytest.raises(TaskTimeout):
+        stuck.delay().result(timeout=30)
+    time.sleep(0.5)  # well past worker_idle_timeout: an idle replacement may retire now
+    h = eng.submit(lambda: "capacity kept")
+    ok = h.wait(timeout=5)
+    gate.set()
+    assert ok
 
 
 def test_many_stuck_tasks_do_not_starve_the_engine(
