@@ -32,6 +32,12 @@ _FAILED = 5
 _RUNNING = 2
 
 
+# the runner whose loop runs the current async task (None elsewhere)
+_current_runner: contextvars.ContextVar[AsyncRunner | None] = contextvars.ContextVar(
+    "cytask_current_runner", default=None
+)
+
+
 def current_async_handle() -> TaskHandle[Any] | None:
     return _current.get()
 
@@ -92,6 +98,7 @@ class AsyncRunner:
                 continue
             ctx = contextvars.copy_context()
             ctx.run(_current.set, handle)
+            ctx.run(_current_runner.set, self)
             task = self._loop.create_task(self._run(handle, coro), context=ctx)
             self._running[handle.task_id] = task
 
@@ -173,7 +180,19 @@ async def await_handle(handle: TaskHandle[Any]) -> Any:
             loop.call_soon_threadsafe(_resolve, fut)
 
         handle.add_done_callback(wake)
-        await fut
+        runner = _current_runner.get()
+        if runner is not None and runner._loop is loop:
+            # an async task awaiting another task holds its concurrency slot while it
+            # waits; lend one so a child waiting for a slot can run (no deadlock even
+            # with async_concurrency=1)
+            runner._concurrency += 1
+            runner._start_waiting()
+            try:
+                await fut
+            finally:
+                runner._concurrency -= 1
+        else:
+            await fut
     return handle.result(timeout=0)
 
 

@@ -119,11 +119,6 @@ def test_blocking_wait_on_an_async_child_from_the_loop_is_a_clear_error(
         eng.submit(parent).result(timeout=30)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed: an async parent holding the only async_concurrency slot awaits a "
-    "child that waits for that slot",
-)
 def test_async_parent_awaiting_a_child_with_one_async_slot(
     make_engine: Callable[..., Engine],
 ) -> None:
