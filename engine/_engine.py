@@ -9,6 +9,7 @@ import random
 import signal
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -281,11 +282,15 @@ class Engine(_core.Core):
 
     def _on_timed_start(self, h: TaskHandle[Any]) -> None:
         assert h.options is not None
-        self._timer_call_at(time.monotonic() + h.options.timeout, self._expire, h, h.attempts)
+        # a weak reference: a task that finished long before its limit is not kept
+        # alive (with its result) by the timer until then
+        deadline = time.monotonic() + h.options.timeout
+        self._timer_call_at(deadline, self._expire, weakref.ref(h), h.attempts)
 
-    def _expire(self, h: TaskHandle[Any], attempt: int) -> None:
+    def _expire(self, ref: weakref.ref[TaskHandle[Any]], attempt: int) -> None:
         """A time limit passed: fail the handle, ask the task to stop, keep capacity."""
-        if h.attempts != attempt or h.done() or h.task_id in self._async_ids:
+        h = ref()
+        if h is None or h.attempts != attempt or h.done() or h.task_id in self._async_ids:
             return  # finished, retried, or async (its own wait_for enforces the limit)
         assert h.options is not None
         h._request_cancel()

@@ -260,6 +260,7 @@ cdef class TaskHandle:
     cdef object _progress_message
     cdef list _callbacks
     cdef int64_t _finished_ns
+    cdef object __weakref__   # the timer refers to running tasks weakly
 
     def __cinit__(self):
         if CT_DEBUG:

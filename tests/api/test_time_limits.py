@@ -215,3 +215,25 @@ def test_shutdown_does_not_wait_for_an_abandoned_task(
     eng.shutdown(wait=True, timeout=60)
     assert time.monotonic() - t0 < 30
     assert not gate.is_set()
+
+
+def test_finished_task_is_not_kept_alive_by_its_pending_time_limit(
+    make_engine: Callable[..., Engine],
+) -> None:
+    import gc
+    import weakref
+
+    class Result:
+        pass
+
+    eng = make_engine(workers=1, max_results=0)
+
+    @task(engine=eng, timeout=3600)
+    def make() -> Result:
+        return Result()
+
+    h = make.delay()
+    ref = weakref.ref(h.result(timeout=10))
+    del h
+    gc.collect()
+    assert ref() is None, "the timer's entry for the time limit must not hold the handle"
