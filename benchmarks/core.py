@@ -1,6 +1,6 @@
 """Core figures of cytask beside ThreadPoolExecutor and Catzilla, in one process.
 
-    python benchmarks/core.py [--quick] [--rounds N]
+    python benchmarks/core.py [--quick] [--rounds N] [--no-catzilla]
 
 Three measurements, each for ``cytask.Engine(workers=1|2)``,
 ``ThreadPoolExecutor(1|2)`` and, when it is importable, Catzilla's ``add_task``:
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import importlib.util
 import io
@@ -33,7 +34,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
 
@@ -50,7 +50,7 @@ WAKE_GAP_S = (0.001, 0.002)
 WAKE_SEED = 20240601
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Sizes:
     cytask: int
     executor: int
@@ -92,7 +92,7 @@ def stamp() -> int:
 # The systems under test, behind one small adapter
 
 
-@dataclass
+@dataclasses.dataclass
 class Pool:
     """One live pool: how to submit to it, wait for one task, and drain it."""
 
@@ -102,18 +102,17 @@ class Pool:
     keep_handles: bool = False  # True when draining needs the handles (Catzilla)
 
 
-@dataclass
+@dataclasses.dataclass
 class System:
     name: str
     workers: str
     make: Callable[[], Pool]
     n: int
     key: str = ""
-    e2e: list[float] = field(default_factory=list)
-    submit: list[float] = field(default_factory=list)
+    e2e: list[float] = dataclasses.field(default_factory=list)
+    submit: list[float] = dataclasses.field(default_factory=list)
     wake_p50_us: float = float("nan")
     wake_p99_us: float = float("nan")
-    note: str = ""
 
 
 def cytask_pool(workers: int) -> Pool:
@@ -264,7 +263,7 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
-def report(systems: list[System], sizes: Sizes) -> str:
+def report(systems: list[System]) -> str:
     by = {s.key: s for s in systems}
     out: list[str] = []
     rows = [
@@ -405,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     if args.rounds is not None:
-        sizes = Sizes(**{**sizes.__dict__, "rounds": max(1, args.rounds)})
+        sizes = dataclasses.replace(sizes, rounds=max(1, args.rounds))
     with_catzilla = catzilla_available() and not args.no_catzilla
     systems = build_systems(sizes, with_catzilla)
     print(header(sizes, with_catzilla), flush=True)
@@ -431,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     print(f"  total {time.perf_counter() - started:.0f} s", file=sys.stderr)
     print()
-    print(report(systems, sizes))
+    print(report(systems))
     print(f"\nload average (1 min) at the end: {os.getloadavg()[0]:.2f}")
     return 0
 

@@ -1,6 +1,6 @@
 """The django-vtasks benchmark method, applied to in-process engines.
 
-    python benchmarks/vtasks.py [--quick] [--rounds N]
+    python benchmarks/vtasks.py [--quick] [--rounds N] [--tasks N] [--no-catzilla]
 
 Method (../shared/reference/django-vtasks-vs-celery-rq-benchmark.md): 5,000 tasks
 per run, NoOp and Sleep 10 ms, 200 concurrency; enqueue/s is tasks / time to
@@ -41,6 +41,7 @@ CONCURRENCY = 200
 SLEEP_S = 0.010
 ROUNDS = 3
 GOAL_SLEEP_RATE = 18_000  # 90% of the 20,000/s that 200-way 10 ms sleeps allow
+CHILD_TIMEOUT_S = 300
 
 # The cytask.Engine every scenario uses: auto-scaling from 2 workers up to 200.
 CYTASK_ENGINE_KWARGS: dict[str, Any] = {
@@ -274,7 +275,11 @@ def plan(with_catzilla: bool) -> list[Row]:
 def run_in_subprocess(row: Row, n: int) -> None:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", row.system, row.scenario.key]
     cmd += ["--tasks", str(n)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        row.error = f"timed out after {CHILD_TIMEOUT_S} s"
+        return
     lines = proc.stdout.strip().splitlines()
     stderr_tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
     if proc.returncode != 0 or not lines:
