@@ -228,15 +228,8 @@ class Engine(_core.Core):
         **kwargs: Any,
     ) -> Periodic:
         """Submit ``fn(*args, **kwargs)`` every `interval` seconds, first after one interval."""
-        from cytask._periodic import Periodic
-
         seconds = check_nonneg_number(interval, "interval", positive=True)
-        check_callable(fn, "fn")
-        self._check_open()
-        p = Periodic(self, fn, args, kwargs, int(check_priority(priority)), interval=seconds)
-        self._periodics.append(p)
-        p._schedule_next()
-        return p
+        return self._recurring(fn, args, kwargs, priority, interval=seconds)
 
     def cron(
         self,
@@ -250,12 +243,23 @@ class Engine(_core.Core):
         """Submit ``fn(*args, **kwargs)`` at each minute matching a 5-field cron expression
         (local time)."""
         from cytask._cron import CronExpression
+
+        return self._recurring(fn, args, kwargs, priority, cron=CronExpression(expression))
+
+    def _recurring(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        priority: Priority,
+        **schedule: Any,
+    ) -> Periodic:
         from cytask._periodic import Periodic
 
-        expr = CronExpression(expression)
         check_callable(fn, "fn")
+        prio = int(check_priority(priority))
         self._check_open()
-        p = Periodic(self, fn, args, kwargs, int(check_priority(priority)), cron=expr)
+        p = Periodic(self, fn, args, kwargs, prio, **schedule)
         self._periodics.append(p)
         p._schedule_next()
         return p

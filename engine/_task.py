@@ -130,14 +130,18 @@ def _delay_from(countdown: float | None, eta: dt.datetime | None) -> float | Non
     return None
 
 
-def _build(fn: Callable[P, R], options: dict[str, Any]) -> Task[P, R]:
-    check_callable(fn, "the decorated object")
+def _check_option_names(options: dict[str, Any]) -> None:
     unknown = sorted(set(options) - set(_VALID_OPTIONS))
     if unknown:
         raise InvalidTaskOptions(
             f"Unknown @task option(s) {', '.join(map(repr, unknown))}; "
             f"valid options are: {', '.join(_VALID_OPTIONS)}"
         )
+
+
+def _build(fn: Callable[P, R], options: dict[str, Any]) -> Task[P, R]:
+    check_callable(fn, "the decorated object")
+    _check_option_names(options)
     priority = check_priority(options.get("priority", Priority.NORMAL))
     retries = check_int(options.get("retries", 0), "retries", minimum=0)
     backoff = check_nonneg_number(options.get("retry_backoff", 0.0), "retry_backoff")
@@ -230,10 +234,5 @@ def task(fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
     def decorate(f: Callable[P, R]) -> Task[P, R]:
         return _build(f, options)
 
-    unknown = sorted(set(options) - set(_VALID_OPTIONS))
-    if unknown:  # fail at decoration, before a function is even given
-        raise InvalidTaskOptions(
-            f"Unknown @task option(s) {', '.join(map(repr, unknown))}; "
-            f"valid options are: {', '.join(_VALID_OPTIONS)}"
-        )
+    _check_option_names(options)  # fail at decoration, before a function is even given
     return decorate
