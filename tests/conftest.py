@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -52,6 +53,34 @@ def make_engine() -> Iterator[object]:
     yield make
     for eng in made:
         eng.shutdown(wait=True, timeout=30)
+
+
+@pytest.fixture
+def hold() -> Iterator[Callable[..., threading.Event]]:
+    """``hold(eng, n=1)`` occupies n workers of `eng` until the returned gate is set.
+
+    Returns once all n hold tasks run, so what is submitted next stays queued.  Every
+    gate is set at teardown, so no worker stays stuck after a failed test.
+    """
+    gates: list[threading.Event] = []
+
+    def occupy(eng: cytask.Engine, n: int = 1) -> threading.Event:
+        gate = threading.Event()
+        gates.append(gate)
+        running = threading.Barrier(n + 1)
+
+        def held() -> None:
+            running.wait()
+            gate.wait()
+
+        for _ in range(n):
+            eng.submit(held)
+        running.wait(timeout=30)
+        return gate
+
+    yield occupy
+    for gate in gates:
+        gate.set()
 
 
 @pytest.fixture

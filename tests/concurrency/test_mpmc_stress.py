@@ -46,17 +46,9 @@ def test_tiny_queue_forces_backpressure_without_loss(queue_size: int) -> None:
     assert counts.count(1) == len(counts)
 
 
-def test_queue_full_after_submit_timeout_fails_the_handle() -> None:
+def test_queue_full_after_submit_timeout_fails_the_handle(hold) -> None:  # type: ignore[no-untyped-def]
     eng = Engine(workers=1, queue_size=2, submit_timeout=0.0)
-    gate = threading.Event()
-    started = threading.Event()
-
-    def hold() -> None:
-        started.set()
-        gate.wait()
-
-    eng.submit(hold)
-    assert started.wait(10)
+    gate = hold(eng)
     accepted = [eng.submit(int, i) for i in range(2)]
     from cytask import QueueFull
 
@@ -70,17 +62,9 @@ def test_queue_full_after_submit_timeout_fails_the_handle() -> None:
     eng.shutdown()
 
 
-def test_blocked_submit_resumes_when_space_frees() -> None:
+def test_blocked_submit_resumes_when_space_frees(hold) -> None:  # type: ignore[no-untyped-def]
     eng = Engine(workers=1, queue_size=2, submit_timeout=None)
-    gate = threading.Event()
-    started = threading.Event()
-
-    def hold() -> None:
-        started.set()
-        gate.wait()
-
-    eng.submit(hold)
-    assert started.wait(10)
+    gate = hold(eng)
     eng.submit(int)
     eng.submit(int)
     submitted = threading.Event()

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-
 from cytask import Engine, Priority
 
 
-def test_strict_priority_then_fifo(rng) -> None:  # type: ignore[no-untyped-def]
+def test_strict_priority_then_fifo(rng, hold) -> None:  # type: ignore[no-untyped-def]
     eng = Engine(workers=1)
-    gate = threading.Event()
-    started = threading.Event()
-
-    def hold() -> None:
-        started.set()
-        gate.wait()
-
-    eng.submit(hold)
-    assert started.wait(10)
+    gate = hold(eng)
     order: list[tuple[int, int]] = []
     submitted: list[tuple[int, int]] = []
     for seq in range(400):
@@ -29,12 +19,9 @@ def test_strict_priority_then_fifo(rng) -> None:  # type: ignore[no-untyped-def]
     assert order == sorted(submitted)
 
 
-def test_higher_level_overtakes_lower_backlog() -> None:
+def test_higher_level_overtakes_lower_backlog(hold) -> None:  # type: ignore[no-untyped-def]
     eng = Engine(workers=1)
-    gate = threading.Event()
-    started = threading.Event()
-    eng.submit(lambda: (started.set(), gate.wait()))
-    assert started.wait(10)
+    gate = hold(eng)
     order: list[str] = []
     for i in range(100):
         eng.add_task(order.append, f"low{i}", priority=Priority.LOW)

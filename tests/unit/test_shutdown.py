@@ -64,17 +64,9 @@ def test_context_manager_drains() -> None:
     assert eng.closed
 
 
-def test_shutdown_timeout_cancels_what_did_not_run() -> None:
+def test_shutdown_timeout_cancels_what_did_not_run(hold) -> None:  # type: ignore[no-untyped-def]
     eng = Engine(workers=1)
-    gate = threading.Event()
-    started = threading.Event()
-
-    def hold() -> None:
-        started.set()
-        gate.wait()
-
-    eng.submit(hold)
-    assert started.wait(10)
+    gate = hold(eng)
     queued = [eng.submit(int) for _ in range(10)]
     eng.shutdown(wait=True, timeout=0.05)
     assert all(h.status is TaskStatus.CANCELLED for h in queued)
