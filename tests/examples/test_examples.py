@@ -45,7 +45,12 @@ EXPECTED: dict[str, list[str]] = {
         "cancel the reminder for eve before it is due: True",
         "eve's reminder: cancelled",
     ],
-    "demo.py": ["200,000 no-op tasks submitted", "engine drained and shut down"],
+    "demo.py": [
+        "200,000 no-op tasks: submitted",
+        "on attempt 3, status succeeded",
+        "same answer as Python: True",
+        "engine drained and shut down",
+    ],
     "graceful_shutdown.py": [
         "drained: 20/20 tasks succeeded before exit",
         "new work is refused after shutdown",
