@@ -47,7 +47,7 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "demo.py": [
         "200,000 no-op tasks: submitted",
-        "on attempt 3, status succeeded",
+        "on attempt 3', status succeeded",
         "same answer as Python: True",
         "engine drained and shut down",
     ],
