@@ -23,7 +23,7 @@ from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 import _thread
 import sys
@@ -875,6 +875,7 @@ cdef class Core:
         cdef Py_ssize_t i
         cdef char kind
         cdef ct_ncall *call
+        cdef ct_slot packed[CT_MAX_NATIVE_ARGS]
         if address == 0:
             raise ValueError("Expected a non-null function address for address, got 0")
         if n > CT_MAX_NATIVE_ARGS:
@@ -885,29 +886,35 @@ cdef class Core:
             raise ValueError(f"Expected b'i', b'd' or b'b' for result_kind, got {result_kind!r}")
         if priority < 0 or priority >= N_LEVELS:
             raise ValueError(f"Expected a Priority for priority, got {priority!r}")
-        h = self._new_handle(fallback, args, None, priority, None)
-        call = <ct_ncall *>calloc(1, sizeof(ct_ncall))
-        if call == NULL:
-            raise MemoryError()
-        h._ncall = call
-        h._result_kind = result_kind[0]
-        call.fn = <ct_native_fn>address
-        call.nargs = <int32_t>n
-        call.owner = <PyObject *>h
-        call.status = ST_PENDING
+        # pack (and validate) every argument before the task exists
         for i in range(n):
             kind = arg_kinds[i]
             a = args[i]
             if kind == b'd':
                 if not isinstance(a, (int, float)) or isinstance(a, bool):
                     raise TypeError(f"Expected float for argument {i}, got {type(a).__name__}")
-                call.args[i].d = a
+                packed[i].d = a
             elif kind == b'i' or kind == b'b':
                 if not isinstance(a, int):
                     raise TypeError(f"Expected int for argument {i}, got {type(a).__name__}")
-                call.args[i].i = a
+                packed[i].i = a
             else:
                 raise ValueError(f"Expected b'i', b'd' or b'b' in arg_kinds, got {arg_kinds!r}")
+        call = <ct_ncall *>calloc(1, sizeof(ct_ncall))
+        if call == NULL:
+            raise MemoryError()
+        call.fn = <ct_native_fn>address
+        call.nargs = <int32_t>n
+        call.status = ST_PENDING
+        memcpy(call.args, packed, n * sizeof(ct_slot))
+        try:
+            h = self._new_handle(fallback, args, None, priority, None)
+        except BaseException:
+            free(call)
+            raise
+        h._ncall = call
+        h._result_kind = result_kind[0]
+        call.owner = <PyObject *>h
         self._enqueue(h)
         return h
 

@@ -102,3 +102,12 @@ def test_done_callback_runs_for_native_task(native_lib) -> None:  # type: ignore
 def test_native_submit_validates(engine, native_lib, args, kinds, result_kind, exc, match) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(exc, match=match):
         engine.submit_native(native_lib.address("add_i64"), args, kinds, result_kind)
+
+
+def test_rejected_native_submit_leaves_no_task_behind(engine: Engine, native_lib) -> None:  # type: ignore[no-untyped-def]
+    before = engine.stats().submitted_tasks
+    with pytest.raises(OverflowError):
+        engine.submit_native(native_lib.address("add_i64"), (2**70, 1), b"ii", b"i")
+    with pytest.raises(TypeError):
+        engine.submit_native(native_lib.address("add_i64"), (1, "x"), b"ii", b"i")
+    assert engine.stats().submitted_tasks == before  # no handle stuck pending in the store
