@@ -130,7 +130,11 @@ STATUS_NAMES = (
 
 cdef int64_t BATCH_NS = 2_000_000        # a GIL hold lasts about this long at most
 cdef int64_t NATIVE_FLUSH_NS = 1_000_000  # native completions wait this long at most
-cdef int SPIN_ROUNDS = 200                # ~20-40 us of polling before parking
+# Adaptive spinning before parking, per worker: a spin that found work doubles the
+# next spin (up to SPIN_MAX rounds, ~40-80 us), one that ended in parking halves it
+# (down to SPIN_MIN).  Bursty producers keep workers hot; an idle engine parks fast.
+cdef int SPIN_MIN = 16
+cdef int SPIN_MAX = 400
 
 
 # ---------------------------------------------------------------------------
@@ -154,6 +158,7 @@ ctypedef struct ct_worker:
     # replacement: written (SEQ_CST) under the GIL by _abandon_running, read by the
     # worker after its task returns, which then exits instead of taking more work
     int32_t abandoned
+    int32_t spin_rounds      # adaptive spin length (only its worker touches it)
     char _pad[60]
 
 
@@ -930,6 +935,7 @@ cdef class Core:
             else:
                 raise RuntimeError(f"cytask supports at most {MAX_WORKER_SLOTS} workers")
             ct_store_i32(&self._workers[slot].abandoned, 0)
+            self._workers[slot].spin_rounds = SPIN_MAX // 2
             ct_store_i32(&self._workers[slot].alive, 1)
             ct_add_i32(&self._live_workers, 1)
         try:
@@ -1142,14 +1148,16 @@ cdef class Core:
             item = self._pop()
             if item != NULL:
                 return item
-            for _spin in range(SPIN_ROUNDS):
+            for _spin in range(w.spin_rounds):
                 ct_cpu_relax()
                 ct_cpu_relax()
                 ct_cpu_relax()
                 ct_cpu_relax()
                 item = self._pop()
                 if item != NULL:
+                    w.spin_rounds = min(w.spin_rounds * 2, SPIN_MAX)
                     return item
+            w.spin_rounds = max(w.spin_rounds // 2, SPIN_MIN)
             if has_deferred:
                 return NULL
             if ct_load_i32(&self._stopping):
