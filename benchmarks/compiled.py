@@ -110,6 +110,24 @@ def dispatch(count: int, repeat: int) -> tuple[float, float]:
     return t_n, t_p
 
 
+def dispatch_task(count: int, repeat: int) -> tuple[float, float]:
+    """The same tiny function through ``@task``: compiled (plan + native) vs Python."""
+    compiled_t = cytask.task(compile_to_c=True)(tiny)
+    python_t = cytask.task(tiny)
+    with cytask.Engine(workers=1) as eng:
+        eng.warmup()
+
+        def run(t: Any) -> None:
+            hs = [eng.add_task(t, i, 1) for i in range(count)]
+            for h in hs:
+                h.result()
+
+        run(compiled_t)
+        t_c = median_time(lambda: run(compiled_t), repeat) / count
+        t_p = median_time(lambda: run(python_t), repeat) / count
+    return t_c, t_p
+
+
 _PROBE = """
 import sys, time
 t0 = time.perf_counter()
@@ -150,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     t_py, t_c = per_call(n, repeat)
     s = scaling(tasks=8, n=4_000_000 // scale, n_py=200_000 // scale, repeat=repeat)
     d_n, d_p = dispatch(20_000 // scale, repeat)
+    dt_c, dt_p = dispatch_task(20_000 // scale, repeat)
     cold, warm = compile_times()
 
     rows = [
@@ -165,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         ("dispatch, tiny native task", f"{d_n * 1e6:.2f} us/task", ""),
         ("dispatch, tiny Python task", f"{d_p * 1e6:.2f} us/task",
          f"native {d_p / d_n:.1f}x cheaper"),
+        ("dispatch, tiny task via @task(compile_to_c=True)", f"{dt_c * 1e6:.2f} us/task", ""),
+        ("dispatch, tiny task via @task (Python)", f"{dt_p * 1e6:.2f} us/task",
+         f"compiled {dt_p / dt_c:.1f}x cheaper"),
         ("compile, cold cache (incl. importing Numba)", f"{cold:.0f} ms", ""),
         ("compile, from the cache (incl. importing Numba)", f"{warm:.0f} ms",
          f"{cold / warm:.1f}x faster"),

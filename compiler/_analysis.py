@@ -32,7 +32,8 @@ INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 MAX_NATIVE_ARGS = 8  # CT_MAX_NATIVE_ARGS in pyx/include/ct_native.h
 
-ERR = "__ct_err"
+ERR = "__ct_err"  # the function's own flag (a stack slot's address, see _nbhelpers)
+ERR_OUT = "__ct_errout"  # the caller's flag, written when the function returns
 USER = "__ct_user"
 
 #: math functions of one float checked for domain and range errors
@@ -655,6 +656,22 @@ class _Rewriter(ast.NodeTransformer):
         node.body.insert(0, ast.If(_flag_up(), [ast.Break()], []))
         return node
 
+    def visit_Return(self, node: ast.Return) -> ast.stmt | list[ast.stmt]:
+        self.generic_visit(node)
+        if node.value is None:
+            return [_export_flag(node), node]
+        node.value = ast.copy_location(_ret(node.value), node.value)
+        return node
+
+
+def _ret(value: ast.expr) -> ast.Call:
+    """``ct_ret(value, out, err)``: the value, after copying the flag to the caller."""
+    return ast.Call(ast.Name("ct_ret", ast.Load()), [value, ast.Name(ERR_OUT), _err()], [])
+
+
+def _export_flag(where: ast.AST) -> ast.stmt:
+    return ast.copy_location(ast.Expr(_ret(ast.Constant(0))), where)
+
 
 def _as_load(target: ast.expr) -> ast.expr:
     import copy
@@ -676,8 +693,14 @@ def _rewrite(node: ast.FunctionDef | ast.AsyncFunctionDef, a: Analysis) -> str:
     fn_node.name = USER
     for arg in fn_node.args.args:
         arg.annotation = None
-    fn_node.args.args.append(ast.arg(ERR))
+    fn_node.args.args.append(ast.arg(ERR_OUT))
     fn_node.args.defaults = []  # the dispatcher binds arguments itself
     fn_node = _Rewriter(a).visit(fn_node)
+    # the checks raise a flag local to the function, which LLVM keeps in a register;
+    # every way out of the function copies it to the caller's slot
+    local = ast.Assign([ast.Name(ERR, ast.Store())], ast.Call(ast.Name("ct_flag_local"), [], []))
+    fn_node.body.insert(0, local)
+    if not isinstance(fn_node.body[-1], ast.Return):
+        fn_node.body.append(_export_flag(fn_node.body[-1]))
     ast.fix_missing_locations(fn_node)
     return ast.unparse(fn_node)

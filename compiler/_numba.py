@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cytask.compiler._analysis import ERR, USER, Analysis, Reason
+from cytask.compiler._analysis import ERR, ERR_OUT, USER, Analysis, Reason
 from cytask.compiler._cache import atomic_write, cache_dir, digest, load_module
 from cytask.compiler._errors import NumbaCompileError
 
@@ -136,7 +136,7 @@ def _short(exc: BaseException) -> str:
             head = ln
             break
     msg = f"{type(exc).__name__}: {head}"
-    return msg.replace(f", {ERR}", "").replace(USER, "the task")
+    return msg.replace(f", {ERR_OUT}", "").replace(f", {ERR}", "").replace(USER, "the task")
 
 
 def _numba_type(kind: str) -> Any:

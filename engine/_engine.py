@@ -14,10 +14,12 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from cytask import _core
+from cytask._compile import plan_for
 from cytask._core import TaskHandle, TaskOptions
 from cytask._enums import Priority
 from cytask._errors import CancelledError, EngineClosed, QueueFull, TaskTimeout
 from cytask._stats import EngineStats, StatsSampler
+from cytask._task import Task
 from cytask._timer import Timer
 from cytask._validate import check_callable, check_int, check_nonneg_number, check_priority
 
@@ -26,7 +28,6 @@ if TYPE_CHECKING:
     from cytask._autoscale import Supervisor
     from cytask._executor import EngineExecutor
     from cytask._periodic import Periodic
-    from cytask._task import Task
 
 __all__ = ["Engine"]
 
@@ -135,8 +136,6 @@ class Engine(_core.Core):
         check_callable(fn, "fn")
         prio = int(check_priority(priority))
         wait = check_nonneg_number(delay, "delay", allow_none=True)
-        from cytask._task import Task
-
         if isinstance(fn, Task):
             return self._submit_task(fn, args, kwargs, prio, wait)
         return self._dispatch(fn, args, kwargs, prio, None, wait)
@@ -152,8 +151,6 @@ class Engine(_core.Core):
         fn: Callable[..., Any] = t.fn
         options = t.options
         if t.compile_to_c:
-            from cytask._compile import plan_for
-
             plan = plan_for(t, args, kwargs)
             if plan is not None:
                 if callable(plan):

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from cytask._cron import CronExpression
+from cytask._task import Task
 
 if TYPE_CHECKING:
     from cytask._core import TaskHandle
@@ -77,8 +78,6 @@ class Periodic:
     def _fire(self) -> None:
         if self.cancelled or self._engine.closed:
             return
-        from cytask._task import Task
-
         if isinstance(self._fn, Task):  # keep the task's retries, time limit, compilation
             self.last_handle = self._engine._submit_task(
                 self._fn, self._args, self._kwargs, self._priority, None

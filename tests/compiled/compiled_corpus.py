@@ -116,6 +116,43 @@ def pi_lcg(n: int, seed: int) -> float:
     return 4.0 * inside / n
 
 
+def add_consts(x: int, k: int) -> int:
+    """A constant on either side of + and -: each checked by one comparison of x."""
+    if k == 0:
+        return x + 1
+    if k == 1:
+        return 1 + x
+    if k == 2:
+        return x - 1
+    if k == 3:
+        return x + 9223372036854775807
+    if k == 4:
+        return x - 9223372036854775807
+    if k == 5:
+        return x + 0 - 0
+    return 5 - x
+
+
+def count_from(n: int, start: int) -> int:
+    """A branch-free counter whose flag leaves through several returns."""
+    c = start
+    for i in range(n):
+        if i % 3 == 0:
+            c += 1
+        if c < 0:
+            return -1  # after c wrapped past int64: Python's c is a big int
+        if c == 7:
+            return c * 2
+    return c
+
+
+def no_return(x):
+    y = x * 2
+    if y > 10:
+        return
+    y = y + 1
+
+
 def spin(n: int) -> int:
     x = 1
     for _ in range(n):
