@@ -151,6 +151,7 @@ class CompiledTask:
                 checks = self._native_types = (native, types)
             types = checks[1]
             i = 0  # an index, not zip() or enumerate(): measured cheaper on CPython 3.11
+            v: Any
             for v in args:
                 t = types[i]
                 if type(v) is not t or (t is int and not INT64_MIN <= v <= INT64_MAX):
