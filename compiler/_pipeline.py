@@ -151,10 +151,10 @@ class CompiledTask:
                 checks = self._native_types = (native, types)
             types = checks[1]
             i = 0  # an index, not zip() or enumerate(): measured cheaper on CPython 3.11
-            v: Any
             for v in args:
                 t = types[i]
-                if type(v) is not t or (t is int and not INT64_MIN <= v <= INT64_MAX):
+                # (mypy narrows v to `t`'s static type, object; it is an int here)
+                if type(v) is not t or (t is int and not INT64_MIN <= v <= INT64_MAX):  # type: ignore[operator]
                     return None
                 i += 1  # noqa: SIM113  (enumerate() costs more here)
             return native
