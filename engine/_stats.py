@@ -41,6 +41,8 @@ class EngineStats:
     calls; execution-time percentiles come from a fixed-size log-scale histogram
     (4 buckets per power of two, so within about 19%); ``queue_pressure`` is the
     queued fraction of total queue capacity; ``error_rate`` is failed / processed.
+    ``total_tasks_processed`` counts runs (a retried task counts once per attempt);
+    ``submitted_tasks`` counts submissions.
     """
 
     critical_queue_size: int
