@@ -42,6 +42,7 @@ cdef extern from "ct_atomic.h":
     int32_t ct_add_i32(int32_t *p, int32_t v) noexcept nogil
     int64_t ct_load_i64(const int64_t *p) noexcept nogil
     int64_t ct_add_i64(int64_t *p, int64_t v) noexcept nogil
+    void ct_bump_i64(int64_t *p, int64_t v) noexcept nogil
     int ct_cas_i32(int32_t *p, int32_t expected, int32_t desired) noexcept nogil
     void CT_ASSERT(bint) noexcept nogil
 
@@ -1199,11 +1200,12 @@ cdef class Core:
         return False
 
     cdef inline void _account(self, ct_worker *w, int64_t ns, bint failed) noexcept nogil:
-        ct_add_i64(&w.processed, 1)
+        # single writer (the slot's worker; the inline slot runs under the GIL)
+        ct_bump_i64(&w.processed, 1)
         if failed:
-            ct_add_i64(&w.failed, 1)
-        ct_add_i64(&w.busy_ns, ns)
-        ct_add_i64(&w.exec_ns_sum, ns)
+            ct_bump_i64(&w.failed, 1)
+        ct_bump_i64(&w.busy_ns, ns)
+        ct_bump_i64(&w.exec_ns_sum, ns)
         w.hist[hist_bucket(ns)] += 1
 
     cdef void *_gil_section(self, ct_worker *w, int slot, void *item,
@@ -1261,7 +1263,7 @@ cdef class Core:
             h._value = exc
             h._result_kind = 0
             ct_store_i32(sp, ST_FAILED)
-            ct_add_i64(&self._workers[slot].failed, 1)
+            ct_bump_i64(&self._workers[slot].failed, 1)
         else:
             h._value = value
             h._result_kind = 0

@@ -50,5 +50,10 @@ static inline void ct_store_i32(int32_t *p, int32_t v) { ct_store_seqcst(p, v); 
 static inline int32_t ct_xchg_i32(int32_t *p, int32_t v) { return ct_xchg_seqcst(p, v); }
 static inline int32_t ct_add_i32(int32_t *p, int32_t v) { return ct_add_seqcst(p, v); }
 static inline int64_t ct_add_i64(int64_t *p, int64_t v) { return ct_add_relaxed(p, v); }
+/* A counter with ONE writer: a relaxed load and store, no locked instruction.  Readers
+   on other threads see whole values (aligned 8-byte accesses), possibly stale. */
+static inline void ct_bump_i64(int64_t *p, int64_t v) {
+    ct_store_relaxed(p, ct_load_relaxed(p) + v);
+}
 
 #endif /* CT_ATOMIC_H */
