@@ -246,6 +246,7 @@ cdef class TaskHandle:
     # read it without the GIL.  Native tasks keep theirs in _ncall.status instead.
     cdef int32_t _status
     cdef readonly int64_t task_id
+    # Every field below except the status words is read and written under the GIL.
     # the engine, for waiting and accounting; dropped (None) once the task ended
     cdef Core _core
     # fn/args/kwargs: written at submit, read by the worker under the GIL, cleared
