@@ -32,6 +32,7 @@ from cytask._task import Task, task
 
 _core._bind_enums(TaskStatus, Priority, CancelledError)
 _core._bind_errors(EngineClosed, QueueFull, native_error_for)
+_core._bind_task_type(Task)
 
 __version__ = "0.1.0"
 

@@ -740,6 +740,8 @@ cdef class Core:
 
         Like ``concurrent.futures.Executor.submit``.
         """
+        if type(fn) is _TaskType:   # an @task function keeps its options and compilation
+            return self._submit_task(fn, args, kwargs, fn.options.priority, None)
         if not callable(fn):
             raise TypeError(f"Expected a callable for fn, got {type(fn).__name__}: {fn!r}")
         return self._submit(fn, args, kwargs if kwargs else None, 2, None)
@@ -1524,6 +1526,13 @@ _CoroutineType = _types.CoroutineType
 _engine_closed = None
 _queue_full = None
 _native_error_for = None
+_TaskType = None
+
+
+def _bind_task_type(task_type):
+    """Called once by cytask's __init__: submit() recognises @task functions."""
+    global _TaskType
+    _TaskType = task_type
 
 
 def _bind_errors(engine_closed, queue_full, native_error_for):

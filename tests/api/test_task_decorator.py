@@ -271,3 +271,20 @@ def test_full_queue_waits_for_space_without_submit_timeout(
     gate.set()
     submitter.join(30)
     assert got[0].result(timeout=30) == 7  # ... until a worker made room
+
+
+def test_engine_submit_of_a_task_keeps_its_options(make_engine: Callable[..., Engine]) -> None:
+    eng = make_engine(workers=1)
+    calls: list[int] = []
+
+    @task(engine=eng, retries=2, retry_on=(ConnectionError,), priority=Priority.HIGH)
+    def flaky() -> str:
+        calls.append(current_task().attempt)
+        if len(calls) < 3:
+            raise ConnectionError
+        return "ok"
+
+    h = eng.submit(flaky)
+    assert h.result(timeout=30) == "ok"
+    assert h.attempts == 3 and calls == [1, 2, 3]
+    assert h.priority is Priority.HIGH
