@@ -21,7 +21,7 @@ class Priority(enum.IntEnum):
 TaskPriority = Priority
 
 
-class TaskStatus(str, enum.Enum):
+class TaskStatus(enum.StrEnum):
     """Where a task is in its life.  The last three are terminal."""
 
     PENDING = "pending"
@@ -31,9 +31,6 @@ class TaskStatus(str, enum.Enum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
-
-    def __str__(self) -> str:
-        return self.value
 
     @property
     def terminal(self) -> bool:
