@@ -159,6 +159,10 @@ class Engine(_core.Core):
                     return self.submit_native(
                         plan.address, args, plan.arg_kinds, plan.result_kind, priority, t.fn
                     )
+                else:
+                    # retries, time limits, delays and eager runs need the Python task
+                    # machinery: run the compiled code through its (GIL-releasing) caller
+                    fn = getattr(t._compiled, "_callable", None) or t.fn
         return self._dispatch(fn, args, kwargs, priority, options, delay)
 
     def _dispatch(
