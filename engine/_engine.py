@@ -106,6 +106,8 @@ class Engine(_core.Core):
         self._supervisor: Supervisor | None = None
         if eager:
             self.submit = self._submit_eager  # type: ignore[method-assign]
+        if result_ttl is not None and max_results > 0:
+            self._sweep_results_later()
         for _ in range(workers):
             self._spawn_worker()
         if max_workers > workers:
@@ -218,6 +220,17 @@ class Engine(_core.Core):
                 self._timer = Timer(self.name)
             self._timer.call_at(deadline, action, *args)
         return True
+
+    def _sweep_results_later(self) -> None:
+        """Results past result_ttl leave the store (and memory) within ttl/2 or 60 s."""
+        assert self.result_ttl is not None
+        interval = min(max(self.result_ttl / 2, 0.01), 60.0)
+        self._timer_call_at(time.monotonic() + interval, self._sweep_results_now)
+
+    def _sweep_results_now(self) -> None:
+        assert self.result_ttl is not None
+        self._sweep_results(self.result_ttl)
+        self._sweep_results_later()
 
     def every(
         self,

@@ -1428,6 +1428,24 @@ cdef class Core:
     def _result_slots(self):
         return self._results
 
+    def _sweep_results(self, double ttl):
+        """Drop finished handles older than `ttl` s from the store; returns how many."""
+        cdef int64_t cutoff = ct_now_ns() - <int64_t>(ttl * 1e9)
+        cdef Py_ssize_t i
+        cdef int n = 0
+        cdef TaskHandle h
+        if self._results is None:
+            return 0
+        for i in range(self._results_len):
+            obj = self._results[i]
+            if obj is None:
+                continue
+            h = <TaskHandle>obj
+            if h._finished_ns != 0 and h._finished_ns < cutoff:
+                self._results[i] = None
+                n += 1
+        return n
+
     def _current_task_of_slot(self, int slot):
         return self._current[slot]
 

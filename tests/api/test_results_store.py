@@ -108,3 +108,25 @@ def test_async_and_retried_tasks_do_not_leak(make_engine: Callable[..., Engine])
     gc.collect()
     assert _live_handles() <= 50 + 10
     assert len(eng._async_ids) == 0  # no per-task bookkeeping left behind
+
+
+def test_expired_results_leave_memory_without_a_lookup(
+    make_engine: Callable[..., Engine], wait_until: Callable[..., None]
+) -> None:
+    import gc
+    import weakref
+
+    class Big:
+        pass
+
+    eng = make_engine(workers=1, result_ttl=0.05)
+    h = eng.submit(Big)
+    ref = weakref.ref(h.result(timeout=10))
+    del h
+
+    def collected() -> bool:
+        gc.collect()
+        return ref() is None
+
+    # nobody calls get(): the engine's sweep drops the expired handle by itself
+    wait_until(collected, what="the expired result to be swept from the store")
