@@ -37,6 +37,8 @@ from concurrent.futures import ThreadPoolExecutor
 from itertools import repeat
 from typing import Any
 
+from _report import md_table, rate  # benchmarks/ is on sys.path when run as a script
+
 import cytask
 
 # queue_size holds the whole 1M burst, so submit/s measures the submit call, not the
@@ -229,26 +231,6 @@ def wake_latency(system: System, samples: int, warmup: int) -> None:
 
 # ---------------------------------------------------------------------------
 # Report
-
-
-def rate(x: float) -> str:
-    if x != x:  # nan
-        return "n/a"
-    if x >= 1e6:
-        return f"{x / 1e6:.2f}M"
-    if x >= 1e5:
-        return f"{x / 1e3:.0f}k"
-    if x >= 1e3:
-        return f"{x / 1e3:.1f}k"
-    return f"{x:.0f}"
-
-
-def md_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: int = 1) -> str:
-    """A markdown table; columns from index `right` on are right-aligned."""
-    aligns = ["---" if i < right else "---:" for i in range(len(headers))]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(aligns) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def median(xs: list[float]) -> float:

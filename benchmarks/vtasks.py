@@ -36,6 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from _report import md_table, rate  # benchmarks/ is on sys.path when run as a script
+
 TASKS = 5_000
 CONCURRENCY = 200
 SLEEP_S = 0.010
@@ -294,24 +296,6 @@ def run_in_subprocess(row: Row, n: int) -> None:
     row.enqueue.append(result["enqueue"])
     row.process.append(result["process"])
     row.rss_mb.append(result["rss_mb"])
-
-
-def rate(x: float) -> str:
-    if x >= 1e6:
-        return f"{x / 1e6:.2f}M"
-    if x >= 1e5:
-        return f"{x / 1e3:.0f}k"
-    if x >= 1e3:
-        return f"{x / 1e3:.1f}k"
-    return f"{x:.0f}"
-
-
-def md_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: int = 1) -> str:
-    """A markdown table; columns from index `right` on are right-aligned."""
-    aligns = ["---" if i < right else "---:" for i in range(len(headers))]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(aligns) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def report(rows: list[Row], n: int) -> str:
