@@ -38,7 +38,6 @@ def test_wake_while_other_thread_submits(rng) -> None:  # type: ignore[no-untype
 def test_idle_engine_uses_almost_no_cpu() -> None:
     with Engine(workers=2) as eng:
         eng.submit(int).result(timeout=10)
-        parked = threading.Event()
 
         # wait until both workers have parked: the sleeper count says so
         deadline = time.monotonic() + 10
@@ -46,6 +45,6 @@ def test_idle_engine_uses_almost_no_cpu() -> None:
             time.sleep(0.001)
         assert eng._idle_workers() == 2
         t0, c0 = time.monotonic(), time.process_time()
-        parked.wait(0.3)  # idle period to measure; nothing is supposed to happen
+        time.sleep(0.3)  # the idle window being measured: nothing is queued
         t1, c1 = time.monotonic(), time.process_time()
         assert (c1 - c0) / (t1 - t0) < 0.05, "idle workers must park, not spin"
