@@ -349,10 +349,7 @@ class Engine(_core.Core):
         if (
             runner is not None
             and threading.current_thread() is runner._thread
-            and (
-                h.task_id in self._async_ids
-                or inspect.iscoroutinefunction(getattr(h, "_fn_", None))
-            )
+            and (h.task_id in self._async_ids or inspect.iscoroutinefunction(h._fn_))
         ):
             # an async task of this engine blocking its own loop on another async task:
             # the child can never run, so say so instead of hanging

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+from cytask._core import report_unraisable
 
 __all__ = ["Timer"]
 
@@ -76,15 +77,4 @@ class Timer:
             try:
                 action(*args)
             except BaseException as exc:  # a timer action must never kill the timer
-                sys.unraisablehook(_unraisable(exc, action))
-
-
-def _unraisable(exc: BaseException, action: object) -> Any:
-    class Unraisable:
-        exc_type = type(exc)
-        exc_value = exc
-        exc_traceback = exc.__traceback__
-        err_msg = f"Exception ignored in cytask timer action {action!r}"
-        object = None
-
-    return Unraisable()
+                report_unraisable(exc, f"cytask timer action {action!r}")

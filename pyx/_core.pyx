@@ -564,14 +564,6 @@ cdef class TaskHandle:
         return self._fn
 
     @property
-    def _args_(self):
-        return self._args
-
-    @property
-    def _kwargs_(self):
-        return self._kwargs
-
-    @property
     def _finished_monotonic(self):
         return self._finished_ns / 1e9 if self._finished_ns else None
 
@@ -603,6 +595,11 @@ def _bind_enums(status_cls, priority_cls, cancelled_cls):
 
 cdef object _cancelled_error(int64_t task_id, str why):
     return _CancelledError(f"task {task_id} {why}")
+
+
+def report_unraisable(BaseException exc, str where):
+    """Hand an exception nobody can receive to ``sys.unraisablehook`` (never raises)."""
+    _report_unraisable(exc, where)
 
 
 cdef void _report_unraisable(BaseException exc, str where) noexcept:
@@ -990,7 +987,7 @@ cdef class Core:
 
     def _run_inline(self, TaskHandle h):
         """Run a PENDING handle on the calling thread (eager mode), like a worker would."""
-        if not ct_cas_i32(&h._status, ST_PENDING, ST_PENDING):
+        if ct_load_i32(&h._status) != ST_PENDING:
             raise RuntimeError(f"task {h.task_id} is not pending")
         previous = _worker_slots.get(threading.get_ident())
         _worker_slots[threading.get_ident()] = (self, INLINE_SLOT)
@@ -1425,9 +1422,6 @@ cdef class Core:
             return None
         return h
 
-    def _result_slots(self):
-        return self._results
-
     def _sweep_results(self, double ttl):
         """Drop finished handles older than `ttl` s from the store; returns how many."""
         cdef int64_t cutoff = ct_now_ns() - <int64_t>(ttl * 1e9)
@@ -1445,9 +1439,6 @@ cdef class Core:
                 self._results[i] = None
                 n += 1
         return n
-
-    def _current_task_of_slot(self, int slot):
-        return self._current[slot]
 
     # -- shutdown -------------------------------------------------------------
 
