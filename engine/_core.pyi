@@ -104,6 +104,7 @@ class Core:
         min_workers: int,
         idle_retire_s: float,
     ) -> None: ...
+    def _set_gil_share(self, share: float) -> None: ...
     def _submit_handle(
         self,
         fn: Callable[..., Any],

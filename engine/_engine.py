@@ -53,6 +53,14 @@ class Engine(_core.Core):
     ``async def`` tasks run on the engine's event loop thread, at most
     ``async_concurrency`` at once.  ``eager=True`` runs every task inline at
     submit (for your tests).
+
+    ``gil_share`` keeps the workers polite to the application's own threads:
+    while another thread (an event loop, request threads, a producer) runs Python,
+    Python tasks together take at most that share of the GIL, in slices of about
+    0.5 ms; when the application is idle they run at full speed.  1.0 shares the
+    GIL the way the interpreter shares it between any threads, like
+    ``ThreadPoolExecutor`` (which lets a busy pool convoy an event loop: see the
+    README).  Compiled (native) tasks need no GIL and are never paced.
     """
 
     def __init__(
@@ -68,6 +76,7 @@ class Engine(_core.Core):
         eager: bool = False,
         worker_idle_timeout: float = 10.0,
         name: str | None = None,
+        gil_share: float = 0.2,
     ) -> None:
         if workers is None:
             workers = os.cpu_count() or 2
@@ -87,7 +96,12 @@ class Engine(_core.Core):
         check_nonneg_number(worker_idle_timeout, "worker_idle_timeout", positive=True)
         if name is not None and not isinstance(name, str):
             raise TypeError(f"Expected str or None for name, got {type(name).__name__}")
+        share = check_nonneg_number(gil_share, "gil_share", positive=True)
+        if share is None or share > 1.0:
+            raise ValueError(f"Expected gil_share in (0, 1], got {gil_share!r}")
         self._init_core(queue_size, submit_timeout, max_results, workers, worker_idle_timeout)
+        self._set_gil_share(share)
+        self.gil_share = share
         self.name = name or f"cytask-{id(self):x}"
         self.workers = workers
         self.max_workers = max_workers

@@ -29,7 +29,11 @@ import _thread
 import sys
 import threading
 
+from sys import _current_frames
+
 cdef extern from "Python.h":
+    ctypedef struct PyFrameObject
+    int PyFrame_GetLasti(PyFrameObject *frame)
     void PyObject_GC_Track(void *op)
     void PyObject_GC_UnTrack(void *op)
     int PyObject_GC_IsTracked(object op)
@@ -41,6 +45,7 @@ cdef extern from "ct_atomic.h":
     int32_t ct_xchg_i32(int32_t *p, int32_t v) noexcept nogil
     int32_t ct_add_i32(int32_t *p, int32_t v) noexcept nogil
     int64_t ct_load_i64(const int64_t *p) noexcept nogil
+    void ct_store_i64(int64_t *p, int64_t v) noexcept nogil
     int64_t ct_add_i64(int64_t *p, int64_t v) noexcept nogil
     void ct_bump_i64(int64_t *p, int64_t v) noexcept nogil
     int ct_cas_i32(int32_t *p, int32_t expected, int32_t desired) noexcept nogil
@@ -73,6 +78,12 @@ cdef extern from "ct_park.h":
     int ct_waitset_wait(ct_waitset *w, const int32_t *status, int32_t terminal_from,
                         int64_t deadline_ns) noexcept nogil
     uint32_t ct_load_u32 "ct_load_seqcst"(uint32_t *p) noexcept nogil
+
+cdef extern from "ct_gil.h":
+    int64_t ct_thread_cpu_ns() noexcept nogil
+    int64_t ct_process_cpu_ns() noexcept nogil
+    void ct_sleep_ns(int64_t ns) noexcept nogil
+    uint64_t ct_fingerprint(uint64_t h, uint64_t v) noexcept nogil
 
 cdef extern from "ct_native.h":
     enum:
@@ -109,7 +120,7 @@ cdef extern from *:
 
 cdef enum:
     N_LEVELS = 4
-    BATCH_MAX = 256          # Python tasks run per GIL hold, at most
+    BATCH_MAX = 256          # Python tasks run between two GIL yield points, at most
     NATIVE_DEFER_MAX = 256   # native tasks finished per GIL visit, at most
     HIST_BUCKETS = 256       # latency histogram: 4 sub-buckets per power of two (ns)
     MAX_WORKER_SLOTS = 1024
@@ -129,13 +140,23 @@ STATUS_NAMES = (
     "pending", "scheduled", "running", "retrying", "succeeded", "failed", "cancelled"
 )
 
-cdef int64_t BATCH_NS = 2_000_000        # a GIL hold lasts about this long at most
+# A worker running Python tasks passes a GIL yield point (see _gil_yield) at least
+# this often, and after at most BATCH_MAX tasks.
+cdef int64_t BATCH_NS = 2_000_000
 cdef int64_t NATIVE_FLUSH_NS = 1_000_000  # native completions wait this long at most
 # Adaptive spinning before parking, per worker: a spin that found work doubles the
 # next spin (up to SPIN_MAX rounds, ~40-80 us), one that ended in parking halves it
 # (down to SPIN_MIN).  Bursty producers keep workers hot; an idle engine parks fast.
 cdef int SPIN_MIN = 16
 cdef int SPIN_MAX = 400
+# The GIL-share governor (Engine(gil_share=...) < 1; see Core._gil_section): the
+# workers stay polite this long after they last saw the application run Python
+cdef int64_t CONTENDED_FOR_NS = 100_000_000
+# a polite worker gives the GIL back after a slice this long of Python tasks
+cdef int64_t POLITE_SLICE_NS = 500_000
+# a polite pause sleeps in steps this long, and ends early after a step in which
+# the process used under 4% of one core: nobody else wanted the GIL then
+cdef int64_t POLITE_STEP_NS = 200_000
 
 
 # ---------------------------------------------------------------------------
@@ -610,6 +631,21 @@ cdef void _report_unraisable(BaseException exc, str where) noexcept:
         pass
 
 
+# A function made of Python bytecode: calling it runs the interpreter's eval-breaker
+# check (at RESUME), which drops the GIL for a thread that asked for it (after the
+# switch interval, sys.getswitchinterval()) and takes it back afterwards.  C code
+# has no other public way to honour that request without dropping the GIL blindly.
+_gil_yield_point = eval(compile("lambda: None", "<cytask GIL yield point>", "eval"))
+
+
+cdef inline void _gil_yield() noexcept:
+    """Let a thread waiting for the GIL in, if one asked; cheap when none did."""
+    try:
+        _gil_yield_point()
+    except BaseException as exc:   # an async exception delivered to this worker
+        _report_unraisable(exc, "a cytask worker's GIL yield point")
+
+
 class _Unraisable:
     __slots__ = ("exc_type", "exc_value", "exc_traceback", "err_msg", "object")
 
@@ -690,6 +726,24 @@ cdef class Core:
     cdef Py_ssize_t _results_len
     cdef list _current         # slot -> the TaskHandle that slot runs now, or None
     cdef object _spawn_lock
+    # The GIL-share governor.  _gil_share: the most of the GIL that Python tasks
+    # take while other threads want it (1.0: governor off, plain interpreter
+    # switching); set once before workers start.
+    cdef double _gil_share
+    # until then (ct_now_ns) the workers are polite: some worker recently waited
+    # for the GIL or was switched out at a yield point.  Relaxed: written by any
+    # worker (the latest write wins, all writes are "now + window"), read by all.
+    cdef int64_t _contended_until_ns
+    # a fingerprint of where the application's threads (all but this engine's own)
+    # are in their Python code, and the thread idents to leave out of it: while it
+    # keeps changing, the application runs Python and wants the GIL.  Both under
+    # the GIL.
+    cdef uint64_t _app_fingerprint
+    cdef set _own_threads
+    # polite workers start no Python task before then: each slice of Python work
+    # pushes it later by slice * (1 - share) / share.  Written under the GIL only
+    # (so no lost update), read without it by workers about to take the GIL.
+    cdef int64_t _polite_next_ns
 
     def __cinit__(self):
         self._workers = <ct_worker *>calloc(MAX_WORKER_SLOTS, sizeof(ct_worker))
@@ -724,6 +778,22 @@ cdef class Core:
         self._idle_retire_ns = <int64_t>(idle_retire_s * 1e9)
         self._next_id = 1
         self._started_ns = ct_now_ns()
+        self._gil_share = 1.0
+        self._own_threads = set()
+
+    def _own_thread(self, bint own=True):
+        """The calling thread is part of the engine: its Python code is not the
+        application's (see _app_moved).  own=False takes that back."""
+        if own:
+            self._own_threads.add(_thread.get_ident())
+        else:
+            self._own_threads.discard(_thread.get_ident())
+
+    def _set_gil_share(self, double share):
+        """Cap Python tasks at `share` of the GIL while other threads want it."""
+        if not (0.0 < share <= 1.0):
+            raise ValueError(f"Expected gil_share in (0, 1], got {share!r}")
+        self._gil_share = share
 
     @property
     def queue_capacity(self):
@@ -1034,6 +1104,7 @@ cdef class Core:
         cdef int64_t t0, t1
         cdef int32_t rc
         _worker_slots[threading.get_ident()] = (self, slot)
+        self._own_thread()
         try:
             with nogil:
                 while True:
@@ -1078,6 +1149,8 @@ cdef class Core:
                         ndeferred += 1
                         continue
                     # the one marked point where a worker takes the GIL for Python tasks
+                    if self._gil_share < 1.0:
+                        self._polite_pause()
                     with gil:
                         item = self._gil_section(w, slot, item, deferred, ndeferred)
                     ndeferred = 0
@@ -1089,6 +1162,7 @@ cdef class Core:
                         break   # _abandon_running already took it off _live_workers
         finally:
             _worker_slots.pop(threading.get_ident(), None)
+            self._own_thread(False)
             self._current[slot] = None
             ct_store_i32(&w.alive, 0)
             ct_add_i32(<int32_t *>&self._exited.seq, 1)
@@ -1210,11 +1284,14 @@ cdef class Core:
 
     cdef void *_gil_section(self, ct_worker *w, int slot, void *item,
                             ct_ncall **deferred, int ndeferred) noexcept:
-        """Under the GIL: finish deferred natives, then run a bounded batch of Python
-        tasks.  Returns a popped native item for the nogil loop, or NULL."""
+        """Under the GIL: finish deferred natives, then run Python tasks while there
+        are any.  Returns a popped native item for the nogil loop, or NULL."""
         cdef int i
         cdef int n = 0
         cdef int64_t t_start
+        cdef int64_t cpu_start = 0
+        cdef bint governed = self._gil_share < 1.0
+        cdef bint polite = False
         cdef PyObject *owner
         cdef TaskHandle h
         for i in range(ndeferred):
@@ -1224,7 +1301,24 @@ cdef class Core:
             self._finish_native(h, slot)
         if item == NULL:
             return NULL
+        # The GIL is kept from one Python task to the next for as long as there are
+        # any, and left only when the rings run dry (to spin and park without it) or
+        # a native task comes up.  It is never dropped and taken straight back between
+        # batches: a thread waiting for the GIL restarts its switch-interval timer
+        # each time the GIL is dropped, so drops every few milliseconds would keep it
+        # from ever asking for the GIL (CPython's take_gil).  Instead the worker
+        # passes a yield point between batches, where the interpreter hands the GIL
+        # to a thread that has asked for it, exactly as between any two Python threads.
+        #
+        # With the governor on (gil_share < 1), a worker that sees the application
+        # run Python (_app_moved) turns polite: after each slice of Python work it
+        # gives the GIL back, and the polite workers pause long enough that their
+        # share of the GIL stays at gil_share (_charge_polite, _polite_pause).
         t_start = ct_now_ns()
+        if governed:
+            polite = ct_load_i64(&self._contended_until_ns) > t_start
+            if polite:
+                cpu_start = ct_thread_cpu_ns()
         while True:
             if _is_native(item):
                 return item
@@ -1236,11 +1330,83 @@ cdef class Core:
             if ct_load_i32(&w.abandoned):
                 return NULL
             n += 1
-            if n >= BATCH_MAX or ct_now_ns() - t_start > BATCH_NS:
-                return NULL
+            if polite:
+                # a slice ends by the clock (cheap) and is charged its CPU time: a
+                # task blocked in I/O holds no GIL and costs no pause
+                if ct_now_ns() - t_start >= POLITE_SLICE_NS:
+                    self._charge_polite(ct_thread_cpu_ns() - cpu_start)
+                    self._app_moved()   # still running?  keeps the workers polite
+                    return NULL   # the nogil loop pauses before the next Python task
+            elif n >= BATCH_MAX or ct_now_ns() - t_start > BATCH_NS:
+                if ct_load_i32(&self._retire_debt) > 0:
+                    return NULL   # the nogil loop retires this worker
+                _gil_yield()
+                if governed and self._app_moved():
+                    return NULL   # turn polite: pause before the next Python task
+                t_start = ct_now_ns()
+                n = 0
             item = self._pop()
             if item == NULL:
                 return NULL
+
+    cdef bint _app_moved(self) noexcept:
+        """Under the GIL: has any thread outside this engine run Python since the
+        last look?  If so, the workers stay polite a while longer.
+
+        Each thread's current frame and instruction offset make a fingerprint
+        (sys._current_frames(), which reads the thread list under the runtime's
+        lock); a thread blocked in a call (epoll, a sleep, a lock) keeps its place,
+        one that runs bytecode moves.  This also catches the application convoyed
+        behind a busy worker: it gets the GIL once per switch interval, and moves.
+        """
+        cdef uint64_t fp = 0
+        cdef bint moved
+        try:
+            frames = _current_frames()
+        except BaseException as exc:
+            _report_unraisable(exc, "a cytask worker looking at the application's threads")
+            return False
+        own = self._own_threads
+        for ident, frame in frames.items():
+            if ident not in own:
+                fp = ct_fingerprint(fp, <uint64_t><uintptr_t><PyObject *>frame)
+                fp = ct_fingerprint(fp, <uint64_t>PyFrame_GetLasti(<PyFrameObject *>frame))
+        moved = fp != self._app_fingerprint
+        self._app_fingerprint = fp
+        if moved:
+            ct_store_i64(&self._contended_until_ns, ct_now_ns() + CONTENDED_FOR_NS)
+        return moved
+
+    cdef void _charge_polite(self, int64_t used_ns) noexcept:
+        """A polite worker ran `used_ns` of Python work: push the next start back."""
+        cdef int64_t now = ct_now_ns()
+        cdef int64_t nxt = ct_load_i64(&self._polite_next_ns)
+        if nxt < now:
+            nxt = now
+        nxt += <int64_t>(used_ns * (1.0 - self._gil_share) / self._gil_share)
+        ct_store_i64(&self._polite_next_ns, nxt)
+
+    cdef void _polite_pause(self) noexcept nogil:
+        """Without the GIL: while the application runs, wait for this engine's turn.
+
+        The pause is cut short as soon as the process goes quiet (the application
+        blocked in I/O, say): then nobody wants the GIL, and waiting would only
+        slow the tasks down.
+        """
+        cdef int64_t now = ct_now_ns()
+        cdef int64_t left, step, cpu
+        while ct_load_i64(&self._contended_until_ns) > now \
+                and not ct_load_i32(&self._stopping):
+            left = ct_load_i64(&self._polite_next_ns) - now
+            if left <= 0:
+                return
+            step = min(left, POLITE_STEP_NS)
+            cpu = ct_process_cpu_ns()
+            ct_sleep_ns(step)
+            if (ct_process_cpu_ns() - cpu) * 25 < step:
+                ct_store_i64(&self._polite_next_ns, 0)   # quiet: the debt is waived
+                return
+            now = ct_now_ns()
 
     cdef void _finish_native(self, TaskHandle h, int slot) noexcept:
         cdef ct_ncall *call = h._ncall

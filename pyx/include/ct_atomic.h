@@ -45,6 +45,7 @@ static inline int ct_cas_i32(int32_t *p, int32_t expected, int32_t desired) {
 }
 
 static inline int64_t ct_load_i64(const int64_t *p) { return ct_load_relaxed(p); }
+static inline void ct_store_i64(int64_t *p, int64_t v) { ct_store_relaxed(p, v); }
 static inline int32_t ct_load_i32(const int32_t *p) { return ct_load_seqcst(p); }
 static inline void ct_store_i32(int32_t *p, int32_t v) { ct_store_seqcst(p, v); }
 static inline int32_t ct_xchg_i32(int32_t *p, int32_t v) { return ct_xchg_seqcst(p, v); }
