@@ -2,7 +2,7 @@
 chews CPU-bound Python tasks while it is measured.
 
 Environment: GIL_POOL = none | cytask | executor, GIL_WORKERS = pool size,
-GIL_TASK_US = the busy loop of each task in microseconds.
+GIL_TASK_US = the busy loop of each task in microseconds, GIL_SHARE = cytask's gil_share.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import cytask
 POOL = os.environ.get("GIL_POOL", "none")
 WORKERS = int(os.environ.get("GIL_WORKERS", "1"))
 TASK_US = float(os.environ.get("GIL_TASK_US", "200"))
-GIL_SHARE = float(os.environ.get("GIL_SHARE", "1.0"))
+GIL_SHARE = float(os.environ.get("GIL_SHARE", "0.2"))
 
 
 def busy(us: float) -> None:
