@@ -46,6 +46,7 @@ class Supervisor:
 
     def _run(self) -> None:
         eng = self._engine
+        eng._own_thread()  # its ticks are not the application running Python
         cpu0, t0 = time.process_time(), time.monotonic()
         while not self._stopped:
             queued = eng._queued()

@@ -54,13 +54,13 @@ class Engine(_core.Core):
     ``async_concurrency`` at once.  ``eager=True`` runs every task inline at
     submit (for your tests).
 
-    ``gil_share`` keeps the workers polite to the application's own threads:
-    while another thread (an event loop, request threads, a producer) runs Python,
-    Python tasks together take at most that share of the GIL, in slices of about
-    0.5 ms; when the application is idle they run at full speed.  1.0 shares the
-    GIL the way the interpreter shares it between any threads, like
-    ``ThreadPoolExecutor`` (which lets a busy pool convoy an event loop: see the
-    README).  Compiled (native) tasks need no GIL and are never paced.
+    ``gil_share`` below 1 makes the workers polite to the application's own
+    threads (web apps: 0.2): while another thread (an event loop, request threads)
+    runs Python, Python tasks together take at most that share of the GIL, in
+    slices of about 0.5 ms; when the process goes quiet they run at full speed.
+    1.0 (the default) shares the GIL the way the interpreter shares it between any
+    threads, like ``ThreadPoolExecutor``, which lets a busy pool convoy an event
+    loop (see the README).  Compiled (native) tasks need no GIL and are not paced.
     """
 
     def __init__(
@@ -76,7 +76,7 @@ class Engine(_core.Core):
         eager: bool = False,
         worker_idle_timeout: float = 10.0,
         name: str | None = None,
-        gil_share: float = 0.2,
+        gil_share: float = 1.0,
     ) -> None:
         if workers is None:
             workers = os.cpu_count() or 2

@@ -152,6 +152,8 @@ cdef int SPIN_MAX = 400
 # The GIL-share governor (Engine(gil_share=...) < 1; see Core._gil_section): the
 # workers stay polite this long after they last saw the application run Python
 cdef int64_t CONTENDED_FOR_NS = 100_000_000
+# the application's threads are looked at no more often than this, engine-wide
+cdef int64_t APP_LOOK_NS = 1_000_000
 # a polite worker gives the GIL back after a slice this long of Python tasks
 cdef int64_t POLITE_SLICE_NS = 500_000
 # a polite pause sleeps in steps this long, and ends early after a step in which
@@ -740,6 +742,9 @@ cdef class Core:
     # the GIL.
     cdef uint64_t _app_fingerprint
     cdef set _own_threads
+    # when a worker last took the fingerprint (under the GIL): one look per APP_LOOK_NS serves all
+    # workers (many workers finishing I/O tasks would otherwise look all the time)
+    cdef int64_t _app_looked_ns
     # polite workers start no Python task before then: each slice of Python work
     # pushes it later by slice * (1 - share) / share.  Written under the GIL only
     # (so no lost update), read without it by workers about to take the GIL.
@@ -1361,6 +1366,10 @@ cdef class Core:
         """
         cdef uint64_t fp = 0
         cdef bint moved
+        cdef int64_t now = ct_now_ns()
+        if now - self._app_looked_ns < APP_LOOK_NS:
+            return ct_load_i64(&self._contended_until_ns) > now
+        self._app_looked_ns = now
         try:
             frames = _current_frames()
         except BaseException as exc:
@@ -1374,7 +1383,7 @@ cdef class Core:
         moved = fp != self._app_fingerprint
         self._app_fingerprint = fp
         if moved:
-            ct_store_i64(&self._contended_until_ns, ct_now_ns() + CONTENDED_FOR_NS)
+            ct_store_i64(&self._contended_until_ns, now + CONTENDED_FOR_NS)
         return moved
 
     cdef void _charge_polite(self, int64_t used_ns) noexcept:

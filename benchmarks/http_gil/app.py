@@ -25,7 +25,7 @@ import cytask
 POOL = os.environ.get("GIL_POOL", "none")
 WORKERS = int(os.environ.get("GIL_WORKERS", "1"))
 TASK_US = float(os.environ.get("GIL_TASK_US", "200"))
-GIL_SHARE = float(os.environ.get("GIL_SHARE", "0.2"))
+GIL_SHARE = float(os.environ.get("GIL_SHARE", "1.0"))
 
 
 def busy(us: float) -> None:
