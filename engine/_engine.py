@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import inspect
 import os
 import random
@@ -21,7 +22,13 @@ from cytask._errors import CancelledError, EngineClosed, QueueFull, TaskTimeout
 from cytask._stats import EngineStats, StatsSampler
 from cytask._task import Task
 from cytask._timer import Timer
-from cytask._validate import check_callable, check_int, check_nonneg_number, check_priority
+from cytask._validate import (
+    check_callable,
+    check_int,
+    check_nonneg_number,
+    check_priority,
+    check_signals,
+)
 
 if TYPE_CHECKING:
     from cytask._aio import AsyncRunner
@@ -61,6 +68,11 @@ class Engine(_core.Core):
     1.0 (the default) shares the GIL the way the interpreter shares it between any
     threads, like ``ThreadPoolExecutor``, which lets a busy pool convoy an event
     loop (see the README).  Compiled (native) tasks need no GIL and are not paced.
+
+    Priority is strict by default: a worker takes the oldest task of the highest
+    non-empty level, so a steady flood of CRITICAL work starves LOW.
+    ``starvation_limit=N`` (opt-in aging) serves one task of a waiting level after
+    N tasks of higher levels were served while it waited.
     """
 
     def __init__(
@@ -77,19 +89,36 @@ class Engine(_core.Core):
         worker_idle_timeout: float = 10.0,
         name: str | None = None,
         gil_share: float = 1.0,
+        starvation_limit: int | None = None,
     ) -> None:
+        limits = _core.LIMITS
         if workers is None:
-            workers = os.cpu_count() or 2
-        check_int(workers, "workers", minimum=1)
+            workers = min(os.cpu_count() or 2, limits["workers"])
+        slots = " (worker slots of one engine)"
+        check_int(workers, "workers", minimum=1, maximum=limits["workers"], why=slots)
         if max_workers is None:
             max_workers = workers
-        check_int(max_workers, "max_workers", minimum=1)
+        check_int(max_workers, "max_workers", minimum=1, maximum=limits["workers"], why=slots)
         if max_workers < workers:
             raise ValueError(f"Expected max_workers >= workers ({workers}), got {max_workers}")
-        check_int(queue_size, "queue_size", minimum=2)
+        check_int(
+            queue_size,
+            "queue_size",
+            minimum=2,
+            maximum=limits["queue_size"],
+            why=" (slots per priority level, allocated up front)",
+        )
         check_nonneg_number(submit_timeout, "submit_timeout", allow_none=True)
         check_nonneg_number(result_ttl, "result_ttl", allow_none=True)
-        check_int(max_results, "max_results", minimum=0)
+        check_int(
+            max_results,
+            "max_results",
+            minimum=0,
+            maximum=limits["max_results"],
+            why=" (the result store is allocated up front)",
+        )
+        if starvation_limit is not None:
+            check_int(starvation_limit, "starvation_limit", minimum=1, maximum=2**31 - 1)
         check_int(async_concurrency, "async_concurrency", minimum=1)
         if not isinstance(eager, bool):
             raise TypeError(f"Expected bool for eager, got {type(eager).__name__}")
@@ -99,7 +128,9 @@ class Engine(_core.Core):
         share = check_nonneg_number(gil_share, "gil_share", positive=True)
         if share is None or share > 1.0:
             raise ValueError(f"Expected gil_share in (0, 1], got {gil_share!r}")
-        self._init_core(queue_size, submit_timeout, max_results, workers, worker_idle_timeout)
+        self._init_core(
+            queue_size, submit_timeout, max_results, workers, worker_idle_timeout, starvation_limit
+        )
         self._set_gil_share(share)
         self.gil_share = share
         self.name = name or f"cytask-{id(self):x}"
@@ -204,6 +235,8 @@ class Engine(_core.Core):
             self._enqueue_handle(h, from_status)
 
     def _submit_eager(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> TaskHandle[R]:
+        if isinstance(fn, Task):  # keeps its retries, time limit and priority, as submit() does
+            return self._submit_task(fn, args, kwargs, fn.options.priority, None)
         check_callable(fn, "fn")
         return self._run_eager(fn, args, kwargs, int(Priority.NORMAL), None)
 
@@ -266,13 +299,17 @@ class Engine(_core.Core):
         /,
         *args: Any,
         priority: Priority = Priority.NORMAL,
+        tz: str | dt.tzinfo | None = None,
         **kwargs: Any,
     ) -> Periodic:
-        """Submit ``fn(*args, **kwargs)`` at each minute matching a 5-field cron expression
-        (local time)."""
+        """Submit ``fn(*args, **kwargs)`` at each minute matching a 5-field cron expression.
+
+        Times are wall-clock times in `tz` (an IANA name such as ``"Europe/Paris"``,
+        or a ``tzinfo``; default: local time), DST included, as Debian cron does.
+        """
         from cytask._cron import CronExpression
 
-        return self._recurring(fn, args, kwargs, priority, cron=CronExpression(expression))
+        return self._recurring(fn, args, kwargs, priority, cron=CronExpression(expression, tz))
 
     def _recurring(
         self,
@@ -502,6 +539,7 @@ class Engine(_core.Core):
         check_nonneg_number(timeout, "timeout")
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("install_signal_handlers() must be called from the main thread")
+        signals = check_signals(signals, "signals")  # all of them, before installing any
         for sig in signals:
             previous = signal.getsignal(sig)
 

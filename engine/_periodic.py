@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import threading
 import time
 from collections.abc import Callable
@@ -63,9 +62,10 @@ class Periodic:
 
     def _schedule_next(self) -> None:
         if self.cron is not None:
-            wall_now = dt.datetime.now().astimezone()
-            due_wall = self.cron.next_after(wall_now)
-            self._next_due = time.monotonic() + (due_wall - wall_now).total_seconds()
+            # absolute times: the next run is found in the schedule's zone (DST rules
+            # included), then turned into a monotonic deadline
+            wall_now, mono_now = time.time(), time.monotonic()
+            self._next_due = mono_now + (self.cron.next_timestamp(wall_now) - wall_now)
         else:
             assert self.interval is not None
             now = time.monotonic()

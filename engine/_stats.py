@@ -40,9 +40,21 @@ class EngineStats:
     ``tasks_per_second`` is a sliding 10 s window over successive ``stats()``
     calls; execution-time percentiles come from a fixed-size log-scale histogram
     (4 buckets per power of two, so within about 19%); ``queue_pressure`` is the
-    queued fraction of total queue capacity; ``error_rate`` is failed / processed.
-    ``total_tasks_processed`` counts runs (a retried task counts once per attempt);
-    ``submitted_tasks`` counts submissions.
+    queued fraction of total queue capacity.
+
+    The counters, each counted once, when it happens:
+
+    * ``submitted_tasks``: tasks submitted (accepted or rejected with QueueFull).
+    * ``total_tasks_processed``: runs a worker finished, whatever the outcome; a
+      retried task counts once per attempt, a task that ran past its time limit
+      counts when its thread returns; a task rejected by ``QueueFull`` never ran
+      and is not counted.
+    * ``succeeded_tasks`` / ``failed_tasks`` / ``cancelled_tasks``: tasks that
+      ended so, once per task (a retried task counts when its last attempt
+      fails).  ``failed_tasks`` includes ``QueueFull`` rejections and time-outs.
+    * ``retried_tasks``: retries scheduled.
+    * ``error_rate``: ``failed / (succeeded + failed)``, the share of the tasks
+      that ended (not cancelled) which failed: always in [0, 1].
     """
 
     critical_queue_size: int
@@ -55,6 +67,7 @@ class EngineStats:
     total_workers: int
     scheduled_tasks: int
     total_tasks_processed: int
+    succeeded_tasks: int
     failed_tasks: int
     retried_tasks: int
     cancelled_tasks: int
@@ -91,6 +104,7 @@ class EngineStats:
         workers = raw["total_workers"]
         active = min(raw["active_workers"], workers)
         processed = raw["processed"]
+        succeeded, failed = raw["succeeded"], raw["failed"]
         uptime = raw["uptime_ns"] / 1e9
         return cls(
             critical_queue_size=sizes[0],
@@ -103,12 +117,13 @@ class EngineStats:
             total_workers=workers,
             scheduled_tasks=scheduled,
             total_tasks_processed=processed,
-            failed_tasks=raw["failed"],
+            succeeded_tasks=succeeded,
+            failed_tasks=failed,
             retried_tasks=retried,
             cancelled_tasks=raw["cancelled"],
             submitted_tasks=raw["submitted"],
             async_tasks_running=async_running,
-            error_rate=raw["failed"] / processed if processed else 0.0,
+            error_rate=failed / (succeeded + failed) if failed else 0.0,
             tasks_per_second=sampler.rate(time.monotonic(), processed),
             avg_execution_time_ms=raw["avg_ns"] / 1e6,
             p95_execution_time_ms=raw["p95_ns"] / 1e6,

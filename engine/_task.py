@@ -141,9 +141,16 @@ def _check_option_names(options: dict[str, Any]) -> None:
 
 def _build(fn: Callable[P, R], options: dict[str, Any]) -> Task[P, R]:
     check_callable(fn, "the decorated object")
+    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        kind = "an async generator" if inspect.isasyncgenfunction(fn) else "a generator"
+        raise TypeError(
+            f"Expected a plain or async function for the decorated object, got {kind} "
+            f"function {getattr(fn, '__qualname__', fn)!r}: calling it only creates a "
+            f"generator, so its body would never run; make it return a list (or a value)"
+        )
     _check_option_names(options)
     priority = check_priority(options.get("priority", Priority.NORMAL))
-    retries = check_int(options.get("retries", 0), "retries", minimum=0)
+    retries = check_int(options.get("retries", 0), "retries", minimum=0, maximum=2**31 - 1)
     backoff = check_nonneg_number(options.get("retry_backoff", 0.0), "retry_backoff")
     backoff_max = check_nonneg_number(options.get("retry_backoff_max", 300.0), "retry_backoff_max")
     jitter = options.get("retry_jitter", True)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import signal
+from collections.abc import Iterable
 from typing import Any
 
 from cytask._enums import Priority
 
-__all__ = ["check_callable", "check_int", "check_nonneg_number", "check_priority"]
+__all__ = ["check_callable", "check_int", "check_nonneg_number", "check_priority", "check_signals"]
 
 
 def _type_name(value: object) -> str:
@@ -28,11 +30,21 @@ def check_priority(value: object, name: str = "priority") -> Priority:
     return value
 
 
-def check_int(value: object, name: str, *, minimum: int | None = None) -> int:
+def check_int(
+    value: object,
+    name: str,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    why: str = "",
+) -> int:
+    """An int (not a bool) within [minimum, maximum]; `why` explains the maximum."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"Expected int for {name}, got {_type_name(value)}: {value!r}")
     if minimum is not None and value < minimum:
         raise ValueError(f"Expected {name} >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"Expected {name} <= {maximum}{why}, got {value!r}")
     return value
 
 
@@ -48,3 +60,38 @@ def check_nonneg_number(
         bound = "> 0" if positive else ">= 0"
         raise ValueError(f"Expected {name} {bound}, got {value!r}")
     return float(value)
+
+
+# signals a process cannot catch: signal.signal() refuses them
+_UNCATCHABLE = frozenset(getattr(signal, n) for n in ("SIGKILL", "SIGSTOP") if hasattr(signal, n))
+
+
+def check_signals(value: object, name: str) -> list[signal.Signals]:
+    """A non-empty collection of distinct catchable signals, each checked before any is used."""
+    if isinstance(value, (int, str, bytes)) or not isinstance(value, Iterable):
+        raise TypeError(
+            f"Expected a list of signals for {name} (e.g. [signal.SIGTERM]), "
+            f"got {_type_name(value)}: {value!r}"
+        )
+    items = list(value)
+    if not items:
+        raise ValueError(f"Expected at least one signal in {name}, got {value!r}")
+    valid = signal.valid_signals()
+    out: list[signal.Signals] = []
+    for sig in items:
+        if isinstance(sig, bool) or not isinstance(sig, int):
+            raise TypeError(
+                f"Expected signal numbers (int or signal.Signals) in {name}, "
+                f"got {_type_name(sig)}: {sig!r}"
+            )
+        if sig not in valid:
+            raise ValueError(f"Expected valid signal numbers in {name}, got {sig!r}")
+        if sig in _UNCATCHABLE:
+            raise ValueError(
+                f"Expected catchable signals in {name}, got {signal.Signals(sig).name} "
+                f"({int(sig)}), which no process can handle; use SIGTERM or SIGINT"
+            )
+        if sig in out:
+            raise ValueError(f"Expected distinct signals in {name}, got {sig!r} twice")
+        out.append(signal.Signals(sig))
+    return out

@@ -23,6 +23,7 @@ from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free
+from cpython.version cimport PY_VERSION_HEX
 from libc.string cimport memcpy, memset
 
 import _thread
@@ -125,6 +126,11 @@ cdef enum:
     HIST_BUCKETS = 256       # latency histogram: 4 sub-buckets per power of two (ns)
     MAX_WORKER_SLOTS = 1024
     INLINE_SLOT = MAX_WORKER_SLOTS - 1   # counters of tasks run inline (eager mode)
+    MAX_WORKERS = INLINE_SLOT            # worker threads one engine can have at once
+    # each level's ring is allocated up front (16 bytes a slot): 4 x 256 MiB at most
+    MAX_QUEUE_SIZE = 1 << 24
+    # the result store is one list of this many slots, allocated up front (8 bytes each)
+    MAX_RESULTS = 1 << 26
 
 # Task status codes, in lifecycle order; everything >= ST_SUCCEEDED is terminal.
 cdef enum:
@@ -135,6 +141,9 @@ cdef enum:
     ST_SUCCEEDED = 4
     ST_FAILED = 5
     ST_CANCELLED = 6
+
+# the bounds Engine checks its arguments against, for its error messages
+LIMITS = {"workers": MAX_WORKERS, "queue_size": MAX_QUEUE_SIZE, "max_results": MAX_RESULTS}
 
 STATUS_NAMES = (
     "pending", "scheduled", "running", "retrying", "succeeded", "failed", "cancelled"
@@ -173,6 +182,7 @@ ctypedef struct ct_worker:
     # stats() and the supervisor read them as snapshots that may be slightly stale.
     int64_t processed        # tasks finished by this slot (all outcomes)
     int64_t failed           # tasks that ended FAILED on this slot
+    int64_t native_ok        # native tasks that ended SUCCEEDED on this slot
     int64_t busy_ns          # time spent running tasks
     int64_t task_started_ns  # start of the current task, 0 while not running one
     int64_t exec_ns_sum      # sum of task run times, for the average
@@ -183,7 +193,7 @@ ctypedef struct ct_worker:
     # worker after its task returns, which then exits instead of taking more work
     int32_t abandoned
     int32_t spin_rounds      # adaptive spin length (only its worker touches it)
-    char _pad[60]
+    char _pad[52]
 
 
 cdef inline int hist_bucket(int64_t ns) noexcept nogil:
@@ -206,6 +216,51 @@ cdef inline double bucket_upper_ns(int b) noexcept nogil:
 
 
 # ---------------------------------------------------------------------------
+# Argument checks for values that end up in C fields (a bare OverflowError or a
+# wrapped-around C int would name nothing, or index past an array)
+
+cdef int INT32_LIMIT = 2147483647
+
+
+cdef int _check_c_int(value, str name, int lo, int hi) except? -1:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"Expected int for {name}, got {type(value).__name__}: {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"Expected {name} between {lo} and {hi}, got {value!r}")
+    return value
+
+
+cdef double _check_seconds(value, str name) except? -1.0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"Expected int or float for {name}, got {type(value).__name__}: {value!r}")
+    if not value >= 0:   # also NaN
+        raise ValueError(f"Expected {name} >= 0, got {value!r}")
+    return value
+
+
+cdef int64_t _wait_deadline(timeout) except? -2:
+    """The futex deadline (ns) for a wait of `timeout` s: -1 waits without limit.
+
+    Checked before anything else, so a bad timeout fails the same way whether or
+    not the task is already done.
+    """
+    cdef double t
+    if timeout is None:
+        return -1
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(
+            f"Expected int, float or None for timeout, got {type(timeout).__name__}: "
+            f"{timeout!r}")
+    t = timeout
+    if not t >= 0:   # also NaN
+        raise ValueError(f"Expected timeout >= 0 or None, got {timeout!r}")
+    if t > 1e9:      # ~31 years: past int64 nanoseconds soon after, so no limit at all
+        return -1
+    return ct_now_ns() + <int64_t>(t * 1e9)
+
+
+# ---------------------------------------------------------------------------
 # Options attached to tasks declared with @task
 
 @cython.final
@@ -225,17 +280,27 @@ cdef class TaskOptions:
     cdef readonly tuple retry_on
     cdef readonly double timeout
 
-    def __init__(self, name, int priority=2, int retries=0, double retry_backoff=0.0,
-                 double retry_backoff_max=300.0, bint retry_jitter=True, tuple retry_on=(),
-                 double timeout=0.0):
+    def __init__(self, name, priority=2, retries=0, retry_backoff=0.0,
+                 retry_backoff_max=300.0, retry_jitter=True, retry_on=(), timeout=0.0):
+        # Every field is checked here, not only by @task: a TaskOptions built by hand
+        # must not reach the worker with a priority that indexes past the rings.
+        if not isinstance(name, str):
+            raise TypeError(f"Expected str for name, got {type(name).__name__}: {name!r}")
+        self.priority = _check_c_int(priority, "priority", 0, N_LEVELS - 1)
+        self.retries = _check_c_int(retries, "retries", 0, INT32_LIMIT)
+        self.retry_backoff = _check_seconds(retry_backoff, "retry_backoff")
+        self.retry_backoff_max = _check_seconds(retry_backoff_max, "retry_backoff_max")
+        if not isinstance(retry_jitter, bool):
+            raise TypeError(
+                f"Expected bool for retry_jitter, got {type(retry_jitter).__name__}")
+        if not isinstance(retry_on, tuple) or not all(
+                isinstance(t, type) and issubclass(t, BaseException) for t in retry_on):
+            raise TypeError(
+                f"Expected a tuple of exception classes for retry_on, got {retry_on!r}")
+        self.timeout = _check_seconds(timeout, "timeout")
         self.name = name
-        self.priority = priority
-        self.retries = retries
-        self.retry_backoff = retry_backoff
-        self.retry_backoff_max = retry_backoff_max
         self.retry_jitter = retry_jitter
         self.retry_on = retry_on
-        self.timeout = timeout
 
     def __repr__(self):
         return (f"TaskOptions(name={self.name!r}, priority={self.priority}, "
@@ -295,6 +360,12 @@ cdef class TaskHandle:
     def __cinit__(self):
         if CT_DEBUG:
             ct_add_i64(&_debug_counters[2], 1)
+
+    def __init__(self, *args, **kwargs):
+        # engines make handles with TaskHandle.__new__, which skips this
+        raise TypeError(
+            "TaskHandle cannot be created directly; Engine.submit() and Task.delay() "
+            "return one")
 
     def __dealloc__(self):
         if self._ncall != NULL:
@@ -385,16 +456,15 @@ cdef class TaskHandle:
 
     cdef int _wait(self, timeout) except -1:
         """Block (GIL released) until done; raise TimeoutError after `timeout` s."""
-        cdef int64_t deadline = -1
+        cdef int64_t deadline = _wait_deadline(timeout)
         cdef int32_t *status = self._status_ptr()
         cdef int done
         cdef Core core = self._core   # our own reference: completion drops the field
-        if ct_load_i32(status) >= ST_SUCCEEDED or core is None:
+        if ct_load_i32(status) >= ST_SUCCEEDED:
             return 0
-        if timeout is not None:
-            if timeout < 0:
-                raise ValueError(f"Expected timeout >= 0 or None, got {timeout!r}")
-            deadline = ct_now_ns() + <int64_t>(timeout * 1e9)
+        if core is None:
+            raise RuntimeError(
+                "this TaskHandle belongs to no engine; handles come from Engine.submit()")
         core._before_blocking_wait(self)
         try:
             with nogil:
@@ -462,7 +532,8 @@ cdef class TaskHandle:
         """The status is already CANCELLED; publish the error and wake waiters."""
         self._value = _cancelled_error(self.task_id, why)
         self._release_call()
-        self._core._account_cancel()
+        if self._core is not None:   # None: a handle made without an engine
+            self._core._account_cancel()
         self._done_published()
 
     # -- completion (all under the GIL) ---------------------------------------
@@ -504,7 +575,8 @@ cdef class TaskHandle:
     cdef void _done_published(self) noexcept:
         """After the terminal status is visible: wake waiters, run callbacks."""
         self._finished_ns = ct_now_ns()
-        ct_waitset_notify(&self._core._done)
+        if self._core is not None:   # None: a handle made without an engine
+            ct_waitset_notify(&self._core._done)
         self._let_go()
         if self._callbacks is not None:
             self._run_callbacks()
@@ -523,7 +595,7 @@ cdef class TaskHandle:
             try:
                 cb(self)
             except BaseException as exc:
-                _report_unraisable(exc, f"done callback {cb!r} of task {self.task_id}")
+                _report_unraisable(exc, f"done callback {cb!r} of task {self.task_id}", cb)
 
     cdef bint _complete_failed_by_worker(self, BaseException exc) noexcept:
         """The worker's own failure path: its counters already count it."""
@@ -537,6 +609,8 @@ cdef class TaskHandle:
         """
         cdef int32_t *sp = self._status_ptr()
         cdef int32_t st
+        if status < ST_SUCCEEDED or status > ST_CANCELLED:
+            raise ValueError(f"Expected a terminal status for status, got {status}")
         while True:
             st = ct_load_i32(sp)
             if st >= ST_SUCCEEDED or (expected >= 0 and st != expected):
@@ -546,27 +620,40 @@ cdef class TaskHandle:
             if ct_cas_i32(sp, st, status):
                 break
         self._release_call()
-        if status == ST_FAILED and count:
-            self._core._account_failed_outside()
-        elif status == ST_CANCELLED:
+        if self._core is None:   # a handle made without an engine: nothing to count
+            pass
+        elif status == ST_SUCCEEDED:
+            if count:
+                self._core._account_succeeded()
+        elif status == ST_FAILED:
+            if count:
+                self._core._account_failed_outside()
+        else:
             self._core._account_cancel()
         self._done_published()
         return True
 
     cpdef bint _transition(self, int32_t expected, int32_t status):
         """CAS the status between two non-terminal states (scheduled -> pending ...)."""
+        if not (ST_PENDING <= expected <= ST_CANCELLED and ST_PENDING <= status <= ST_CANCELLED):
+            raise ValueError(f"Expected task statuses 0-6, got {expected} -> {status}")
         return ct_cas_i32(self._status_ptr(), expected, status)
 
     def add_done_callback(self, fn):
         """Call ``fn(handle)`` when the task ends (at once if it already has).
 
-        The callback runs on the thread that finished the task; exceptions it
-        raises are reported through ``sys.unraisablehook``.
+        The callback runs on the thread that finished the task, or on the calling
+        thread if the task has already ended.  Either way an ``Exception`` it raises
+        goes to ``sys.unraisablehook`` and never to the code that added the callback
+        or finished the task (``concurrent.futures.Future`` logs it instead).
         """
         if not callable(fn):
             raise TypeError(f"Expected a callable for fn, got {type(fn).__name__}")
         if self._load_status() >= ST_SUCCEEDED and self._callbacks is None:
-            fn(self)
+            try:
+                fn(self)
+            except Exception as exc:
+                _report_unraisable(exc, f"done callback {fn!r} of task {self.task_id}", fn)
             return
         # Python tasks reach a terminal status under the GIL and run the list at
         # once; a native task stores its status without the GIL and its worker runs
@@ -620,15 +707,43 @@ cdef object _cancelled_error(int64_t task_id, str why):
     return _CancelledError(f"task {task_id} {why}")
 
 
-def report_unraisable(BaseException exc, str where):
-    """Hand an exception nobody can receive to ``sys.unraisablehook`` (never raises)."""
-    _report_unraisable(exc, where)
+def report_unraisable(BaseException exc, str where, obj=None):
+    """Hand an exception nobody can receive to ``sys.unraisablehook`` (never raises).
+
+    The hook gets a real ``UnraisableHookArgs``: ``err_msg`` is
+    ``"Exception ignored in <where>"`` and ``object`` is `obj` (None on 3.13+).
+    """
+    _report_unraisable(exc, where, obj)
 
 
-cdef void _report_unraisable(BaseException exc, str where) noexcept:
+cdef extern from *:
+    """
+    /* CPython's own path for unraisable errors, with a message of ours: the hook
+       receives a real sys.UnraisableHookArgs, and if the hook itself fails CPython
+       reports that through the default hook.  `exc` becomes the current error. */
+    static void ct_write_unraisable(PyObject *exc, const char *where, PyObject *obj) {
+        PyObject *tb = PyException_GetTraceback(exc);   /* new reference or NULL */
+        Py_INCREF(Py_TYPE(exc));
+        Py_INCREF(exc);
+        PyErr_Restore((PyObject *)Py_TYPE(exc), exc, tb);   /* steals all three */
+    #if PY_VERSION_HEX >= 0x030D0000
+        (void)obj;
+        PyErr_FormatUnraisable("Exception ignored in %s", where);
+    #else
+        _PyErr_WriteUnraisableMsg(where, obj);   /* "Exception ignored %s" */
+    #endif
+    }
+    """
+    void ct_write_unraisable(object exc, const char *where, object obj)
+
+
+cdef void _report_unraisable(BaseException exc, str where, obj=None) noexcept:
+    cdef bytes text
     try:
-        sys.unraisablehook(_Unraisable(type(exc), exc, exc.__traceback__,
-                                       f"Exception ignored in {where}", None))
+        if PY_VERSION_HEX < 0x030D0000:
+            where = "in " + where   # 3.11/3.12 prefix only "Exception ignored "
+        text = where.encode("utf-8", "backslashreplace").replace(b"\0", b"?")
+        ct_write_unraisable(exc, text, obj)
     except BaseException:
         pass
 
@@ -646,17 +761,6 @@ cdef inline void _gil_yield() noexcept:
         _gil_yield_point()
     except BaseException as exc:   # an async exception delivered to this worker
         _report_unraisable(exc, "a cytask worker's GIL yield point")
-
-
-class _Unraisable:
-    __slots__ = ("exc_type", "exc_value", "exc_traceback", "err_msg", "object")
-
-    def __init__(self, exc_type, exc_value, exc_traceback, err_msg, obj):
-        self.exc_type = exc_type
-        self.exc_value = exc_value
-        self.exc_traceback = exc_traceback
-        self.err_msg = err_msg
-        self.object = obj
 
 
 # ---------------------------------------------------------------------------
@@ -682,6 +786,29 @@ cdef inline bint _is_native(void *item) noexcept nogil:
 
 cdef inline ct_ncall *_as_ncall(void *item) noexcept nogil:
     return <ct_ncall *>(<uintptr_t>item & ~CT_TAG_NATIVE)
+
+
+cdef extern from "Python.h":
+    ctypedef struct PyCodeObject:
+        int co_flags
+    PyObject *PyFunction_GET_CODE(object op)
+    PyObject *PyMethod_GET_FUNCTION(object op)
+
+cdef enum:
+    CO_GENERATOR = 0x20
+    CO_ASYNC_GENERATOR = 0x200
+
+
+cdef inline bint _is_generator_function(object fn):
+    """True for a (bound) generator or async-generator function: a few loads, no
+    attribute lookups, since every submit asks.  Other callables that return a
+    generator are caught when they run (_run_python)."""
+    if type(fn) is _MethodType:
+        fn = <object>PyMethod_GET_FUNCTION(fn)
+    if type(fn) is not _FunctionType:
+        return False
+    return ((<PyCodeObject *>PyFunction_GET_CODE(fn)).co_flags
+            & (CO_GENERATOR | CO_ASYNC_GENERATOR)) != 0
 
 
 # ---------------------------------------------------------------------------
@@ -716,12 +843,23 @@ cdef class Core:
     cdef int32_t _min_workers
     cdef bint _closed
     cdef bint _rings_ready
+    # Anti-starvation (aging), off when 0: written once by _init_core before any
+    # worker starts, then only read.
+    cdef int32_t _starvation_limit
+    # _bypassed[lvl]: items served from levels above `lvl` while `lvl` was non-empty,
+    # since `lvl` was last served (or found empty).  Relaxed atomic adds and stores by
+    # every popping worker, no CAS: racing workers may each serve the aged level or
+    # miss a count, so the limit holds to within the number of workers (a starved
+    # level is still served, never lost).
+    cdef int32_t _bypassed[N_LEVELS]
     cdef int64_t _next_id
     cdef size_t _queue_size
     cdef double _submit_timeout       # < 0: wait for space without limit
     # tasks cancelled / failed outside a worker (timer, cancel()): under the GIL
     cdef int64_t _cancelled_count
     cdef int64_t _failed_outside
+    # Python tasks that ended SUCCEEDED (under the GIL); natives count per worker slot
+    cdef int64_t _succeeded_count
     cdef int64_t _started_ns
     # bounded result store: slot task_id % len holds the most recent handle
     cdef list _results
@@ -764,17 +902,30 @@ cdef class Core:
                 ct_ring_free(&self._rings[lvl])
         free(self._workers)
 
-    def _init_core(self, Py_ssize_t queue_size, submit_timeout, Py_ssize_t max_results,
-                   int min_workers, double idle_retire_s):
-        cdef int lvl
+    def _init_core(self, queue_size, submit_timeout, max_results, min_workers,
+                   double idle_retire_s, starvation_limit=None):
+        cdef int lvl, k
         if self._rings_ready:
             raise RuntimeError("core already initialised")
+        # checked here too, not only by Engine: these sizes become C allocations
+        _check_c_int(queue_size, "queue_size", 2, MAX_QUEUE_SIZE)
+        _check_c_int(max_results, "max_results", 0, MAX_RESULTS)
+        _check_c_int(min_workers, "workers", 1, MAX_WORKERS)
+        if starvation_limit is not None:
+            self._starvation_limit = _check_c_int(
+                starvation_limit, "starvation_limit", 1, INT32_LIMIT)
+        if submit_timeout is not None:
+            _check_seconds(submit_timeout, "submit_timeout")
         for lvl in range(N_LEVELS):
             if ct_ring_init(&self._rings[lvl], <size_t>queue_size) != 0:
+                for k in range(lvl):
+                    ct_ring_free(&self._rings[k])
                 raise MemoryError(f"cannot allocate a queue of {queue_size} slots")
         self._rings_ready = True
         self._queue_size = ct_ring_capacity(&self._rings[0])
-        self._submit_timeout = -1.0 if submit_timeout is None else submit_timeout
+        # a wait past ~31 years is a wait without limit (and keeps the ns deadline in int64)
+        self._submit_timeout = (
+            -1.0 if submit_timeout is None or submit_timeout > 1e9 else submit_timeout)
         self._results_len = max_results
         self._results = [None] * max_results if max_results > 0 else None
         self._current = [None] * MAX_WORKER_SLOTS
@@ -818,8 +969,23 @@ cdef class Core:
             raise TypeError(f"Expected a callable for fn, got {type(fn).__name__}: {fn!r}")
         return self._submit(fn, args, kwargs if kwargs else None, 2, None)
 
+    cdef int _check_ready(self) except -1:
+        if not self._rings_ready:
+            raise RuntimeError(
+                f"{type(self).__name__}.__init__ did not run Engine.__init__: call "
+                f"super().__init__(...) in your subclass's __init__")
+        return 0
+
     cdef TaskHandle _new_handle(self, fn, tuple args, dict kwargs, int prio,
                                 TaskOptions options):
+        self._check_ready()
+        if prio < 0 or prio >= N_LEVELS:
+            raise ValueError(f"Expected a cytask.Priority for priority, got {prio!r}")
+        if fn is not None and _is_generator_function(fn):
+            raise TypeError(
+                f"Expected a plain or async function for fn, got the generator function "
+                f"{getattr(fn, '__qualname__', fn)!r}: calling it only creates a generator, "
+                f"so its body would never run; make it return a list (or a value) instead")
         if self._closed:
             raise _engine_closed(
                 f"engine {getattr(self, 'name', '')} is shut down and takes no more tasks; "
@@ -856,6 +1022,9 @@ cdef class Core:
 
     def _enqueue_handle(self, TaskHandle h, int32_t from_status):
         """Queue a SCHEDULED/RETRYING handle now (the timer's call). False if cancelled."""
+        self._check_ready()
+        if h._core is not self:
+            raise ValueError(f"task {h.task_id} belongs to another engine")
         if not ct_cas_i32(h._status_ptr(), from_status, ST_PENDING):
             return False
         self._enqueue(h)
@@ -1004,6 +1173,7 @@ cdef class Core:
     def _spawn_worker(self):
         """Start one worker thread; returns its slot."""
         cdef int slot
+        self._check_ready()
         with self._spawn_lock:
             for slot in range(INLINE_SLOT):
                 if not ct_load_i32(&self._workers[slot].alive):
@@ -1062,6 +1232,9 @@ cdef class Core:
 
     def _run_inline(self, TaskHandle h):
         """Run a PENDING handle on the calling thread (eager mode), like a worker would."""
+        self._check_ready()
+        if h._core is not self:
+            raise ValueError(f"task {h.task_id} belongs to another engine")
         if ct_load_i32(&h._status) != ST_PENDING:
             raise RuntimeError(f"task {h.task_id} is not pending")
         previous = _worker_slots.get(threading.get_ident())
@@ -1083,6 +1256,7 @@ cdef class Core:
         the stuck thread no longer counts towards the pool.
         """
         cdef int slot
+        self._check_ready()
         for slot in range(INLINE_SLOT):
             if self._current[slot] is h and ct_load_i32(&self._workers[slot].alive) \
                     and not ct_load_i32(&self._workers[slot].abandoned):
@@ -1144,6 +1318,8 @@ cdef class Core:
                             t1 = ct_now_ns()
                             w.task_started_ns = 0
                             self._account(w, t1 - t0, rc != CT_RC_OK and rc != CT_RC_PYTHON)
+                            if rc == CT_RC_OK:
+                                ct_bump_i64(&w.native_ok, 1)
                             if rc != CT_RC_PYTHON:
                                 ct_store_i32(&call.status,
                                              ST_SUCCEEDED if rc == CT_RC_OK else ST_FAILED)
@@ -1194,9 +1370,14 @@ cdef class Core:
         return True
 
     cdef inline void *_pop(self) noexcept nogil:
-        """The oldest item of the highest non-empty level, or NULL."""
+        """The oldest item of the highest non-empty level, or NULL.
+
+        With a starvation limit, a level that was passed over that many times is
+        served first (see _pop_aging)."""
         cdef void *item
         cdef int lvl
+        if self._starvation_limit:
+            return self._pop_aging()
         for lvl in range(N_LEVELS):
             item = ct_ring_pop(&self._rings[lvl])
             if item != NULL:
@@ -1204,6 +1385,42 @@ cdef class Core:
                     ct_waitset_notify(&self._space)
                 return item
         return NULL
+
+    cdef void *_pop_aging(self) noexcept nogil:
+        """Strict priority, except that a level passed over `_starvation_limit` times
+        while it waited gets the next pop (the highest such level first)."""
+        cdef void *item = NULL
+        cdef int lvl, lower
+        cdef int served = -1
+        for lvl in range(1, N_LEVELS):
+            if ct_load_i32(&self._bypassed[lvl]) >= self._starvation_limit:
+                ct_store_i32(&self._bypassed[lvl], 0)
+                item = ct_ring_pop(&self._rings[lvl])
+                if item != NULL:
+                    served = lvl
+                    break
+        if item == NULL:
+            for lvl in range(N_LEVELS):
+                item = ct_ring_pop(&self._rings[lvl])
+                if item != NULL:
+                    served = lvl
+                    break
+        if item == NULL:
+            return NULL
+        ct_store_i32(&self._bypassed[served], 0)
+        for lower in range(served + 1, N_LEVELS):
+            if ct_ring_size(&self._rings[lower]) != 0:
+                ct_add_i32(&self._bypassed[lower], 1)
+            elif ct_load_i32(&self._bypassed[lower]) != 0:
+                ct_store_i32(&self._bypassed[lower], 0)   # nobody waits there
+        if ct_load_i32(&self._space.waiters) > 0:
+            ct_waitset_notify(&self._space)
+        return item
+
+    @property
+    def starvation_limit(self):
+        """Pops a waiting level may be passed over before it is served; None: strict."""
+        return self._starvation_limit or None
 
     cdef bint _should_retire(self) noexcept nogil:
         cdef int32_t debt = ct_load_i32(&self._retire_debt)
@@ -1443,6 +1660,7 @@ cdef class Core:
             h._value = value
             h._result_kind = 0
             ct_store_i32(sp, ST_SUCCEEDED)
+            self._succeeded_count += 1
         self._current[slot] = None
         h._release_call()
         h._done_published()
@@ -1472,6 +1690,12 @@ cdef class Core:
         except BaseException as exc:
             error = exc
             value = None
+        else:
+            if type(value) is _GeneratorType or type(value) is _AsyncGeneratorType:
+                error = TypeError(
+                    f"task {h.task_id} ({h.name or h._fn!r}) returned a generator: its "
+                    f"body never ran; a task must be a plain or async function")
+                value = None
         t1 = ct_now_ns()
         w.task_started_ns = 0
         self._current[slot] = None
@@ -1533,10 +1757,13 @@ cdef class Core:
     cdef void _account_failed_outside(self) noexcept:
         self._failed_outside += 1
 
+    cdef void _account_succeeded(self) noexcept:
+        self._succeeded_count += 1
+
     def _core_stats(self):
         """Raw counters for EngineStats: a dict of ints and floats."""
         cdef int i, b
-        cdef int64_t processed = 0, failed = 0, busy = 0, exec_sum = 0
+        cdef int64_t processed = 0, failed = 0, busy = 0, exec_sum = 0, native_ok = 0
         cdef int64_t now = ct_now_ns()
         cdef int active = 0
         cdef uint64_t hist[HIST_BUCKETS]
@@ -1547,6 +1774,7 @@ cdef class Core:
             w = &self._workers[i]
             processed += ct_load_i64(&w.processed)
             failed += ct_load_i64(&w.failed)
+            native_ok += ct_load_i64(&w.native_ok)
             busy += ct_load_i64(&w.busy_ns)
             exec_sum += ct_load_i64(&w.exec_ns_sum)
             if ct_load_i32(&w.alive) and ct_load_i64(&w.task_started_ns) != 0:
@@ -1561,6 +1789,7 @@ cdef class Core:
             "active_workers": active,
             "processed": processed,
             "failed": failed + self._failed_outside,
+            "succeeded": native_ok + self._succeeded_count,
             "cancelled": self._cancelled_count,
             "busy_ns": busy,
             "avg_ns": exec_sum / total if total else 0.0,
@@ -1590,8 +1819,9 @@ cdef class Core:
 
     def get(self, task_id):
         """The handle of a recent task by id, or None once it left the result store."""
-        if self._results is None or not isinstance(task_id, int) or task_id <= 0:
-            return None
+        if self._results is None or type(task_id) is bool or not isinstance(task_id, int) \
+                or task_id <= 0:
+            return None   # True == 1, but it is no task id
         h = self._results[task_id % self._results_len]
         if h is None or (<TaskHandle>h).task_id != task_id:
             return None
@@ -1630,6 +1860,8 @@ cdef class Core:
         """Pop every queued task and cancel it; returns how many were cancelled."""
         cdef int lvl
         cdef int n = 0
+        if not self._rings_ready:
+            return 0
         for lvl in range(N_LEVELS):
             n += self._drain_ring(lvl, why)
         return n
@@ -1706,6 +1938,10 @@ def current_worker_core():
 
 import types as _types
 _CoroutineType = _types.CoroutineType
+_GeneratorType = _types.GeneratorType
+_AsyncGeneratorType = _types.AsyncGeneratorType
+_FunctionType = _types.FunctionType
+_MethodType = _types.MethodType
 
 _engine_closed = None
 _queue_full = None
