@@ -1023,7 +1023,9 @@ cdef class Core:
     def _enqueue_handle(self, TaskHandle h, int32_t from_status):
         """Queue a SCHEDULED/RETRYING handle now (the timer's call). False if cancelled."""
         self._check_ready()
-        if h._core is not self:
+        if h._core is not self:   # None: it ended (cancelled) and let go of its engine
+            if h._core is None:
+                return False
             raise ValueError(f"task {h.task_id} belongs to another engine")
         if not ct_cas_i32(h._status_ptr(), from_status, ST_PENDING):
             return False
@@ -1233,7 +1235,7 @@ cdef class Core:
     def _run_inline(self, TaskHandle h):
         """Run a PENDING handle on the calling thread (eager mode), like a worker would."""
         self._check_ready()
-        if h._core is not self:
+        if h._core is not self and h._core is not None:
             raise ValueError(f"task {h.task_id} belongs to another engine")
         if ct_load_i32(&h._status) != ST_PENDING:
             raise RuntimeError(f"task {h.task_id} is not pending")
