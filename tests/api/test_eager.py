@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from cytask import Engine, TaskStatus, current_task, task
+from cytask import Engine, Priority, TaskStatus, current_task, task
 
 
 @pytest.fixture
@@ -96,3 +96,21 @@ def test_add_task_and_counts(eager: Engine) -> None:
 def test_eager_must_be_a_bool() -> None:
     with pytest.raises(TypeError, match="Expected bool for eager, got int"):
         Engine(workers=1, eager=1)  # type: ignore[arg-type]
+
+
+def test_submit_of_a_task_keeps_its_options(eager: Engine) -> None:
+    # eng.submit(some_task) ran the bare function: no retries, no priority, no name
+    seen: list[int] = []
+
+    @task(engine=eager, retries=2, priority=Priority.HIGH, name="eager.flaky")
+    def flaky(x: int) -> int:
+        seen.append(current_task().attempt)
+        if len(seen) < 3:
+            raise ConnectionError
+        return x * 2
+
+    h = eager.submit(flaky, 21)
+    assert h.result(timeout=0) == 42
+    assert seen == [1, 2, 3] and h.attempts == 3
+    assert h.priority is Priority.HIGH and h.name == "eager.flaky"
+    assert h.options is flaky.options

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -157,3 +163,107 @@ def test_cron_keeps_the_timezone() -> None:
 def test_cron_that_never_matches() -> None:
     with pytest.raises(ValueError, match="never matches"):
         CronExpression("0 0 31 feb *").next_after(dt.datetime(2024, 1, 1))
+
+
+NY = "America/New_York"
+
+
+def _ts(y: int, mo: int, d: int, h: int, mi: int, tz: str = NY) -> float:
+    return dt.datetime(y, mo, d, h, mi, tzinfo=ZoneInfo(tz)).timestamp()
+
+
+@pytest.mark.parametrize(
+    ("expr", "after", "expected", "hours"),
+    [
+        # spring forward (2025-03-09 02:00 EST -> 03:00 EDT): 09:00 EDT, 23 h later
+        # (a fixed UTC offset gave 10:00 EDT)
+        ("0 9 * * *", _ts(2025, 3, 8, 9, 0), dt.datetime(2025, 3, 9, 13, 0), 23),
+        # fall back (2025-11-02 02:00 EDT -> 01:00 EST): 09:00 EST, 25 h later
+        ("0 9 * * *", _ts(2025, 11, 1, 9, 0), dt.datetime(2025, 11, 2, 14, 0), 25),
+        # a time in the skipped hour runs at the end of the gap, 03:00 EDT
+        ("30 2 * * *", _ts(2025, 3, 8, 3, 0), dt.datetime(2025, 3, 9, 7, 0), None),
+        # a time in the repeated hour runs once, at its first occurrence (EDT) ...
+        ("30 1 * * *", _ts(2025, 11, 1, 3, 0), dt.datetime(2025, 11, 2, 5, 30), None),
+        # ... and not again an hour later (01:30 EST): next is the day after
+        ("30 1 * * *", _ts(2025, 11, 2, 1, 31), dt.datetime(2025, 11, 3, 6, 30), None),
+    ],
+)
+def test_cron_across_dst_in_a_named_zone(
+    expr: str, after: float, expected: dt.datetime, hours: int | None
+) -> None:
+    cron = CronExpression(expr, tz=NY)
+    due = cron.next_timestamp(after)
+    assert due == expected.replace(tzinfo=dt.UTC).timestamp()
+    if hours is not None:
+        assert due - after == hours * 3600
+
+
+def test_every_minute_keeps_running_through_the_repeated_hour() -> None:
+    cron = CronExpression("*/30 * * * *", tz=NY)
+    t = _ts(2025, 11, 2, 0, 50)
+    fired = []
+    for _ in range(5):
+        t = cron.next_timestamp(t)
+        fired.append(t)
+    # 01:00 EDT, 01:30 EDT, 01:00 EST, 01:30 EST, 02:00 EST: every 30 real minutes
+    assert [b - a for a, b in itertools.pairwise(fired)] == [1800.0] * 4
+
+
+def test_cron_next_after_keeps_a_zoneinfo() -> None:
+    tz = ZoneInfo(NY)
+    due = CronExpression("0 9 * * *").next_after(dt.datetime(2025, 3, 8, 9, 0, tzinfo=tz))
+    assert due == dt.datetime(2025, 3, 9, 9, 0, tzinfo=tz)
+    assert due.utcoffset() == dt.timedelta(hours=-4)
+
+
+def test_local_time_follows_dst() -> None:
+    # tz=None means local time with its DST rules, not today's fixed UTC offset
+    code = textwrap.dedent(
+        """
+        import datetime as dt
+        from cytask._cron import CronExpression
+        ny = dt.timezone(dt.timedelta(hours=-5))
+        cron = CronExpression("0 9 * * *")
+        spring = dt.datetime(2025, 3, 8, 9, 0, tzinfo=ny).timestamp()
+        fall = dt.datetime(2025, 11, 1, 13, 0, tzinfo=dt.UTC).timestamp()  # 09:00 EDT
+        print((cron.next_timestamp(spring) - spring) / 3600)
+        print((cron.next_timestamp(fall) - fall) / 3600)
+        """
+    )
+    env = {**os.environ, "TZ": NY}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["23.0", "25.0"]
+
+
+@pytest.mark.parametrize(
+    ("expr", "after", "expected"),
+    [
+        # a day field that starts with '*' (even '*/2') makes both day fields required,
+        # as in Vixie/Debian cron: Mondays on an odd day of the month
+        ("0 0 */2 * 1", _at(2024, 1, 1, 0, 0), _at(2024, 1, 15, 0, 0)),
+        ("0 0 * * 1", _at(2024, 1, 1, 0, 0), _at(2024, 1, 8, 0, 0)),
+        # both restricted without '*': either one (the 3rd is odd, a Wednesday)
+        ("0 0 1-31/2 * 1", _at(2024, 1, 1, 0, 0), _at(2024, 1, 3, 0, 0)),
+    ],
+)
+def test_cron_vixie_day_rule(expr: str, after: dt.datetime, expected: dt.datetime) -> None:
+    assert CronExpression(expr).next_after(after) == expected
+
+
+def test_cron_tz_option(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match=r"IANA time zone name for tz .*got 'Mars/Base'"):
+        engine.cron("0 9 * * *", int, tz="Mars/Base")
+    with pytest.raises(TypeError, match=r"Expected str, datetime.tzinfo or None for tz, got int"):
+        engine.cron("0 9 * * *", int, tz=5)  # type: ignore[arg-type]
+    # the schedule's deadline is computed in its zone: 23 h on the spring-forward day
+    monkeypatch.setattr(time, "time", lambda: _ts(2025, 3, 8, 9, 0))
+    p = engine.cron("0 9 * * *", int, tz=NY)
+    assert p.cron is not None and p.cron.tz == ZoneInfo(NY)
+    assert p._next_due - time.monotonic() == pytest.approx(23 * 3600, abs=60)
+    p.cancel()
+    p = engine.cron("0 9 * * *", int, tz=dt.timezone(dt.timedelta(hours=-5)))  # a tzinfo
+    assert p._next_due - time.monotonic() == pytest.approx(24 * 3600, abs=60)
+    p.cancel()

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import psutil
 import pytest
 
-from cytask import Engine, EngineStats, Priority, task
+from cytask import Engine, EngineStats, Priority, QueueFull, TaskTimeout, task
 from cytask._stats import StatsSampler
 
 CATZILLA_FIELDS = {
@@ -166,3 +166,68 @@ def test_uptime_and_utilization(make_engine: Callable[..., Engine]) -> None:
     # the only worker spent >= 0.1 s of its uptime in a task
     assert 0.1 / s.uptime_seconds * 0.99 <= s.avg_worker_utilization <= 1.0
     assert eng.stats().uptime_seconds >= s.uptime_seconds
+
+
+def test_rejections_keep_error_rate_within_bounds(
+    make_engine: Callable[..., Engine], gate: threading.Event
+) -> None:
+    # QueueFull rejections count as failed tasks; they never ran, so they are not
+    # processed runs: error_rate used to be failed / processed and reached 6.0
+    eng = make_engine(workers=1, queue_size=2, submit_timeout=0)
+    started = threading.Event()
+    eng.submit(lambda: (started.set(), gate.wait(30)))
+    assert started.wait(30)
+    rejected, accepted = 0, []
+    for _ in range(14):
+        try:
+            accepted.append(eng.submit(int))
+        except QueueFull:
+            rejected += 1
+    assert rejected == 12  # 2 slots
+    s = eng.stats()
+    assert s.failed_tasks == 12 and s.succeeded_tasks == 0
+    assert s.error_rate == 1.0
+    gate.set()
+    for h in accepted:
+        h.result(timeout=30)
+    eng.submit(int).result(timeout=30)
+    s = eng.stats()
+    assert s.total_tasks_processed == 4 and s.succeeded_tasks == 4
+    assert s.error_rate == pytest.approx(12 / 16)
+    assert s.submitted_tasks == 16
+
+
+def test_timeouts_keep_error_rate_within_bounds(
+    make_engine: Callable[..., Engine], gate: threading.Event
+) -> None:
+    eng = make_engine(workers=1)
+
+    @task(engine=eng, timeout=0.02)
+    def stuck() -> None:
+        gate.wait(30)
+
+    handles = [stuck.delay() for _ in range(3)]
+    for h in handles:  # each fails at its limit while its thread is still stuck
+        with pytest.raises(TaskTimeout):
+            h.result(timeout=30)
+    s = eng.stats()
+    assert s.failed_tasks == 3 and 0.0 <= s.error_rate <= 1.0
+    gate.set()
+    eng.submit(int).result(timeout=30)
+    s = eng.stats()
+    # the late returns are runs, not a second failure
+    assert s.failed_tasks == 3 and s.succeeded_tasks == 1
+    assert s.error_rate == pytest.approx(3 / 4)
+
+
+def test_retried_task_counts_once(engine: Engine) -> None:
+    @task(engine=engine, retries=2)
+    def always() -> None:
+        raise ConnectionError
+
+    with pytest.raises(ConnectionError):
+        always.delay().result(timeout=30)
+    engine.submit(int).result(timeout=30)
+    s = engine.stats()
+    assert (s.total_tasks_processed, s.failed_tasks, s.succeeded_tasks) == (4, 1, 1)
+    assert s.error_rate == 0.5

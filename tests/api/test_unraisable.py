@@ -164,9 +164,7 @@ def test_the_default_hook_prints_the_report() -> None:
         print("alive")
         """
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
-    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "alive"
     assert "Exception ignored in done callback" in proc.stderr

@@ -4,7 +4,10 @@ and what came."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+import functools
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -118,6 +121,9 @@ def test_engine_submit_checks(engine: Engine) -> None:
         ("5-1 * * * *", r"range 5-1 runs backwards"),
         ("* * * foo *", r"Invalid month field 'foo'.*expected a number 1-12 or a name"),
         ("a * * * *", r"Invalid minute field 'a'.*expected a number 0-59"),
+        ("\u0663 * * * *", r"Invalid minute field '\u0663'.*expected a number 0-59"),  # Arabic 3
+        ("* \uff11 * * *", r"Invalid hour field"),  # fullwidth 1
+        ("*/\u0663 * * * *", r"step after '/' must be a positive number"),
     ],
 )
 def test_invalid_cron_expression(engine: Engine, expr: str, match: str) -> None:
@@ -169,3 +175,111 @@ def test_submit_after_shutdown(make_engine: Callable[..., Engine]) -> None:
 def test_valid_priorities_are_accepted(engine: Engine) -> None:
     for prio in Priority:
         assert task(engine=engine, priority=prio)(lambda: 1).delay().result(timeout=30) == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"workers": 2**31}, r"Expected workers <= 1023 .*got 2147483648"),
+        ({"workers": 1, "max_workers": 2**40}, r"Expected max_workers <= 1023"),
+        ({"queue_size": 2**63}, r"Expected queue_size <= 16777216 .*got 9223372036854775808"),
+        ({"max_results": 2**63}, r"Expected max_results <= 67108864 .*got 9223372036854775808"),
+        ({"starvation_limit": 0}, r"Expected starvation_limit >= 1, got 0"),
+        ({"starvation_limit": 2**40}, r"Expected starvation_limit <= 2147483647"),
+    ],
+)
+def test_huge_engine_options_name_the_argument(kwargs: dict[str, Any], match: str) -> None:
+    # these were bare OverflowErrors from the C conversion, naming nothing
+    with pytest.raises(ValueError, match=match):
+        Engine(**kwargs)
+
+
+def test_huge_retries_name_the_argument() -> None:
+    with pytest.raises(ValueError, match=r"Expected retries <= 2147483647, got 1099511627776"):
+        task(retries=2**40)(noop)
+
+
+@pytest.mark.parametrize(
+    ("timeout", "error", "match"),
+    [
+        ("1", TypeError, r"Expected int, float or None for timeout, got str: '1'"),
+        (float("nan"), ValueError, r"Expected timeout >= 0 or None, got nan"),
+        (-1, ValueError, r"Expected timeout >= 0 or None, got -1"),
+        (True, TypeError, r"got bool"),
+    ],
+)
+def test_wait_timeouts_are_checked_even_when_done(
+    engine: Engine, timeout: object, error: type[Exception], match: str
+) -> None:
+    h = engine.submit(int, 1)
+    assert h.result(timeout=30) == 1  # done: the bad timeout used to pass unchecked
+    for call in (h.result, h.exception, h.wait):
+        with pytest.raises(error, match=match):
+            call(timeout)
+    pending = engine.add_task(noop, delay=60)
+    with pytest.raises(error, match=match):
+        pending.result(timeout)
+    pending.cancel()
+
+
+def test_huge_and_infinite_wait_timeouts_mean_no_limit(engine: Engine) -> None:
+    h = engine.submit(int, 4)
+    assert h.result(timeout=float("inf")) == 4
+    assert h.result(timeout=1e300) == 4
+    assert engine.submit(int, 5).result(timeout=1e18) == 5  # past int64 nanoseconds
+
+
+def gen_fn() -> Iterator[int]:
+    yield 1
+
+
+async def agen_fn() -> AsyncIterator[int]:
+    yield 1
+
+
+@pytest.mark.parametrize("fn", [gen_fn, agen_fn])
+def test_generator_functions_are_rejected(engine: Engine, fn: Callable[[], Any]) -> None:
+    # they "succeeded" without running their body
+    with pytest.raises(TypeError, match=r"generator function .*body would never run"):
+        task(fn)
+    with pytest.raises(TypeError, match=r"generator function .*body would never run"):
+        engine.submit(fn)
+    with pytest.raises(TypeError, match=r"generator function"):
+        engine.add_task(fn, delay=1)
+    assert engine.stats().submitted_tasks == 0
+
+
+def test_a_callable_returning_a_generator_fails_its_task(engine: Engine) -> None:
+    h = engine.submit(functools.partial(gen_fn))  # not detectable at submit
+    with pytest.raises(TypeError, match=r"returned a generator: its body never ran"):
+        h.result(timeout=30)
+
+
+def test_get_with_a_bool_is_no_task(engine: Engine) -> None:
+    h = engine.submit(int)
+    h.result(timeout=30)
+    assert h.task_id == 1 and engine.get(1) is h
+    assert engine.get(True) is None  # True == 1, but it is no task id
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize(
+    ("signals", "error", "match"),
+    [
+        ([signal.SIGTERM, signal.SIGKILL], ValueError, r"catchable signals .*SIGKILL \(9\)"),
+        ([signal.SIGINT, signal.SIGSTOP], ValueError, r"catchable signals .*SIGSTOP"),
+        ([signal.SIGTERM, 10**6], ValueError, r"valid signal numbers in signals, got 1000000"),
+        ([signal.SIGTERM, "SIGINT"], TypeError, r"signal numbers .* got str: 'SIGINT'"),
+        (signal.SIGTERM, TypeError, r"Expected a list of signals for signals"),
+        ([], ValueError, r"at least one signal"),
+        ([signal.SIGTERM, signal.SIGTERM], ValueError, r"distinct signals"),
+    ],
+)
+def test_signal_handlers_validate_all_before_installing_any(
+    engine: Engine, signals: object, error: type[Exception], match: str
+) -> None:
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    with pytest.raises(error, match=match):
+        engine.install_signal_handlers(signals=signals)  # type: ignore[arg-type]
+    # nothing was installed: it used to install SIGTERM, then fail on SIGKILL
+    assert {s: signal.getsignal(s) for s in before} == before
