@@ -27,7 +27,6 @@ from cpython.version cimport PY_VERSION_HEX
 from libc.string cimport memcpy, memset
 
 import _thread
-import sys
 import threading
 
 from sys import _current_frames
