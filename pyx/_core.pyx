@@ -181,7 +181,7 @@ ctypedef struct ct_worker:
     # stats() and the supervisor read them as snapshots that may be slightly stale.
     int64_t processed        # tasks finished by this slot (all outcomes)
     int64_t failed           # tasks that ended FAILED on this slot
-    int64_t native_ok        # native tasks that ended SUCCEEDED on this slot
+    int64_t succeeded        # tasks that ended SUCCEEDED on this slot
     int64_t busy_ns          # time spent running tasks
     int64_t task_started_ns  # start of the current task, 0 while not running one
     int64_t exec_ns_sum      # sum of task run times, for the average
@@ -790,8 +790,16 @@ cdef inline ct_ncall *_as_ncall(void *item) noexcept nogil:
 cdef extern from "Python.h":
     ctypedef struct PyCodeObject:
         int co_flags
+    ctypedef struct PyTypeObject:
+        pass
     PyObject *PyFunction_GET_CODE(object op)
     PyObject *PyMethod_GET_FUNCTION(object op)
+    PyTypeObject *Py_TYPE(object op)
+    # static type objects: comparing pointers costs no module-global lookup
+    PyTypeObject PyFunction_Type
+    PyTypeObject PyMethod_Type
+    PyTypeObject PyGen_Type
+    PyTypeObject PyAsyncGen_Type
 
 cdef enum:
     CO_GENERATOR = 0x20
@@ -802,11 +810,12 @@ cdef inline bint _is_generator_function(object fn):
     """True for a (bound) generator or async-generator function: a few loads, no
     attribute lookups, since every submit asks.  Other callables that return a
     generator are caught when they run (_run_python)."""
-    if type(fn) is _MethodType:
-        fn = <object>PyMethod_GET_FUNCTION(fn)
-    if type(fn) is not _FunctionType:
-        return False
-    return ((<PyCodeObject *>PyFunction_GET_CODE(fn)).co_flags
+    cdef PyObject *f = <PyObject *>fn
+    if Py_TYPE(fn) == &PyMethod_Type:
+        f = PyMethod_GET_FUNCTION(fn)
+    if Py_TYPE(<object>f) != &PyFunction_Type:
+        return False   # None (a native task without fallback) too
+    return ((<PyCodeObject *>PyFunction_GET_CODE(<object>f)).co_flags
             & (CO_GENERATOR | CO_ASYNC_GENERATOR)) != 0
 
 
@@ -842,23 +851,15 @@ cdef class Core:
     cdef int32_t _min_workers
     cdef bint _closed
     cdef bint _rings_ready
-    # Anti-starvation (aging), off when 0: written once by _init_core before any
-    # worker starts, then only read.
-    cdef int32_t _starvation_limit
-    # _bypassed[lvl]: items served from levels above `lvl` while `lvl` was non-empty,
-    # since `lvl` was last served (or found empty).  Relaxed atomic adds and stores by
-    # every popping worker, no CAS: racing workers may each serve the aged level or
-    # miss a count, so the limit holds to within the number of workers (a starved
-    # level is still served, never lost).
-    cdef int32_t _bypassed[N_LEVELS]
     cdef int64_t _next_id
     cdef size_t _queue_size
     cdef double _submit_timeout       # < 0: wait for space without limit
     # tasks cancelled / failed outside a worker (timer, cancel()): under the GIL
     cdef int64_t _cancelled_count
     cdef int64_t _failed_outside
-    # Python tasks that ended SUCCEEDED (under the GIL); natives count per worker slot
-    cdef int64_t _succeeded_count
+    # tasks that ended SUCCEEDED outside a worker (async tasks, on the loop thread):
+    # under the GIL.  Workers count theirs in their own slot (no shared cache line).
+    cdef int64_t _succeeded_outside
     cdef int64_t _started_ns
     # bounded result store: slot task_id % len holds the most recent handle
     cdef list _results
@@ -886,6 +887,16 @@ cdef class Core:
     # pushes it later by slice * (1 - share) / share.  Written under the GIL only
     # (so no lost update), read without it by workers about to take the GIL.
     cdef int64_t _polite_next_ns
+    # (last, so that the fields above keep their places and cache lines)
+    # Anti-starvation (aging), off when 0: written once by _init_core before any
+    # worker starts, then only read.
+    cdef int32_t _starvation_limit
+    # _bypassed[lvl]: items served from levels above `lvl` while `lvl` was non-empty,
+    # since `lvl` was last served (or found empty).  Relaxed atomic adds and stores by
+    # every popping worker, no CAS: racing workers may each serve the aged level or
+    # miss a count, so the limit holds to within the number of workers (a starved
+    # level is still served, never lost).
+    cdef int32_t _bypassed[N_LEVELS]
 
     def __cinit__(self):
         self._workers = <ct_worker *>calloc(MAX_WORKER_SLOTS, sizeof(ct_worker))
@@ -977,10 +988,13 @@ cdef class Core:
 
     cdef TaskHandle _new_handle(self, fn, tuple args, dict kwargs, int prio,
                                 TaskOptions options):
-        self._check_ready()
-        if prio < 0 or prio >= N_LEVELS:
-            raise ValueError(f"Expected a cytask.Priority for priority, got {prio!r}")
-        if fn is not None and _is_generator_function(fn):
+        # one well-predicted branch on the submit path for three rare misuses: an
+        # engine whose __init__ never ran, a priority outside the rings, a generator
+        if not self._rings_ready or <unsigned int>prio >= N_LEVELS \
+                or _is_generator_function(fn):
+            self._check_ready()
+            if prio < 0 or prio >= N_LEVELS:
+                raise ValueError(f"Expected a cytask.Priority for priority, got {prio!r}")
             raise TypeError(
                 f"Expected a plain or async function for fn, got the generator function "
                 f"{getattr(fn, '__qualname__', fn)!r}: calling it only creates a generator, "
@@ -1320,7 +1334,7 @@ cdef class Core:
                             w.task_started_ns = 0
                             self._account(w, t1 - t0, rc != CT_RC_OK and rc != CT_RC_PYTHON)
                             if rc == CT_RC_OK:
-                                ct_bump_i64(&w.native_ok, 1)
+                                ct_bump_i64(&w.succeeded, 1)
                             if rc != CT_RC_PYTHON:
                                 ct_store_i32(&call.status,
                                              ST_SUCCEEDED if rc == CT_RC_OK else ST_FAILED)
@@ -1661,7 +1675,7 @@ cdef class Core:
             h._value = value
             h._result_kind = 0
             ct_store_i32(sp, ST_SUCCEEDED)
-            self._succeeded_count += 1
+            ct_bump_i64(&self._workers[slot].succeeded, 1)
         self._current[slot] = None
         h._release_call()
         h._done_published()
@@ -1692,7 +1706,7 @@ cdef class Core:
             error = exc
             value = None
         else:
-            if type(value) is _GeneratorType or type(value) is _AsyncGeneratorType:
+            if Py_TYPE(value) == &PyGen_Type or Py_TYPE(value) == &PyAsyncGen_Type:
                 error = TypeError(
                     f"task {h.task_id} ({h.name or h._fn!r}) returned a generator: its "
                     f"body never ran; a task must be a plain or async function")
@@ -1712,7 +1726,8 @@ cdef class Core:
             self._hand_to_loop(h, value)
         else:
             # expected=RUNNING: a time limit may have failed the handle meanwhile
-            h._complete(ST_SUCCEEDED, value, ST_RUNNING)
+            if h._complete(ST_SUCCEEDED, value, ST_RUNNING, False):
+                ct_bump_i64(&w.succeeded, 1)
 
     cdef bint _try_retry(self, TaskHandle h, BaseException exc) noexcept:
         """A task raised: True if the engine's retry policy queued it again."""
@@ -1759,12 +1774,12 @@ cdef class Core:
         self._failed_outside += 1
 
     cdef void _account_succeeded(self) noexcept:
-        self._succeeded_count += 1
+        self._succeeded_outside += 1
 
     def _core_stats(self):
         """Raw counters for EngineStats: a dict of ints and floats."""
         cdef int i, b
-        cdef int64_t processed = 0, failed = 0, busy = 0, exec_sum = 0, native_ok = 0
+        cdef int64_t processed = 0, failed = 0, busy = 0, exec_sum = 0, succeeded = 0
         cdef int64_t now = ct_now_ns()
         cdef int active = 0
         cdef uint64_t hist[HIST_BUCKETS]
@@ -1775,7 +1790,7 @@ cdef class Core:
             w = &self._workers[i]
             processed += ct_load_i64(&w.processed)
             failed += ct_load_i64(&w.failed)
-            native_ok += ct_load_i64(&w.native_ok)
+            succeeded += ct_load_i64(&w.succeeded)
             busy += ct_load_i64(&w.busy_ns)
             exec_sum += ct_load_i64(&w.exec_ns_sum)
             if ct_load_i32(&w.alive) and ct_load_i64(&w.task_started_ns) != 0:
@@ -1790,7 +1805,7 @@ cdef class Core:
             "active_workers": active,
             "processed": processed,
             "failed": failed + self._failed_outside,
-            "succeeded": native_ok + self._succeeded_count,
+            "succeeded": succeeded + self._succeeded_outside,
             "cancelled": self._cancelled_count,
             "busy_ns": busy,
             "avg_ns": exec_sum / total if total else 0.0,
@@ -1939,10 +1954,6 @@ def current_worker_core():
 
 import types as _types
 _CoroutineType = _types.CoroutineType
-_GeneratorType = _types.GeneratorType
-_AsyncGeneratorType = _types.AsyncGeneratorType
-_FunctionType = _types.FunctionType
-_MethodType = _types.MethodType
 
 _engine_closed = None
 _queue_full = None
