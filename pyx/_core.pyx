@@ -995,8 +995,9 @@ cdef class Core:
             self._check_ready()
             if prio < 0 or prio >= N_LEVELS:
                 raise ValueError(f"Expected a cytask.Priority for priority, got {prio!r}")
+            kind = "an async generator" if _inspect.isasyncgenfunction(fn) else "a generator"
             raise TypeError(
-                f"Expected a plain or async function for fn, got the generator function "
+                f"Expected a plain or async function for fn, got {kind} function "
                 f"{getattr(fn, '__qualname__', fn)!r}: calling it only creates a generator, "
                 f"so its body would never run; make it return a list (or a value) instead")
         if self._closed:
@@ -1952,6 +1953,7 @@ def current_worker_core():
     return None if entry is None else entry[0]
 
 
+import inspect as _inspect
 import types as _types
 _CoroutineType = _types.CoroutineType
 

@@ -79,6 +79,14 @@ CASES = {
         eng = cytask.Engine(workers=1)
         t = cytask.task(engine=eng)(abs)
         print(eng.submit(t, -3).result(timeout=30))
+        # unpickling skips __init__: the core still refuses a priority past its rings
+        make, args, state = TaskOptions("t").__reduce__()
+        bad = make(*args)
+        bad.__setstate_cython__(("t", 7) + state[2:])
+        try:
+            eng.submit(Task(abs, bad, eng, False, ()), -3)
+        except ValueError as exc:
+            print(exc)
         eng.shutdown()
         """,
         "Expected priority between 0 and 3, got 7",
@@ -88,6 +96,7 @@ CASES = {
         "Expected timeout >= 0, got -1",
         "tuple of exception classes for retry_on",
         "3",
+        "Expected a cytask.Priority for priority, got 7",
     ),
 }
 

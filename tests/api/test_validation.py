@@ -242,8 +242,9 @@ def test_generator_functions_are_rejected(engine: Engine, fn: Callable[[], Any])
     # they "succeeded" without running their body
     with pytest.raises(TypeError, match=r"generator function .*body would never run"):
         task(fn)
-    with pytest.raises(TypeError, match=r"generator function .*body would never run"):
+    with pytest.raises(TypeError, match=r"generator function .*body would never run") as info:
         engine.submit(fn)
+    assert ("async generator" in str(info.value)) == (fn is agen_fn)
     with pytest.raises(TypeError, match=r"generator function"):
         engine.add_task(fn, delay=1)
     assert engine.stats().submitted_tasks == 0
