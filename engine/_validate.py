@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import math
 import signal
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -56,10 +56,13 @@ def check_nonneg_number(
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         expected = "int or float" + (" or None" if allow_none else "")
         raise TypeError(f"Expected {expected} for {name}, got {_type_name(value)}: {value!r}")
-    if math.isnan(value) or value < 0 or (positive and value == 0):
+    if value != value or value < 0 or (positive and value == 0):  # NaN != NaN
         bound = "> 0" if positive else ">= 0"
         raise ValueError(f"Expected {name} {bound}, got {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int past the largest float
+        raise ValueError(f"Expected {name} <= {sys.float_info.max:g}, got {value!r}") from None
 
 
 # signals a process cannot catch: signal.signal() refuses them

@@ -27,6 +27,7 @@ from cpython.version cimport PY_VERSION_HEX
 from libc.string cimport memcpy, memset
 
 import _thread
+import sys
 import threading
 
 from sys import _current_frames
@@ -235,7 +236,10 @@ cdef double _check_seconds(value, str name) except? -1.0:
             f"Expected int or float for {name}, got {type(value).__name__}: {value!r}")
     if not value >= 0:   # also NaN
         raise ValueError(f"Expected {name} >= 0, got {value!r}")
-    return value
+    try:
+        return value
+    except OverflowError:   # an int past the largest double
+        raise ValueError(f"Expected {name} <= {sys.float_info.max:g}, got {value!r}") from None
 
 
 cdef int64_t _wait_deadline(timeout) except? -2:
@@ -251,11 +255,11 @@ cdef int64_t _wait_deadline(timeout) except? -2:
         raise TypeError(
             f"Expected int, float or None for timeout, got {type(timeout).__name__}: "
             f"{timeout!r}")
-    t = timeout
-    if not t >= 0:   # also NaN
+    if not timeout >= 0:   # also NaN
         raise ValueError(f"Expected timeout >= 0 or None, got {timeout!r}")
-    if t > 1e9:      # ~31 years: past int64 nanoseconds soon after, so no limit at all
+    if timeout > 1e9:      # ~31 years: past int64 nanoseconds soon after, so no limit at all
         return -1
+    t = timeout
     return ct_now_ns() + <int64_t>(t * 1e9)
 
 

@@ -227,6 +227,14 @@ def test_huge_and_infinite_wait_timeouts_mean_no_limit(engine: Engine) -> None:
     assert h.result(timeout=float("inf")) == 4
     assert h.result(timeout=1e300) == 4
     assert engine.submit(int, 5).result(timeout=1e18) == 5  # past int64 nanoseconds
+    assert engine.submit(int, 6).result(timeout=10**400) == 6  # past the largest float
+
+
+def test_ints_past_the_largest_float_name_the_argument() -> None:
+    with pytest.raises(ValueError, match=r"Expected submit_timeout <= 1.79769e\+308"):
+        Engine(workers=1, submit_timeout=10**400)
+    with pytest.raises(ValueError, match=r"Expected timeout <= 1.79769e\+308"):
+        cytask.TaskOptions("t", timeout=10**400)
 
 
 def gen_fn() -> Iterator[int]:
