@@ -13,6 +13,7 @@ Importing this package does not import Numba; the first compile does.
 
 from cytask.compiler._analysis import Analysis, Reason, analyze
 from cytask.compiler._errors import (
+    CompileCacheWarning,
     CompileError,
     CompileFallbackWarning,
     CythonCompileError,
@@ -25,11 +26,13 @@ from cytask.compiler._pipeline import (
     compile_disabled,
     compile_task,
     compile_task_async,
+    warn_cache,
     warn_fallback,
 )
 
 __all__ = [
     "Analysis",
+    "CompileCacheWarning",
     "CompileError",
     "CompileFallbackWarning",
     "CompiledTask",
@@ -42,5 +45,6 @@ __all__ = [
     "compile_disabled",
     "compile_task",
     "compile_task_async",
+    "warn_cache",
     "warn_fallback",
 ]

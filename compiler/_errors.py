@@ -10,6 +10,7 @@
 
     UserWarning
      +-- CompileFallbackWarning        a task asked to be compiled runs as plain Python
+     +-- CompileCacheWarning           the cache folder could not be used; another one is
 
 Each ``CompileError`` keeps the ``reasons`` (line-numbered findings) that caused it,
 so strict mode and the report tell the same story.
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from cytask.compiler._analysis import Reason
 
 __all__ = [
+    "CompileCacheWarning",
     "CompileError",
     "CompileFallbackWarning",
     "CythonCompileError",
@@ -63,3 +65,7 @@ class CythonCompileError(CompileError):
 
 class CompileFallbackWarning(UserWarning):
     """A task asked for ``compile_to_c`` runs as plain Python; ``fallback_reason`` says why."""
+
+
+class CompileCacheWarning(UserWarning):
+    """The configured cache folder cannot be used; compiled code is cached elsewhere."""

@@ -25,7 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from cytask.compiler._analysis import ERR, ERR_OUT, USER, Analysis, Reason
-from cytask.compiler._cache import atomic_write, cache_dir, digest, load_module
+from cytask.compiler._cache import (
+    atomic_write,
+    cache_dir,
+    digest,
+    load_module,
+    purge_numba_cache,
+    seal_numba_cache,
+    verify_numba_cache,
+)
 from cytask.compiler._errors import NumbaCompileError
 
 __all__ = ["NumbaBuild", "build", "numba_version"]
@@ -49,6 +57,8 @@ class NumbaBuild:
     path: Path
     #: why a hinted function got no C entry point (it still runs on the dispatcher)
     note: str | None = None
+    #: what was wrong with Numba's cache for it, which was then rebuilt
+    repaired: str | None = None
 
 
 def numba_version() -> str:
@@ -145,8 +155,13 @@ def _numba_type(kind: str) -> Any:
     return {"i": types.int64, "d": types.float64, "b": types.boolean}[kind]
 
 
-def build(a: Analysis) -> NumbaBuild:
-    """Compile ``a`` with Numba; raises ``NumbaCompileError`` with the reason."""
+def build(a: Analysis, *, _repaired: str | None = None) -> NumbaBuild:
+    """Compile ``a`` with Numba; raises ``NumbaCompileError`` with the reason.
+
+    Numba's cache files are checked against their seal before Numba reads them
+    (``_cache.verify_numba_cache``); a cache entry that still fails to load is
+    deleted and the function compiled once more, never silently lost.
+    """
     native = a.native_signature
     try:
         import numpy  # noqa: F401  (the helpers need it)
@@ -158,6 +173,7 @@ def build(a: Analysis) -> NumbaBuild:
     key = digest(src, numba_version(), _HELPERS.read_text())
     path = cache_dir("numba") / f"ct_{key}.py"
     atomic_write(path, src)
+    repaired = _repaired or verify_numba_cache(path)
     try:
         with _compile_lock:
             mod = load_module(f"_cytask_nb_{key}", path)
@@ -178,8 +194,12 @@ def build(a: Analysis) -> NumbaBuild:
     except NumbaCompileError:
         raise
     except Exception as exc:
+        if _repaired is None and purge_numba_cache(path):  # a cache entry that fails to load
+            why = f"the Numba cache for {path.name} did not load ({_short(exc)}); it was rebuilt"
+            return build(a, _repaired=why)
         raise NumbaCompileError(f"Numba could not compile {a.name}: {_short(exc)}") from exc
-    return NumbaBuild(mod, dispatcher, cfunc, path, note)
+    seal_numba_cache(path)
+    return NumbaBuild(mod, dispatcher, cfunc, path, note, repaired)
 
 
 def _err_type() -> Any:
@@ -356,6 +376,7 @@ def make_caller(
             with _compile_lock:
                 argtypes = (*(dispatcher.typeof_pyval(v) for v in args), _err_type())
                 mixed = mixed_types(a, dispatcher, argtypes, build.path)
+                seal_numba_cache(build.path)  # Numba may have cached a new signature
             if mixed:
                 off = True
                 on_failure(f"Numba would change result types: {mixed[0]}", mixed)

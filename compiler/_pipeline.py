@@ -13,6 +13,7 @@ task switches to "cython" (or stays "python" with the build error as its reason)
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -24,10 +25,12 @@ from typing import Any, Literal
 
 from cytask.compiler._analysis import INT64_MAX, INT64_MIN, Analysis, Reason, analyze
 from cytask.compiler._errors import (
+    CompileCacheWarning,
     CompileError,
     CompileFallbackWarning,
     CythonCompileError,
     IneligibleError,
+    NumbaCompileError,
 )
 
 __all__ = [
@@ -36,6 +39,7 @@ __all__ = [
     "compile_disabled",
     "compile_task",
     "compile_task_async",
+    "warn_cache",
     "warn_fallback",
 ]
 
@@ -99,6 +103,9 @@ class CompiledTask:
         self.fallback_reason: str | None = None
         self.reasons: list[Reason] = []
         self.errors: list[CompileError] = []
+        #: what the compile stage repaired or worked around (an unusable cache folder,
+        #: a corrupt cache entry that was rebuilt): true, and not a reason to fall back
+        self.notes: list[str] = []
         self.compile_ms: float = 0.0
         self.native: NativeEntry | None = None
         self.analysis = analysis
@@ -120,11 +127,25 @@ class CompiledTask:
 
     @property
     def filename(self) -> str:
-        return self.analysis.filename if self.analysis else "<unknown>"
+        if self.analysis:
+            return self.analysis.filename
+        code = getattr(self.python_fn, "__code__", None)
+        return str(code.co_filename) if code is not None else "<unknown>"
 
     @property
     def lineno(self) -> int:
-        return self.analysis.lineno if self.analysis else 0
+        if self.analysis:
+            return self.analysis.lineno
+        code = getattr(self.python_fn, "__code__", None)
+        return int(code.co_firstlineno) if code is not None else 0
+
+    @property
+    def numba_error(self) -> CompileError | None:
+        """Why Numba did not compile it (kept when Cython then did), or None."""
+        for exc in self.errors:
+            if isinstance(exc, IneligibleError | NumbaCompileError):
+                return exc
+        return None
 
     # -- per call --------------------------------------------------------------
 
@@ -138,6 +159,10 @@ class CompiledTask:
         runs as plain Python, with Python's semantics.
         """
         if kwargs or len(args) != self._nargs:
+            if self.backend == "cython" and self._callable is not None:
+                # Cython binds arguments as Python does: keywords, defaults, *args
+                self._refresh_cython_globals()
+                return self._callable
             return None
         if self._constants and not self._constants_unchanged():
             return None
@@ -171,19 +196,19 @@ class CompiledTask:
         if not self._constants:
             return True
         g = getattr(self.python_fn, "__globals__", {})
-        return all(
-            g.get(k, _MISSING) == v and type(g.get(k)) is type(v)
-            for k, v in self._constants.items()
-        )
+        return all(_same_constant(g.get(k, _MISSING), v) for k, v in self._constants.items())
 
     def _refresh_cython_globals(self) -> None:
-        # the compiled module has its own globals: copy the ones the function reads
+        # the compiled module has its own globals: copy the ones the function reads,
+        # and drop the ones its module no longer has (a call then raises NameError)
         mod = self._cython_module
         g = getattr(self.python_fn, "__globals__", {})
         d = mod.__dict__
         for name in self._cython_globals:
             if name in g:
                 d[name] = g[name]
+            else:
+                d.pop(name, None)
 
     # -- waiting for a background build ----------------------------------------
 
@@ -203,6 +228,33 @@ class CompiledTask:
 
 
 _MISSING = object()
+
+
+def _same_constant(now: object, frozen: object) -> bool:
+    """Is a global still the value frozen into the compiled code?
+
+    Floats compare by their bits: NaN is still NaN (``==`` says no, and every call
+    would run in Python), and ``-0.0`` is not ``0.0`` (``==`` says it is).
+    """
+    if type(now) is not type(frozen):
+        return False
+    if type(now) is float:
+        a, b = float(now), float(frozen)  # type: ignore[arg-type]
+        if math.isnan(a) or math.isnan(b):
+            return math.isnan(a) and math.isnan(b)
+        return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
+    return now == frozen
+
+
+_cache_warned: set[str] = set()
+
+
+def warn_cache(compiled: CompiledTask, *, stacklevel: int = 2) -> None:
+    """Emit ``CompileCacheWarning`` once per process for each cache problem worked around."""
+    for note in compiled.notes:
+        if note.startswith("cache: ") and note not in _cache_warned:
+            _cache_warned.add(note)
+            warnings.warn(note, CompileCacheWarning, stacklevel=stacklevel + 1)
 
 
 def warn_fallback(compiled: CompiledTask, *, stacklevel: int = 2) -> None:
@@ -227,37 +279,73 @@ def _summary(reasons: list[Reason], limit: int = 2) -> str:
     return text
 
 
+def _unexpected(kind: type[CompileError], where: str, exc: BaseException) -> CompileError:
+    """A ``CompileError`` for an exception no backend anticipated (a cache folder that
+    vanished, a bug): the task falls back to Python and says so, never raises."""
+    err = kind(f"{where} failed unexpectedly: {type(exc).__name__}: {exc}")
+    err.__cause__ = exc
+    return err
+
+
+def _note_cache(ct: CompiledTask) -> None:
+    from cytask.compiler._cache import cache_note
+
+    note = cache_note()
+    if note is not None and f"cache: {note}" not in ct.notes:
+        ct.notes.append(f"cache: {note}")
+
+
 def compile_task(fn: Callable[..., Any], *, strict: bool = False) -> CompiledTask:
     """Compile ``fn`` with the best backend that keeps Python's answers.
 
     Never raises unless ``strict``: then a task that would run as plain Python
-    raises the ``CompileError`` of the last backend tried.  A Cython build, when it
-    is needed, runs in the background unless ``strict`` (see ``CompiledTask.wait``).
+    raises the ``CompileError`` of the last backend tried (also when compiling is
+    disabled by ``CYTASK_DISABLE_COMPILE``).  A Cython build, when it is needed,
+    runs in the background unless ``strict`` (see ``CompiledTask.wait``).
     """
     t0 = time.perf_counter()
     if compile_disabled():
         ct = CompiledTask(fn)
         ct.fallback_reason = f"compiling is disabled by {DISABLE_ENV}=1"
+        if strict:
+            raise CompileError(f"{ct.name} cannot be compiled: {ct.fallback_reason}")
         return ct
-    analysis = analyze(fn)
+    try:
+        analysis = analyze(fn)
+    except Exception as exc:  # a bug in the analysis must not break submitting
+        ct = CompiledTask(fn)
+        err = _unexpected(IneligibleError, "the analysis", exc)
+        ct.errors.append(err)
+        ct.fallback_reason = str(err)
+        if strict:
+            raise err from exc
+        return ct
     ct = CompiledTask(fn, analysis)
     try:
         _try_numba(ct, analysis)
     except CompileError as exc:
-        ct.errors.append(exc)
-        ct.reasons.extend(exc.reasons)
+        _numba_failed(ct, analysis, exc)
+    except Exception as exc:
+        _numba_failed(ct, analysis, _unexpected(NumbaCompileError, "the Numba build", exc))
     else:
+        _note_cache(ct)
         ct.compile_ms = (time.perf_counter() - t0) * 1000.0
         return ct
     numba_why = str(ct.errors[-1])
     from cytask.compiler import _cython
 
     try:
-        job = _cython.prepare(analysis)
+        try:
+            job = _cython.prepare(analysis)
+        except CythonCompileError:
+            raise
+        except Exception as exc:
+            raise _unexpected(CythonCompileError, "preparing the Cython build", exc) from exc
     except CythonCompileError as exc:
         ct.errors.append(exc)
         ct.reasons.extend(r for r in exc.reasons if r not in ct.reasons)
         ct.fallback_reason = f"{numba_why}; {exc}"
+        _note_cache(ct)
         ct.compile_ms = (time.perf_counter() - t0) * 1000.0
         if strict:
             raise exc
@@ -268,21 +356,30 @@ def compile_task(fn: Callable[..., Any], *, strict: bool = False) -> CompiledTas
 
     def finish() -> None:
         try:
-            module, fn_c = job.build()
+            try:
+                module, fn_c = job.build()
+            except CythonCompileError:
+                raise
+            except Exception as exc:
+                raise _unexpected(CythonCompileError, "the Cython build", exc) from exc
         except CythonCompileError as exc:
             with ct._lock:
                 ct.errors.append(exc)
+                ct.reasons.extend(r for r in exc.reasons if r not in ct.reasons)
                 ct.fallback_reason = f"{numba_why}; {exc}"
                 ct.state = "failed"
         else:
             with ct._lock:
                 ct._cython_module = module
-                ct._cython_globals = list(analysis.global_names)
+                ct._cython_globals = list(job.global_names)
                 ct._callable = fn_c
                 ct.backend = "cython"
-                ct.fallback_reason = None
+                ct.fallback_reason = None  # compiled; why not Numba stays in errors/reasons
                 ct.state = "ready"
         finally:
+            if job.repaired is not None:
+                ct.notes.append(f"repaired: {job.repaired}")
+            _note_cache(ct)
             ct.compile_ms = (time.perf_counter() - t0) * 1000.0
             ct._done.set()
 
@@ -296,6 +393,16 @@ def compile_task(fn: Callable[..., Any], *, strict: bool = False) -> CompiledTas
     return ct
 
 
+def _numba_failed(ct: CompiledTask, analysis: Analysis, exc: CompileError) -> None:
+    """Record why Numba did not compile it; the task is back to plain Python."""
+    ct.native = None
+    ct._callable = None
+    ct.backend = "python"
+    ct.errors.append(exc)
+    reasons = exc.reasons or [Reason(analysis.lineno, str(exc))]  # always on record
+    ct.reasons.extend(r for r in reasons if r not in ct.reasons)
+
+
 def _try_numba(ct: CompiledTask, analysis: Analysis) -> None:
     if analysis.reasons:
         raise IneligibleError(
@@ -304,6 +411,8 @@ def _try_numba(ct: CompiledTask, analysis: Analysis) -> None:
     from cytask.compiler import _numba
 
     build = _numba.build(analysis)  # raises NumbaCompileError
+    if build.repaired is not None:
+        ct.notes.append(f"repaired: {build.repaired}")
     if build.cfunc is not None:
         assert analysis.arg_kinds is not None and analysis.result_kind is not None
         ct.native = NativeEntry(
@@ -333,11 +442,26 @@ def _background(kind: str = "build") -> ThreadPoolExecutor:
         return pool
 
 
-def compile_task_async(fn: Callable[..., Any], strict: bool = False) -> Future[CompiledTask]:
+def compile_task_async(
+    fn: Callable[..., Any],
+    strict: bool = False,
+    *,
+    on_compiled: Callable[[CompiledTask], None] | None = None,
+) -> Future[CompiledTask]:
     """``compile_task`` on a background thread, so submitting never waits for a compiler.
 
     The future resolves once Numba has decided; a Cython build may still be running
     then (``state == "building"``) and the task switches to it when it finishes.
-    In strict mode the future waits for the build and carries its ``CompileError``.
+    ``on_compiled`` runs with the result before the future resolves (the engine
+    publishes it on its task there, so ``task.backend`` is current without another
+    submission).  In strict mode the future waits for the build and carries its
+    ``CompileError``.
     """
-    return _background("compile").submit(compile_task, fn, strict=strict)
+
+    def run() -> CompiledTask:
+        ct = compile_task(fn, strict=strict)
+        if on_compiled is not None:
+            on_compiled(ct)
+        return ct
+
+    return _background("compile").submit(run)

@@ -27,6 +27,7 @@ from cytask.compiler import (
 def test_public_surface() -> None:
     assert set(cytask.compiler.__all__) == {
         "Analysis",
+        "CompileCacheWarning",
         "CompileError",
         "CompileFallbackWarning",
         "CompiledTask",
@@ -39,6 +40,7 @@ def test_public_surface() -> None:
         "compile_disabled",
         "compile_task",
         "compile_task_async",
+        "warn_cache",
         "warn_fallback",
     }
     for name in cytask.compiler.__all__:
@@ -99,10 +101,13 @@ def test_rebinding_a_frozen_constant_falls_back(monkeypatch: pytest.MonkeyPatch)
 
 def test_disable_env_turns_the_stage_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CYTASK_DISABLE_COMPILE", "1")
-    ct = compile_task(corpus.add, strict=True)
+    ct = compile_task(corpus.add)
     assert ct.backend == "python"
     assert ct.fallback_reason is not None and "CYTASK_DISABLE_COMPILE" in ct.fallback_reason
     assert ct.plan((1, 2), {}) is None
+    # strict means "compiled or an error", also when compiling is switched off
+    with pytest.raises(CompileError, match="CYTASK_DISABLE_COMPILE"):
+        compile_task(corpus.add, strict=True)
 
 
 def test_ineligible_for_both_backends_falls_back_with_reasons() -> None:
