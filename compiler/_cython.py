@@ -285,6 +285,12 @@ def _compiler_identity(cc: str) -> str:
     return f"{cc} {st.st_size} {int(st.st_mtime)}"
 
 
+def _run_build(cmd: list[str], cwd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        cmd, cwd=cwd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False
+    )
+
+
 @dataclass
 class CythonJob:
     """A prepared build: ``build()`` compiles (or finds) and imports the module."""
@@ -366,14 +372,7 @@ class CythonJob:
             pyx.write_text(self.source)
             cmd = [sys.executable, "-c", _DRIVER, pyx.name, self.analysis.filename, DIRECTIVES]
             try:
-                proc = subprocess.run(
-                    cmd,
-                    cwd=tmp,
-                    capture_output=True,
-                    text=True,
-                    timeout=BUILD_TIMEOUT_S,
-                    check=False,
-                )
+                proc = _run_build(cmd, tmp)
             except (OSError, subprocess.TimeoutExpired) as exc:
                 raise CythonCompileError(f"Cython build did not run: {exc}") from exc
             built = Path(tmp) / f"{self.module_name}{suffix}"

@@ -282,7 +282,7 @@ def _summary(reasons: list[Reason], limit: int = 2) -> str:
 def _unexpected(kind: type[CompileError], where: str, exc: BaseException) -> CompileError:
     """A ``CompileError`` for an exception no backend anticipated (a cache folder that
     vanished, a bug): the task falls back to Python and says so, never raises."""
-    err = kind(f"{where} failed unexpectedly: {type(exc).__name__}: {exc}")
+    err = kind(f"{where} failed: {type(exc).__name__}: {exc}")
     err.__cause__ = exc
     return err
 

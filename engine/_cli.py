@@ -90,6 +90,11 @@ def _import_file(path: str) -> Any:
     if not os.path.isfile(path):
         raise UsageError(f"no such file: {path}")
     folder = os.path.dirname(os.path.abspath(path))
+    plain = os.path.splitext(os.path.basename(path))[0]
+    loaded = sys.modules.get(plain)
+    loaded_from = getattr(loaded, "__file__", None)
+    if loaded_from and os.path.exists(loaded_from) and os.path.samefile(loaded_from, path):
+        return loaded  # this very file, already imported: not a second copy
     name = _module_name_for(path)
     if folder not in sys.path:
         # after the standard library and the installed packages: a file in the

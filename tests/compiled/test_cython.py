@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 import shutil
+import traceback
 
 import pytest
 
+import cache_corpus as cc
 import compiled_corpus as corpus
-from cytask.compiler import compile_task
+from cytask.compiler import CompiledTask, NativeEntry, compile_task
 
 pytestmark = [
     pytest.mark.timeout(300),
@@ -47,3 +50,97 @@ def test_cython_keeps_python_exceptions() -> None:
     assert fn is not None
     with pytest.raises(ValueError, match="negative"):
         fn(-1)
+
+
+# -- exactness of the generated module (issue 8, items 11, 12, 16, 17) ------------------
+
+
+def _cython(fn: object) -> CompiledTask:
+    ct = compile_task(fn).wait(timeout=280)  # type: ignore[arg-type]
+    assert (ct.backend, ct.fallback_reason) == ("cython", None)
+    return ct
+
+
+def _call(ct: CompiledTask, *args: object, **kwargs: object) -> object:
+    fn = ct.plan(args, kwargs)
+    assert fn is not None and fn is not ct.python_fn and not isinstance(fn, NativeEntry)
+    return fn(*args, **kwargs)
+
+
+def test_a_default_that_names_a_global_keeps_its_value() -> None:
+    kw = _cython(cc.clip)
+    assert _call(kw, "abcdef") == cc.clip("abcdef") == "abc"
+    assert _call(kw, "abcdef", n=1) == "a"
+    positional = _cython(cc.clip_positional)
+    assert _call(positional, "abcdef") == cc.clip_positional("abcdef") == "abc"
+    assert _call(positional, "abcdef", 2) == "ab"
+
+
+def test_a_mutable_default_is_the_one_python_uses() -> None:
+    ct = _cython(cc.remember)
+    before = len(cc.remember.__defaults__[0])  # type: ignore[index]
+    assert _call(ct, "compiled") == before + 1
+    assert cc.remember("python") == before + 2  # one list, shared by both
+
+
+def test_private_names_are_mangled_as_in_the_class() -> None:
+    acct = cc.Account(21)
+    assert _call(_cython(cc.Account.balance_of), acct) == 21
+    report = _cython(cc.Account.report)
+    assert _call(report, acct) == cc.Account.report(acct) == {"__key": 42}
+
+
+def test_mangling_it_cannot_reproduce_is_refused_not_wrong() -> None:
+    ct = compile_task(cc.Account.shown).wait(timeout=280)
+    assert ct.backend == "python"
+    assert ct.fallback_reason is not None and "does not give the names" in ct.fallback_reason
+    assert ct.plan((cc.Account(1),), {}) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "want"),
+    [
+        ("checked", (3,), 3),
+        ("asserted", (3,), 3),
+        ("via_lambda", (4,), 8),
+        ("via_nested", (4,), 14),
+        ("scaled", (3,), [0, 2, 4]),
+    ],
+)
+def test_globals_read_only_in_raise_assert_lambda_nested_or_yield(
+    name: str, args: tuple[object, ...], want: object
+) -> None:
+    ct = _cython(getattr(cc, name))
+    got = _call(ct, *args)
+    assert (list(got) if name == "scaled" else got) == want  # type: ignore[call-overload]
+
+
+def test_raise_with_a_global_exception_class_and_message() -> None:
+    ct = _cython(cc.checked)
+    with pytest.raises(cc.Problem, match="negative"):
+        _call(ct, -1)
+    with pytest.raises(AssertionError, match="negative"):
+        _call(_cython(cc.asserted), -1)
+
+
+def test_a_global_the_module_lacks_raises_name_error_until_defined(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ct = _cython(cc.late)
+    with pytest.raises(NameError, match="NOT_YET"):
+        _call(ct, 1)
+    monkeypatch.setattr(cc, "NOT_YET", 41, raising=False)
+    assert _call(ct, 1) == 42
+    monkeypatch.delattr(cc, "NOT_YET")
+    with pytest.raises(NameError, match="NOT_YET"):
+        _call(ct, 1)
+
+
+def test_tracebacks_point_at_the_users_file_and_line() -> None:
+    ct = _cython(cc.checked)
+    with pytest.raises(cc.Problem) as info:
+        _call(ct, -1)
+    last = traceback.extract_tb(info.value.__traceback__)[-1]
+    raise_line = inspect.getsourcelines(cc.checked)[1] + 2
+    assert (last.filename, last.lineno) == (cc.__file__, raise_line)
+    assert "raise Problem(MESSAGE)" in (last.line or "")
