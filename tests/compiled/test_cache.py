@@ -47,7 +47,7 @@ PROBE = textwrap.dedent(
     else:
         value = plan(*args) if plan is not None else None
     print(json.dumps({
-        "backend": ct.backend, "native": ct.native is not None, "notes": ct.notes,
+        "backend": ct.backend, "native": ct.native is not None, "notes": getattr(ct, "notes", []),
         "fallback_reason": ct.fallback_reason, "value": value,
     }))
     """
@@ -164,14 +164,15 @@ def test_a_truncated_or_empty_cython_module_is_rebuilt_not_loaded(tmp_path: Path
     first = probe(cache, "count_chars", "abca")
     assert first["backend"] == "cython" and first["value"] == {"a": 2, "b": 1, "c": 1}
     (so,) = (cache / "cython").glob("ct_*.so")
-    whole = so.stat().st_size
 
-    with open(so, "r+b") as f:  # truncated: mapping it kills the process with SIGBUS
-        f.truncate(whole // 2)
+    # its first page only (an interrupted copy): the headers are whole, the code is
+    # not, and loading it kills the process with SIGBUS
+    with open(so, "r+b") as f:
+        f.truncate(4096)
     again = probe(cache, "count_chars", "abca")
     assert again["backend"] == "cython" and again["value"] == {"a": 2, "b": 1, "c": 1}
     assert any("rebuilt" in n and "size" in n for n in again["notes"]), again
-    assert so.stat().st_size > whole // 2
+    assert so.stat().st_size > 4096
 
     so.write_bytes(b"")  # empty: used to be a permanent fallback
     again = probe(cache, "count_chars", "abca")
