@@ -93,9 +93,11 @@ from Cython.Build.Cythonize import main
 main(["-i", "-q", "-X", directives, pyx])
 """
 
-#: module name -> (defaults, kwdefaults) while that module loads; guarded by _init_lock
+#: module name -> (defaults, kwdefaults) while that module loads; guarded by _init_lock,
+#: which is held across the whole load (the module's init calls defaults_for, on the
+#: same thread: hence an RLock), so two threads never load one module at once
 _init_values: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
-_init_lock = threading.Lock()
+_init_lock = threading.RLock()
 
 
 def defaults_for(module_name: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -256,6 +258,10 @@ def pyx_source(a: Analysis) -> PyxSource:
 
     final = _apply(body, [*default_edits, *mangle_edits])
     names = _global_reads(final, a.filename)
+    dunders = [n for n in names if n.startswith("__") and n.endswith("__")]
+    if dunders:  # the generated module has its own __name__, __file__ ...
+        why = f"reads the module attribute {dunders[0]}, which the compiled module has too"
+        raise CythonCompileError(f"Cython cannot compile it: {why}", [Reason(a.lineno, why)])
     g = getattr(a.fn, "__globals__", {})
     # declared (so Cython compiles them as module globals), then deleted: each call
     # copies in the ones the function's module has; a missing one raises NameError
@@ -355,13 +361,12 @@ class CythonJob:
         defaults = (fn.__defaults__ or (), fn.__kwdefaults__ or {})
         with _init_lock:
             _init_values[self.module_name] = defaults
-        try:
-            module = load_module(self.module_name, self.target)
-            compiled = getattr(module, fn.__name__)
-        except Exception as exc:
-            raise CythonCompileError(f"the Cython module did not load: {exc}") from exc
-        finally:
-            with _init_lock:
+            try:
+                module = load_module(self.module_name, self.target)
+                compiled = getattr(module, fn.__name__)
+            except Exception as exc:
+                raise CythonCompileError(f"the Cython module did not load: {exc}") from exc
+            finally:
                 _init_values.pop(self.module_name, None)
         return module, compiled
 

@@ -155,13 +155,18 @@ def _numba_type(kind: str) -> Any:
     return {"i": types.int64, "d": types.float64, "b": types.boolean}[kind]
 
 
-def build(a: Analysis, *, _repaired: str | None = None) -> NumbaBuild:
+def build(a: Analysis) -> NumbaBuild:
     """Compile ``a`` with Numba; raises ``NumbaCompileError`` with the reason.
 
     Numba's cache files are checked against their seal before Numba reads them
     (``_cache.verify_numba_cache``); a cache entry that still fails to load is
     deleted and the function compiled once more, never silently lost.
     """
+    with _compile_lock:  # check, load and seal the cache as one step in this process
+        return _build(a)
+
+
+def _build(a: Analysis, _repaired: str | None = None) -> NumbaBuild:
     native = a.native_signature
     try:
         import numpy  # noqa: F401  (the helpers need it)
@@ -196,7 +201,7 @@ def build(a: Analysis, *, _repaired: str | None = None) -> NumbaBuild:
     except Exception as exc:
         if _repaired is None and purge_numba_cache(path):  # a cache entry that fails to load
             why = f"the Numba cache for {path.name} did not load ({_short(exc)}); it was rebuilt"
-            return build(a, _repaired=why)
+            return _build(a, why)
         raise NumbaCompileError(f"Numba could not compile {a.name}: {_short(exc)}") from exc
     seal_numba_cache(path)
     return NumbaBuild(mod, dispatcher, cfunc, path, note, repaired)

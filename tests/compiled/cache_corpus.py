@@ -126,3 +126,8 @@ def cython_rejects(x):
     cdef = x + 1  # a Cython keyword: Cython's parser fails, Python's does not
     counts[x] = cdef
     return counts
+
+
+def own_module(x):
+    counts = {x: 1}
+    return __name__, counts

@@ -144,3 +144,9 @@ def test_tracebacks_point_at_the_users_file_and_line() -> None:
     raise_line = inspect.getsourcelines(cc.checked)[1] + 2
     assert (last.filename, last.lineno) == (cc.__file__, raise_line)
     assert "raise Problem(MESSAGE)" in (last.line or "")
+
+
+def test_a_function_reading_its_modules_dunder_names_is_refused() -> None:
+    ct = compile_task(cc.own_module).wait(timeout=280)
+    assert ct.backend == "python"  # the generated module's __name__ is not the user's
+    assert ct.fallback_reason is not None and "__name__" in ct.fallback_reason
