@@ -119,7 +119,7 @@ def cache_dir(sub: str) -> Path:
     key = (str(root), sub)
     with _dir_lock:
         found = _dirs.get(key)
-        if found is not None:
+        if found is not None and found.is_dir():  # (a cache wiped meanwhile is made again)
             return found
         path = root / sub
         try:

@@ -396,11 +396,11 @@ class CythonJob:
             line, msg = where[0]
             message = f"Cython build failed: line {line}: {msg}"
             reasons = [Reason(int(line), f"Cython: {msg}")]
-        else:
+        else:  # the C compiler or the linker: maybe the machine (no Python.h), not the code
             tail = text.strip().splitlines()[-2:]
-            message = "Cython build failed: " + " | ".join(tail)
-            reasons = []
-        # the same source fails the same way: remember it for other processes
+            raise CythonCompileError("Cython build failed: " + " | ".join(tail))
+        # Cython rejected the source, which fails the same way every time: remember it
+        # so that other processes do not spend seconds failing again
         with contextlib.suppress(OSError):
             write_json(
                 self.failure_path,

@@ -106,6 +106,7 @@ class CompiledTask:
         #: what the compile stage repaired or worked around (an unusable cache folder,
         #: a corrupt cache entry that was rebuilt): true, and not a reason to fall back
         self.notes: list[str] = []
+        self._notes_warned = 0  # how many of ``notes`` warn_cache has looked at
         self.compile_ms: float = 0.0
         self.native: NativeEntry | None = None
         self.analysis = analysis
@@ -251,6 +252,10 @@ _cache_warned: set[str] = set()
 
 def warn_cache(compiled: CompiledTask, *, stacklevel: int = 2) -> None:
     """Emit ``CompileCacheWarning`` once per process for each cache problem worked around."""
+    seen = len(compiled.notes)
+    if compiled._notes_warned == seen:
+        return  # the per-submission cost once every note has been looked at
+    compiled._notes_warned = seen
     for note in compiled.notes:
         if note.startswith("cache: ") and note not in _cache_warned:
             _cache_warned.add(note)

@@ -278,3 +278,20 @@ def test_a_build_that_did_not_run_is_not_remembered(
     assert ct.backend == "python"
     assert ct.fallback_reason is not None and "did not run" in ct.fallback_reason
     assert list((tmp_path / "cache" / "cython").glob("*.failed.json")) == []
+
+
+def test_a_c_compiler_failure_is_not_remembered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A C compiler or linker error may be the machine's (no Python.h): it is retried."""
+    monkeypatch.setenv("CYTASK_CACHE_DIR", str(tmp_path / "cache"))
+
+    def cc_fails(cmd: list[str], cwd: str) -> subprocess.CompletedProcess[str]:
+        err = "ct_x.c:1:10: fatal error: Python.h: No such file or directory"
+        return subprocess.CompletedProcess(cmd, 1, "", err)
+
+    monkeypatch.setattr(cython_backend, "_run_build", cc_fails)
+    ct = compile_task(cc.count_chars).wait(timeout=60)
+    assert ct.backend == "python"
+    assert ct.fallback_reason is not None and "Python.h" in ct.fallback_reason
+    assert list((tmp_path / "cache" / "cython").glob("*.failed.json")) == []
