@@ -55,6 +55,10 @@ def clip(text, *, n=LIMIT):
     return text[:n]
 
 
+def clip_capped(text, *, n=LIMIT):  # LIMIT is read in the body too
+    return text[: min(n, LIMIT)]
+
+
 def clip_positional(text, n=LIMIT, /):
     return text[:n]
 

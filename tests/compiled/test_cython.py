@@ -71,6 +71,8 @@ def test_a_default_that_names_a_global_keeps_its_value() -> None:
     kw = _cython(cc.clip)
     assert _call(kw, "abcdef") == cc.clip("abcdef") == "abc"
     assert _call(kw, "abcdef", n=1) == "a"
+    capped = _cython(cc.clip_capped)  # used to be None: a declared global's placeholder
+    assert _call(capped, "abcdef") == cc.clip_capped("abcdef") == "abc"
     positional = _cython(cc.clip_positional)
     assert _call(positional, "abcdef") == cc.clip_positional("abcdef") == "abc"
     assert _call(positional, "abcdef", 2) == "ab"
