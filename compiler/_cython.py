@@ -106,6 +106,19 @@ def defaults_for(module_name: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
         return _init_values.get(module_name, ((), {}))
 
 
+_locks_guard = threading.Lock()
+#: module key -> the lock its builds take; guarded by _locks_guard
+_locks: dict[str, threading.Lock] = {}
+
+
+def _build_lock(key: str) -> threading.Lock:
+    with _locks_guard:
+        lock = _locks.get(key)
+        if lock is None:
+            lock = _locks[key] = threading.Lock()
+        return lock
+
+
 def _c_compiler() -> str | None:
     cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
     exe = cc.split()[0]
@@ -343,6 +356,10 @@ class CythonJob:
         )
 
     def build(self) -> tuple[Any, Callable[..., Any]]:
+        with _build_lock(self.key):  # one build of a module at a time in this process
+            return self._build()
+
+    def _build(self) -> tuple[Any, Callable[..., Any]]:
         loaded = sys.modules.get(self.module_name)
         if loaded is None:
             target = self.target
@@ -383,11 +400,12 @@ class CythonJob:
             built = Path(tmp) / f"{self.module_name}{suffix}"
             if proc.returncode != 0 or not built.exists():
                 self._fail(f"{proc.stdout}\n{proc.stderr}")
-            manifest = manifest_for(built)
-            # os.replace is atomic: a racing process sees no file or a whole one; the
-            # manifest follows it, so a reader that sees both sees matching ones
+            # os.replace is atomic: a racing process sees no file or a whole one.  The
+            # manifest describes the file now at the target (another process may have
+            # put its own build there): a reader that sees a mismatch rebuilds, and that
+            # costs time, never a crash
             os.replace(built, target)
-            write_json(self.manifest_path, manifest)
+            write_json(self.manifest_path, manifest_for(target))
             self.failure_path.unlink(missing_ok=True)
 
     def _fail(self, text: str) -> None:

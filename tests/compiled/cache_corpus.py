@@ -135,3 +135,11 @@ def cython_rejects(x):
 def own_module(x):
     counts = {x: 1}
     return __name__, counts
+
+
+def count_vowels(text):
+    counts = {}
+    for ch in text:
+        if ch in "aeiou":
+            counts[ch] = counts.get(ch, 0) + 1
+    return counts

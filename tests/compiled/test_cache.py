@@ -295,3 +295,26 @@ def test_a_c_compiler_failure_is_not_remembered(
     assert ct.backend == "python"
     assert ct.fallback_reason is not None and "Python.h" in ct.fallback_reason
     assert list((tmp_path / "cache" / "cython").glob("*.failed.json")) == []
+
+
+@needs_cc
+def test_two_compiles_of_one_function_build_it_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CYTASK_CACHE_DIR", str(tmp_path / "cache"))
+    real = cython_backend._run_build
+    builds: list[str] = []
+
+    def counting(cmd: list[str], cwd: str) -> subprocess.CompletedProcess[str]:
+        builds.append(cwd)
+        return real(cmd, cwd)
+
+    monkeypatch.setattr(cython_backend, "_run_build", counting)
+    first = compile_task(cc.count_vowels)  # both builds run on the background pool
+    second = compile_task(cc.count_vowels)
+    for ct in (first.wait(timeout=280), second.wait(timeout=280)):
+        assert (ct.backend, ct.fallback_reason) == ("cython", None)
+    assert len(builds) == 1
+    (manifest,) = (tmp_path / "cache" / "cython").glob("*.json")
+    (so,) = (tmp_path / "cache" / "cython").glob("*.so")
+    assert json.loads(manifest.read_text())["size"] == so.stat().st_size
