@@ -267,3 +267,14 @@ def test_a_numba_failure_is_shown_when_cython_compiled_it(
     assert code == 0
     assert "compiled" in out and "why not numba: Numba could not compile pick" in out
     assert "TypingError" in out
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler")
+def test_verify_through_the_dispatcher_and_cython(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "check", "cli_verify", "--verify", "--json")
+    assert code == 0
+    rows = {row["name"]: row for row in json.loads(out)}
+    assert (rows["scale"]["backend"], rows["scale"]["native"]) == ("numba", False)
+    assert (rows["scale"]["verified"], rows["scale"]["in_python"]) == (1, 1)
+    assert rows["tally"]["backend"] == "cython"
+    assert (rows["tally"]["verified"], rows["tally"]["in_python"]) == (2, 0)
