@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import contextvars
 import threading
 from collections.abc import Coroutine
@@ -31,6 +32,11 @@ _SUCCEEDED = 4
 _FAILED = 5
 _RUNNING = 2
 
+# waits longer than this are waits without a limit (threading.TIMEOUT_MAX is ~292 years)
+_MAX_WAIT = 1e9
+# how long tasks cancelled by a shutdown get to run their cleanup
+_GRACE = 1.0
+
 
 # the runner whose loop runs the current async task (None elsewhere)
 _current_runner: contextvars.ContextVar[AsyncRunner | None] = contextvars.ContextVar(
@@ -43,7 +49,16 @@ def current_async_handle() -> TaskHandle[Any] | None:
 
 
 class AsyncRunner:
-    """The engine's event loop thread."""
+    """The engine's event loop thread.
+
+    The loop thread survives anything a task lets escape (an exception raised out
+    of a callback is reported through ``sys.unraisablehook`` and the loop runs on).
+    A time limit is enforced inside the task's own asyncio task (no nested task),
+    so a coroutine that raises ``SystemExit``/``KeyboardInterrupt`` fails its
+    handle instead of stopping the loop, and one that raises its own
+    ``TimeoutError`` fails with it (and is retried per ``retry_on``), while only
+    the limit itself gives ``TaskTimeout``.
+    """
 
     def __init__(self, engine: Engine, concurrency: int) -> None:
         self._engine = engine
@@ -51,9 +66,13 @@ class AsyncRunner:
         self._waiting: collections.deque[tuple[TaskHandle[Any], Coroutine[Any, Any, Any]]] = (
             collections.deque()
         )
-        self._running: dict[int, asyncio.Task[Any]] = {}
+        # task_id -> (its asyncio task, its handle): loop thread writes, others snapshot
+        self._running: dict[int, tuple[asyncio.Task[Any], TaskHandle[Any]]] = {}
+        self._cancel_reason: dict[int, str] = {}  # task_id -> why stop() cancelled it
         self._lock = threading.Lock()
         self._drain_scheduled = False
+        self._closed = False  # under _lock: the loop is stopping; submit() refuses
+        self._stop_started = False  # loop thread only
         self._loop = asyncio.new_event_loop()
         ready = threading.Event()
         self._thread = threading.Thread(
@@ -63,9 +82,19 @@ class AsyncRunner:
         ready.wait()
 
     def _run_loop(self, ready: threading.Event) -> None:
+        from cytask._core import report_unraisable
+
         asyncio.set_event_loop(self._loop)
         self._loop.call_soon(ready.set)
-        self._loop.run_forever()
+        while True:
+            try:
+                self._loop.run_forever()
+            except BaseException as exc:  # escaped a callback: the loop must go on
+                report_unraisable(exc, f"the event loop of {self._engine.name}")
+                continue
+            if self._closed:
+                break
+        self._end_leftovers("its engine shut down before it finished")
         self._loop.close()
 
     @property
@@ -75,11 +104,16 @@ class AsyncRunner:
     def submit(self, handle: TaskHandle[Any], coro: Coroutine[Any, Any, Any]) -> None:
         """From any thread: queue the coroutine; wake the loop once per batch."""
         with self._lock:
+            if self._closed:
+                raise RuntimeError(
+                    f"task {handle.task_id}: the engine's event loop has stopped (shut down)"
+                )
             self._waiting.append((handle, coro))
             if self._drain_scheduled:
                 return
             self._drain_scheduled = True
-        self._loop.call_soon_threadsafe(self._drain)
+        with contextlib.suppress(RuntimeError):  # closed meanwhile: the loop ended it
+            self._loop.call_soon_threadsafe(self._drain)
 
     def _drain(self) -> None:
         with self._lock:
@@ -100,74 +134,160 @@ class AsyncRunner:
             ctx.run(_current.set, handle)
             ctx.run(_current_runner.set, self)
             task = self._loop.create_task(self._run(handle, coro), context=ctx)
-            self._running[handle.task_id] = task
+            self._running[handle.task_id] = (task, handle)
 
     async def _run(self, handle: TaskHandle[Any], coro: Coroutine[Any, Any, Any]) -> None:
         options = handle.options
+        limit = options.timeout if options is not None else 0.0
+        expired = False
+        timer: asyncio.TimerHandle | None = None
+        if limit > 0:
+            task = asyncio.current_task()
+            assert task is not None
+
+            def expire() -> None:
+                nonlocal expired
+                expired = True
+                handle._request_cancel()
+                task.cancel()
+
+            timer = self._loop.call_later(min(limit, _MAX_WAIT), expire)
         try:
-            if options is not None and options.timeout > 0:
-                value = await asyncio.wait_for(coro, options.timeout)
-            else:
-                value = await coro
-        except asyncio.CancelledError:
-            from cytask._errors import CancelledError
+            value = await coro
+        except BaseException as exc:
+            if timer is not None:
+                timer.cancel()
+            if expired:
+                self._engine._async_failed(handle, self._timeout_error(handle, limit, exc), True)
+            elif isinstance(exc, asyncio.CancelledError):
+                from cytask._errors import CancelledError
 
-            self._engine._async_ids.discard(handle.task_id)
-            handle._complete(6, CancelledError(f"task {handle.task_id} was cancelled"))
-        except TimeoutError as exc:
-            if options is not None and options.timeout > 0 and not handle.done():
-                from cytask._errors import TaskTimeout
-
-                err = TaskTimeout(
-                    f"task {handle.task_id} exceeded its time limit of {options.timeout} s"
-                )
-                err.__cause__ = exc
-                self._engine._async_failed(handle, err)
+                self._engine._async_ids.discard(handle.task_id)
+                why = self._cancel_reason.get(handle.task_id, "was cancelled")
+                handle._complete(6, CancelledError(f"task {handle.task_id} {why}"))
             else:
                 self._engine._async_failed(handle, exc)
-        except BaseException as exc:
-            self._engine._async_failed(handle, exc)
         else:
-            # the failure paths discard the id in Engine._async_failed (before a retry
-            # may add it again); these two must too, or the set grows with every task
-            self._engine._async_ids.discard(handle.task_id)
-            handle._complete(_SUCCEEDED, value, _RUNNING)
+            if timer is not None:
+                timer.cancel()
+            if expired:  # it swallowed the cancellation: a late result is discarded
+                self._engine._async_failed(handle, self._timeout_error(handle, limit, None), True)
+            else:
+                # the failure paths discard the id in Engine._async_failed (before a retry
+                # may add it again); this one must too, or the set grows with every task
+                self._engine._async_ids.discard(handle.task_id)
+                handle._complete(_SUCCEEDED, value, _RUNNING)
         finally:
             self._running.pop(handle.task_id, None)
             self._start_waiting()
+
+    @staticmethod
+    def _timeout_error(
+        handle: TaskHandle[Any], limit: float, cause: BaseException | None
+    ) -> BaseException:
+        from cytask._errors import TaskTimeout
+
+        err = TaskTimeout(
+            f"task {handle.task_id} ({handle.name}) exceeded its time limit of {limit} s"
+        )
+        if cause is not None and not isinstance(cause, asyncio.CancelledError):
+            err.__cause__ = cause
+        return err
 
     def cancel(self, handle: TaskHandle[Any]) -> None:
         """Cancel a running async task (from any thread)."""
         self._loop.call_soon_threadsafe(self._cancel_in_loop, handle.task_id)
 
     def _cancel_in_loop(self, task_id: int) -> None:
-        task = self._running.get(task_id)
-        if task is not None:
-            task.cancel()
+        entry = self._running.get(task_id)
+        if entry is not None:
+            entry[0].cancel()
 
     def stop(self, timeout: float | None) -> None:
-        """Let running coroutines finish (up to `timeout`), then stop the loop."""
-        done = threading.Event()
+        """Let running and waiting coroutines finish (up to `timeout`), cancel the
+        rest, then stop the loop; every handle ends.
 
-        async def wait_all() -> None:
-            while self._running or self._waiting:
-                tasks = list(self._running.values())
-                if tasks:
-                    await asyncio.wait(tasks)
-                else:
-                    await asyncio.sleep(0)
+        Called on the loop thread itself (``shutdown()`` inside an async task), it
+        cannot wait for the tasks (the caller is one of them): it starts the same
+        sequence on the loop and returns.
+        """
+        finished = threading.Event()
+        try:
+            self._loop.call_soon_threadsafe(self._begin_stop, timeout, finished)
+        except RuntimeError:  # the loop is closed: its thread ended everything
+            return
+        if threading.current_thread() is self._thread:
+            return
+        if timeout is None or timeout >= _MAX_WAIT:
+            finished.wait()
+        elif not finished.wait(timeout + _GRACE * 2):
+            # the loop itself is blocked (a coroutine that never awaits): end the
+            # handles from here; the loop thread stops once it gets control back
+            self._end_leftovers("cancelled: Engine.shutdown() timed out while it ran")
+        self._thread.join(_GRACE)
 
-        def start() -> None:
-            fut = asyncio.ensure_future(wait_all())
-            fut.add_done_callback(lambda _: done.set())
+    def _begin_stop(self, timeout: float | None, finished: threading.Event) -> None:
+        if self._stop_started:
+            self._loop.create_task(self._signal_when_stopped(finished))
+            return
+        self._stop_started = True
+        self._loop.create_task(self._stop_when_done(timeout, finished))
 
-        if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(start)
-            if not done.wait(timeout):
-                for task_id in list(self._running):
-                    self._loop.call_soon_threadsafe(self._cancel_in_loop, task_id)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout)
+    async def _signal_when_stopped(self, finished: threading.Event) -> None:
+        while not self._closed:
+            await asyncio.sleep(0.01)
+        finished.set()
+
+    async def _stop_when_done(self, timeout: float | None, finished: threading.Event) -> None:
+        loop = self._loop
+        deadline = None if timeout is None or timeout >= _MAX_WAIT else loop.time() + timeout
+        me = asyncio.current_task()
+        while True:
+            tasks = [t for t, _ in self._running.values() if t is not me]
+            if not tasks and not self._waiting:
+                break
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                break
+            if tasks:
+                await asyncio.wait(tasks, timeout=left)
+            else:
+                await asyncio.sleep(0)  # a drain of the waiting ones is scheduled
+        why = "cancelled: Engine.shutdown() timed out while it ran"
+        with self._lock:
+            self._closed = True
+            waiting = list(self._waiting)
+            self._waiting.clear()
+        for handle, coro in waiting:
+            self._end(handle, coro, "cancelled: Engine.shutdown() timed out before it started")
+        tasks = [t for t, _ in self._running.values() if t is not me]
+        if tasks:
+            self._cancel_reason.update(dict.fromkeys(self._running, why))
+            for t in tasks:
+                t.cancel()
+            await asyncio.wait(tasks, timeout=_GRACE)
+        self._end_leftovers(why)  # those that ignored the cancellation
+        loop.stop()
+        finished.set()  # now: a done-callback would never run on a stopping loop
+
+    def _end(self, handle: TaskHandle[Any], coro: Coroutine[Any, Any, Any] | None, why: str) -> None:
+        from cytask._errors import CancelledError
+
+        if coro is not None:
+            coro.close()
+        self._engine._async_ids.discard(handle.task_id)
+        handle._complete(6, CancelledError(f"task {handle.task_id} {why}"))
+
+    def _end_leftovers(self, why: str) -> None:
+        """Cancel every handle this runner still holds (any thread; idempotent)."""
+        with self._lock:
+            self._closed = True
+            waiting = list(self._waiting)
+            self._waiting.clear()
+        for handle, coro in waiting:
+            self._end(handle, coro, why)
+        for _, handle in list(self._running.values()):
+            self._end(handle, None, why)
 
 
 async def await_handle(handle: TaskHandle[Any]) -> Any:

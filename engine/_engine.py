@@ -21,9 +21,10 @@ from cytask._enums import Priority
 from cytask._errors import CancelledError, EngineClosed, QueueFull, TaskTimeout
 from cytask._stats import EngineStats, StatsSampler
 from cytask._task import Task
-from cytask._timer import Timer
+from cytask._timer import HandOff, Timer, TimerHandle
 from cytask._validate import (
     check_callable,
+    check_duration,
     check_int,
     check_nonneg_number,
     check_priority,
@@ -109,7 +110,7 @@ class Engine(_core.Core):
             why=" (slots per priority level, allocated up front)",
         )
         check_nonneg_number(submit_timeout, "submit_timeout", allow_none=True)
-        check_nonneg_number(result_ttl, "result_ttl", allow_none=True)
+        check_duration(result_ttl, "result_ttl", allow_none=True, none_means="no expiry")
         check_int(
             max_results,
             "max_results",
@@ -144,10 +145,16 @@ class Engine(_core.Core):
         self._accept_timed = True  # timer-held work is still accepted
         self._sampler = StatsSampler()
         self._retried = 0
+        self._submit_timeout = submit_timeout
         self._timer: Timer | None = None
+        self._timer_closed = False  # under _lock: set once shutdown stops the timer
+        # task_id -> (timer entry, handle) of each delayed or retrying task the timer
+        # holds (under _lock): scheduled_tasks in stats(), cancelled at shutdown
+        self._timed: dict[int, tuple[TimerHandle, TaskHandle[Any]]] = {}
+        self._handoff: HandOff | None = None  # due tasks whose level was full
         self._async: AsyncRunner | None = None
         self._async_ids: set[int] = set()
-        self._periodics: list[Periodic] = []
+        self._periodics: set[Periodic] = set()  # live schedules; cancel() removes one
         self._supervisor: Supervisor | None = None
         if eager:
             self.submit = self._submit_eager  # type: ignore[method-assign]
@@ -182,7 +189,7 @@ class Engine(_core.Core):
         """
         check_callable(fn, "fn")
         prio = int(check_priority(priority))
-        wait = check_nonneg_number(delay, "delay", allow_none=True)
+        wait = check_duration(delay, "delay", allow_none=True, none_means="no delay")
         if isinstance(fn, Task):
             return self._submit_task(fn, args, kwargs, prio, wait)
         return self._dispatch(fn, args, kwargs, prio, None, wait)
@@ -194,6 +201,7 @@ class Engine(_core.Core):
         kwargs: dict[str, Any],
         priority: int,
         delay: float | None,
+        from_timer: bool = False,
     ) -> TaskHandle[Any]:
         fn: Callable[..., Any] = t.fn
         options = t.options
@@ -202,15 +210,22 @@ class Engine(_core.Core):
             if plan is not None:
                 if callable(plan):
                     fn = plan
-                elif not delay and not self.eager and not options.retries and not options.timeout:
+                elif (
+                    not delay
+                    and not from_timer
+                    and not self.eager
+                    and not options.retries
+                    and not options.timeout
+                ):
                     return self.submit_native(
                         plan.address, args, plan.arg_kinds, plan.result_kind, priority, t.fn
                     )
                 else:
-                    # retries, time limits, delays and eager runs need the Python task
-                    # machinery: run the compiled code through its (GIL-releasing) caller
+                    # retries, time limits, delays, timer pushes and eager runs need the
+                    # Python task machinery: run the compiled code through its
+                    # (GIL-releasing) caller
                     fn = getattr(t._compiled, "_callable", None) or t.fn
-        return self._dispatch(fn, args, kwargs, priority, options, delay)
+        return self._dispatch(fn, args, kwargs, priority, options, delay, from_timer)
 
     def _dispatch(
         self,
@@ -220,19 +235,60 @@ class Engine(_core.Core):
         priority: int,
         options: TaskOptions | None,
         delay: float | None,
+        from_timer: bool = False,
     ) -> TaskHandle[Any]:
+        """Submit now, after `delay` s, or (`from_timer`: a periodic run on the timer
+        thread) without ever waiting for queue space."""
         if self.eager:
             return self._run_eager(fn, args, kwargs, priority, options)
-        if not delay:
+        if not delay and not from_timer:
             return self._submit_handle(fn, args, kwargs, priority, options, False)
         h: TaskHandle[Any] = self._submit_handle(fn, args, kwargs, priority, options, True)
-        if not self._timer_call_at(time.monotonic() + delay, self._enqueue_due, h, _SCHEDULED):
+        if from_timer:
+            self._push_due(h, _SCHEDULED)
+        elif not self._schedule_handle(time.monotonic() + (delay or 0.0), h, _SCHEDULED):
             h._complete(_CANCELLED, CancelledError(f"task {h.task_id}: engine shut down"))
         return h
 
+    def _schedule_handle(self, deadline: float, h: TaskHandle[Any], from_status: int) -> bool:
+        """Queue `h` (SCHEDULED or RETRYING) at `deadline`; False once shut down."""
+        with self._lock:
+            th = self._timer_call_at_locked(deadline, False, self._enqueue_due, h, from_status)
+            if th is None:
+                return False
+            self._timed[h.task_id] = (th, h)
+        # cancelled while waiting: its entry leaves the timer (and the count) at once
+        h.add_done_callback(self._unschedule)
+        return True
+
+    def _unschedule(self, h: TaskHandle[Any]) -> None:
+        with self._lock:
+            entry = self._timed.pop(h.task_id, None)
+        if entry is not None:
+            entry[0].cancel()
+
     def _enqueue_due(self, h: TaskHandle[Any], from_status: int) -> None:
-        with contextlib.suppress(QueueFull):  # the handle already failed with QueueFull
-            self._enqueue_handle(h, from_status)
+        with self._lock:
+            self._timed.pop(h.task_id, None)
+        self._push_due(h, from_status)
+
+    def _push_due(self, h: TaskHandle[Any], from_status: int) -> None:
+        """Queue a due handle from the timer thread, which must never wait for space.
+
+        A full level hands the (now PENDING) handle to the hand-off threads, which
+        push it with the ordinary backpressure (QueueFull after submit_timeout).
+        """
+        if self._enqueue_handle(h, from_status, 0.0) is not None:
+            return  # queued, or cancelled meanwhile
+        if self._submit_timeout == 0:
+            with contextlib.suppress(QueueFull):  # fails the handle at once, never waits
+                self._enqueue_handle(h, _PENDING)
+            return
+        with self._lock:
+            if self._handoff is None:
+                self._handoff = HandOff(self)
+            handoff = self._handoff
+        handoff.put(h, h.priority.value)
 
     def _submit_eager(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> TaskHandle[R]:
         if isinstance(fn, Task):  # keeps its retries, time limit and priority, as submit() does
@@ -258,21 +314,34 @@ class Engine(_core.Core):
 
     # -- scheduling: delays, periodic, cron -------------------------------------
 
-    def _timer_call_at(self, deadline: float, action: Callable[..., Any], *args: Any) -> bool:
-        """Run `action` on the timer thread at `deadline`; False once shut down."""
+    def _timer_call_at(
+        self, deadline: float, action: Callable[..., Any], *args: Any
+    ) -> TimerHandle | None:
+        """Run `action` on the timer thread at `deadline`; None once shut down."""
         with self._lock:
-            if not self._accept_timed:
-                return False
-            if self._timer is None:
-                self._timer = Timer(self.name)
-            self._timer.call_at(deadline, action, *args)
-        return True
+            return self._timer_call_at_locked(deadline, False, action, *args)
+
+    def _timer_call_at_locked(
+        self, deadline: float, draining: bool, action: Callable[..., Any], *args: Any
+    ) -> TimerHandle | None:
+        """Under _lock.  `draining`: also while shutdown drains (time limits still
+        fire for the tasks it runs), until the timer stops."""
+        if not self._accept_timed and not (draining and not self._timer_closed):
+            return None
+        if self._timer is None:
+            self._timer = Timer(self.name)
+        try:
+            return self._timer.call_at(deadline, action, *args)
+        except RuntimeError:  # stopped
+            return None
 
     def _sweep_results_later(self) -> None:
-        """Results past result_ttl leave the store (and memory) within ttl/2 or 60 s."""
+        """Results past result_ttl leave the store (and memory) within ttl/2, at
+        least 1 s and at most 60 s apart (result_ttl=0 must not spin the timer)."""
         assert self.result_ttl is not None
-        interval = min(max(self.result_ttl / 2, 0.01), 60.0)
-        self._timer_call_at(time.monotonic() + interval, self._sweep_results_now)
+        interval = min(max(self.result_ttl / 2, 1.0), 60.0)
+        # a weak reference: the timer thread must not keep an engine alive
+        self._timer_call_at(time.monotonic() + interval, _sweep, weakref.ref(self))
 
     def _sweep_results_now(self) -> None:
         assert self.result_ttl is not None
@@ -288,8 +357,12 @@ class Engine(_core.Core):
         priority: Priority = Priority.NORMAL,
         **kwargs: Any,
     ) -> Periodic:
-        """Submit ``fn(*args, **kwargs)`` every `interval` seconds, first after one interval."""
-        seconds = check_nonneg_number(interval, "interval", positive=True)
+        """Submit ``fn(*args, **kwargs)`` every `interval` seconds, first after one interval.
+
+        A run is skipped (counted in ``Periodic.skipped``) while the previous one has
+        not finished, so runs slower than the interval never pile up.
+        """
+        seconds = check_duration(interval, "interval", positive=True)
         return self._recurring(fn, args, kwargs, priority, interval=seconds)
 
     def cron(
@@ -325,9 +398,14 @@ class Engine(_core.Core):
         prio = int(check_priority(priority))
         self._check_open()
         p = Periodic(self, fn, args, kwargs, prio, **schedule)
-        self._periodics.append(p)
+        with self._lock:
+            self._periodics.add(p)
         p._schedule_next()
         return p
+
+    def _forget_periodic(self, p: Periodic) -> None:
+        with self._lock:
+            self._periodics.discard(p)
 
     # -- hooks called by the native core ----------------------------------------
 
@@ -343,31 +421,38 @@ class Engine(_core.Core):
         if delay <= 0:
             self._enqueue_handle(h, _RETRYING)
             return True
-        if self._timer_call_at(time.monotonic() + delay, self._enqueue_due, h, _RETRYING):
+        if self._schedule_handle(time.monotonic() + delay, h, _RETRYING):
             return True
         h._transition(_RETRYING, _RUNNING)  # shutting down: this failure is final
         self._retried -= 1
         return False
 
-    def _on_timed_start(self, h: TaskHandle[Any]) -> None:
+    def _on_timed_start(self, h: TaskHandle[Any]) -> TimerHandle | None:
+        """An attempt with a time limit starts: arm its expiry.  The worker cancels
+        the entry when the attempt returns (Core._on_timed_end), so finished tasks
+        leave no timer entries behind."""
         assert h.options is not None
-        # a weak reference: a task that finished long before its limit is not kept
-        # alive (with its result) by the timer until then
+        # a weak reference: the entry must never keep the handle (or its result) alive
         deadline = time.monotonic() + h.options.timeout
-        self._timer_call_at(deadline, self._expire, weakref.ref(h), h.attempts)
+        with self._lock:
+            return self._timer_call_at_locked(deadline, True, self._expire, weakref.ref(h), h.attempts)
 
     def _expire(self, ref: weakref.ref[TaskHandle[Any]], attempt: int) -> None:
         """A time limit passed: fail the handle, ask the task to stop, keep capacity."""
         h = ref()
-        if h is None or h.attempts != attempt or h.done() or h.task_id in self._async_ids:
-            return  # finished, retried, or async (its own wait_for enforces the limit)
+        if h is None or h.attempts != attempt or h.task_id in self._async_ids:
+            return  # gone, a later attempt, or async (its runner enforces the limit)
         assert h.options is not None
-        h._request_cancel()
         err = TaskTimeout(
             f"task {h.task_id} ({h.name}) exceeded its time limit of {h.options.timeout} s; "
             f"its result will be discarded"
         )
-        if h._complete(_FAILED, err, _RUNNING) and self._abandon_running(h) and not self._shut_down:
+        # only a RUNNING attempt times out: a handle that finished, or is waiting to
+        # retry, must not be flagged (its next attempt would start cancel_requested)
+        if not h._complete(_FAILED, err, _RUNNING):
+            return
+        h._request_cancel()
+        if self._abandon_running(h) and not self._shut_down:
             # the stuck thread exits when its task returns; a fresh one takes its place
             self._spawn_worker()
 
@@ -381,15 +466,16 @@ class Engine(_core.Core):
         self._async_ids.add(h.task_id)
         self._async.submit(h, coro)
 
-    def _async_failed(self, h: TaskHandle[Any], exc: BaseException) -> None:
-        """An async task raised: retry it or fail it (called on the loop thread)."""
+    def _async_failed(self, h: TaskHandle[Any], exc: BaseException, limit: bool = False) -> None:
+        """An async task raised (`limit`: passed its time limit, `exc` a TaskTimeout):
+        retry it or fail it (called on the loop thread)."""
         self._async_ids.discard(h.task_id)
         options = h.options
         if (
             options is not None
             and h.attempts <= options.retries
             and not h.cancel_requested
-            and not isinstance(exc, TaskTimeout)  # time limits are final, as for sync tasks
+            and not limit  # time limits are final, as for sync tasks
             and self._on_retry(h, exc)
         ):
             return
@@ -430,14 +516,7 @@ class Engine(_core.Core):
 
     def stats(self) -> EngineStats:
         """A snapshot of queue depths, workers, throughput, latencies and memory."""
-        scheduled = 0
-        if self._timer is not None:
-            for action, args in self._timer.pending():
-                if getattr(action, "__func__", None) is Engine._enqueue_due and args[0].status in (
-                    "scheduled",
-                    "retrying",
-                ):
-                    scheduled += 1
+        scheduled = len(self._timed)  # O(1): stats() never walks the timer's heap
         from cytask._compile import compile_stats
 
         return EngineStats.from_core(
@@ -483,35 +562,57 @@ class Engine(_core.Core):
             self._shut_down = True
             self._close()
             self._accept_timed = False
-            timer = self._timer
-        for p in self._periodics:
+            periodics = list(self._periodics)
+        for p in periodics:
             p.cancel()
-        if timer is not None:
-            self._cancel_timed(timer)
+        self._cancel_timed()
         if cancel_pending:
             self._cancel_queued("cancelled by Engine.shutdown(cancel_pending=True)")
+            self._cancel_handed_off("cancelled by Engine.shutdown(cancel_pending=True)")
         if first:
             self._stop_workers()
             if self._supervisor is not None:
                 self._supervisor.stop()
         if not wait:
+            # the rest (draining, then stopping the loop and timer threads) happens in
+            # the background, so no thread of this engine outlives its work
+            threading.Thread(
+                target=self._finish_shutdown, args=(deadline,), name=f"{self.name}-shutdown"
+            ).start()
             return
+        self._finish_shutdown(deadline)
+
+    def _finish_shutdown(self, deadline: float | None) -> None:
+        """The waiting half of shutdown(): drain, stop the event loop, stop the timer."""
+        if self._handoff is not None:  # due tasks still waiting for queue space
+            self._handoff.join(_remaining(deadline))
         self._join_workers(deadline)
         if self._async is not None:
             self._async.stop(_remaining(deadline))
         if self._queued():
             self._cancel_queued("cancelled: Engine.shutdown() timed out before it ran")
+        self._cancel_handed_off("cancelled: Engine.shutdown() timed out before it ran")
+        with self._lock:
+            self._timer_closed = True  # time limits of abandoned tasks no longer fire
+            timer = self._timer
         if timer is not None:
             timer.stop()
 
-    def _cancel_timed(self, timer: Timer) -> None:
-        for action, args in timer.pending():
-            if getattr(action, "__func__", None) is Engine._enqueue_due:
-                h = args[0]
-                h._complete(
-                    _CANCELLED,
-                    CancelledError(f"task {h.task_id}: engine shut down before it was due"),
-                )
+    def _cancel_timed(self) -> None:
+        """Cancel the delayed and retrying tasks the timer holds (shutdown)."""
+        with self._lock:
+            held = list(self._timed.values())
+            self._timed.clear()
+        for th, h in held:
+            th.cancel()
+            h._complete(
+                _CANCELLED,
+                CancelledError(f"task {h.task_id}: engine shut down before it was due"),
+            )
+
+    def _cancel_handed_off(self, why: str) -> None:
+        if self._handoff is not None:
+            self._handoff.cancel_all(why)
 
     def _join_workers(self, deadline: float | None) -> None:
         # workers abandoned after a time limit are not waited for: their task
@@ -561,6 +662,12 @@ class Engine(_core.Core):
         self.shutdown(wait=True)
 
 
+def _sweep(ref: weakref.ref[Engine]) -> None:
+    engine = ref()
+    if engine is not None:
+        engine._sweep_results_now()
+
+
 def _remaining(deadline: float | None) -> float | None:
     if deadline is None:
         return None
@@ -569,7 +676,8 @@ def _remaining(deadline: float | None) -> float | None:
 
 def _backoff(options: TaskOptions, attempt: int) -> float:
     """Exponential back-off: base * 2**(attempt-1), capped, with 'equal jitter'."""
-    delay = min(options.retry_backoff * 2.0 ** (attempt - 1), options.retry_backoff_max)
+    # the exponent is capped: 2.0 ** 1024 raises OverflowError (retries=2000)
+    delay = min(options.retry_backoff * 2.0 ** min(attempt - 1, 1000), options.retry_backoff_max)
     if options.retry_jitter and delay > 0:
         delay = delay / 2 + random.uniform(0, delay / 2)
     return delay

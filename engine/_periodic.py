@@ -7,8 +7,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from cytask._core import report_unraisable
 from cytask._cron import CronExpression
 from cytask._task import Task
+from cytask._timer import TimerHandle
 
 if TYPE_CHECKING:
     from cytask._core import TaskHandle
@@ -22,6 +24,14 @@ class Periodic:
 
     Interval schedules do not drift: the n-th run is due at ``start + n * interval``;
     runs missed while the process was busy are skipped, not piled up.
+
+    At most one run is in flight: a firing while the previous run has not finished
+    (queued or running) is skipped and counted in ``skipped``, so a run slower than
+    the interval never makes runs pile up.  A run that could not be queued (the
+    level stayed full: ``QueueFull``) is counted in ``dropped``, its error kept in
+    ``last_error`` and reported through ``sys.unraisablehook`` (the first of each
+    streak); the schedule goes on.  The schedule only ends by ``cancel()`` or
+    shutdown; should it ever stop for another reason, ``stopped_by`` says why.
     """
 
     def __init__(
@@ -42,10 +52,16 @@ class Periodic:
         self._priority = priority
         self.interval = interval
         self.cron = cron
-        self.runs = 0
+        self.runs = 0  # runs submitted
+        self.skipped = 0  # firings skipped because the previous run had not finished
+        self.dropped = 0  # runs that could not be queued (QueueFull)
+        self.last_error: BaseException | None = None  # why the last drop happened
+        self.stopped_by: BaseException | None = None  # an error that ended the schedule
         self.last_handle: TaskHandle[Any] | None = None
         self._cancelled = threading.Event()
         self._next_due = time.monotonic()
+        self._entry: TimerHandle | None = None  # the next firing on the engine's timer
+        self._streak = False  # inside a run of drops: only the first one is reported
 
     def __repr__(self) -> str:
         what = f"every {self.interval} s" if self.cron is None else self.cron.expression
@@ -57,8 +73,13 @@ class Periodic:
         return self._cancelled.is_set()
 
     def cancel(self) -> None:
-        """Stop future runs; a run already submitted is left to finish."""
+        """Stop future runs; a run already submitted is left to finish.  The schedule
+        leaves the engine and its timer at once (it holds nothing afterwards)."""
         self._cancelled.set()
+        entry = self._entry
+        if entry is not None and isinstance(entry, TimerHandle):
+            entry.cancel()
+        self._engine._forget_periodic(self)
 
     def _schedule_next(self) -> None:
         if self.cron is not None:
@@ -73,18 +94,62 @@ class Periodic:
             if self._next_due <= now:  # skip runs missed while busy
                 missed = int((now - self._next_due) // self.interval) + 1
                 self._next_due += missed * self.interval
-        self._engine._timer_call_at(self._next_due, self._fire)
+        if self.cancelled:
+            return
+        self._entry = self._engine._timer_call_at(self._next_due, self._fire)
+        if self.cancelled and self._entry is not None:  # cancel() raced with us
+            self._entry.cancel()
 
     def _fire(self) -> None:
+        """On the timer thread: submit one run (never waiting for queue space), then
+        schedule the next, whatever happened to this one."""
+        from cytask._errors import EngineClosed
+
         if self.cancelled or self._engine.closed:
             return
+        try:
+            self._submit_run()
+        except EngineClosed:
+            return  # shut down meanwhile: shutdown() cancels the schedule
+        except BaseException as exc:  # the schedule goes on; say what went wrong
+            self._drop(exc)
+        try:
+            self._schedule_next()
+        except BaseException as exc:
+            self.stopped_by = exc
+            report_unraisable(exc, f"{self!r}: the schedule stopped")
+
+    def _submit_run(self) -> None:
+        from cytask._errors import QueueFull
+
+        last = self.last_handle
+        if last is not None and not last.done():
+            self.skipped += 1  # the previous run is still queued or running
+            return
         if isinstance(self._fn, Task):  # keep the task's retries, time limit, compilation
-            self.last_handle = self._engine._submit_task(
-                self._fn, self._args, self._kwargs, self._priority, None
+            h = self._engine._submit_task(
+                self._fn, self._args, self._kwargs, self._priority, None, from_timer=True
             )
         else:
-            self.last_handle = self._engine._dispatch(
-                self._fn, self._args, self._kwargs, self._priority, None, None
+            h = self._engine._dispatch(
+                self._fn, self._args, self._kwargs, self._priority, None, None, from_timer=True
             )
+        self.last_handle = h
         self.runs += 1
-        self._schedule_next()
+        if h.done() and not h.cancelled():
+            err = h.exception(timeout=0)
+            if isinstance(err, QueueFull):  # the level was full: the handle failed
+                self._drop(err)
+                return
+        self._streak = False
+
+    def _drop(self, exc: BaseException) -> None:
+        self.dropped += 1
+        self.last_error = exc
+        if not self._streak:
+            self._streak = True
+            report_unraisable(
+                exc,
+                f"{self!r}: a run could not be queued (counted in Periodic.dropped; "
+                f"the schedule goes on)",
+            )

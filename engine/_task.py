@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 from cytask._core import TaskHandle, TaskOptions
 from cytask._enums import Priority
 from cytask._errors import InvalidTaskOptions
-from cytask._validate import check_callable, check_int, check_nonneg_number, check_priority
+from cytask._validate import check_callable, check_duration, check_int, check_priority
 
 if TYPE_CHECKING:
     from cytask._engine import Engine
@@ -121,7 +121,7 @@ def _delay_from(countdown: float | None, eta: dt.datetime | None) -> float | Non
     if countdown is not None and eta is not None:
         raise InvalidTaskOptions("Expected countdown or eta, not both")
     if countdown is not None:
-        return check_nonneg_number(countdown, "countdown")
+        return check_duration(countdown, "countdown")
     if eta is not None:
         if not isinstance(eta, dt.datetime):
             raise TypeError(f"Expected a datetime for eta, got {type(eta).__name__}")
@@ -151,8 +151,8 @@ def _build(fn: Callable[P, R], options: dict[str, Any]) -> Task[P, R]:
     _check_option_names(options)
     priority = check_priority(options.get("priority", Priority.NORMAL))
     retries = check_int(options.get("retries", 0), "retries", minimum=0, maximum=2**31 - 1)
-    backoff = check_nonneg_number(options.get("retry_backoff", 0.0), "retry_backoff")
-    backoff_max = check_nonneg_number(options.get("retry_backoff_max", 300.0), "retry_backoff_max")
+    backoff = check_duration(options.get("retry_backoff", 0.0), "retry_backoff")
+    backoff_max = check_duration(options.get("retry_backoff_max", 300.0), "retry_backoff_max")
     jitter = options.get("retry_jitter", True)
     if not isinstance(jitter, bool):
         raise TypeError(f"Expected bool for retry_jitter, got {type(jitter).__name__}")
@@ -165,7 +165,7 @@ def _build(fn: Callable[P, R], options: dict[str, Any]) -> Task[P, R]:
         raise TypeError(
             f"Expected an exception class or a tuple of them for retry_on, got {retry_on!r}"
         )
-    timeout = check_nonneg_number(options.get("timeout"), "timeout", allow_none=True)
+    timeout = check_duration(options.get("timeout"), "timeout", allow_none=True, none_means="no limit")
     if timeout == 0:
         raise ValueError("Expected timeout > 0 or None, got 0")
     name = options.get("name") or f"{fn.__module__}.{getattr(fn, '__qualname__', fn)}"

@@ -3,78 +3,293 @@
 A heap of deadlines (``time.monotonic()``) and a condition variable: the thread
 sleeps until the earliest deadline or until an earlier one is added, so an idle
 timer costs nothing and a deadline fires within about a millisecond.
+
+Cancelling an entry is O(1) and lazy, as in asyncio: the entry drops its action
+and arguments at once (so what it referred to can be freed), stays in the heap
+as a tombstone, and is skipped when it reaches the top.  When tombstones are
+more than half of a heap of at least 100 entries, the heap is rebuilt without
+them, so a million finished time limits cost nothing after they finish.
+
+The timer never blocks on anything but its own condition: its actions must not
+wait (the engine pushes due tasks without waiting for queue space, see
+``HandOff``), and any wait is cut into slices no longer than ``MAX_SLICE`` so a
+deadline years away (``delay=1e10``) cannot overflow the wait.
 """
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cytask._core import report_unraisable
 
-__all__ = ["Timer"]
+if TYPE_CHECKING:
+    from cytask._core import TaskHandle
+    from cytask._engine import Engine
+
+__all__ = ["HandOff", "Timer", "TimerHandle"]
+
+# the longest single wait: far below threading.TIMEOUT_MAX, and short enough that
+# a clock that jumps (suspend) is looked at again soon
+MAX_SLICE = 3600.0
+# compact when tombstones are more than this share of a heap at least this big
+_COMPACT_FRACTION = 0.5
+_COMPACT_MIN = 100
+
+
+class TimerHandle:
+    """One scheduled call; ``cancel()`` it to drop it (and what it refers to) at once."""
+
+    __slots__ = ("_action", "_args", "_timer", "when")
+
+    def __init__(
+        self, timer: Timer, when: float, action: Callable[..., Any], args: tuple[Any, ...]
+    ) -> None:
+        self._timer: Timer | None = timer  # None once fired or cancelled
+        self.when = when
+        self._action: Callable[..., Any] | None = action
+        self._args = args
+
+    def __repr__(self) -> str:
+        state = "pending" if self._timer is not None else "done"
+        return f"<TimerHandle {self._action!r} at {self.when:.3f} {state}>"
+
+    @property
+    def pending(self) -> bool:
+        """True until the call ran or was cancelled."""
+        return self._timer is not None
+
+    def cancel(self) -> bool:
+        """Drop the call if it has not run; True if this cancelled it.  Never blocks
+        for long and never raises: safe from any thread, even the timer's own."""
+        timer = self._timer
+        if timer is None:
+            return False
+        return timer._cancel(self)
 
 
 class Timer:
     """Runs ``action(*args)`` on its own thread at (or just after) each deadline."""
 
     def __init__(self, name: str) -> None:
-        self._heap: list[tuple[float, int, Callable[..., Any], tuple[Any, ...]]] = []
+        self._heap: list[tuple[float, int, TimerHandle]] = []
         self._seq = itertools.count()
         self._cond = threading.Condition(threading.Lock())
         self._stopped = False
+        self._cancelled = 0  # tombstones in the heap (under _cond)
         self._thread = threading.Thread(target=self._run, name=f"{name}-timer", daemon=True)
         self._thread.start()
 
-    def call_at(self, deadline: float, action: Callable[..., Any], *args: Any) -> None:
+    def __len__(self) -> int:
+        """Live (not cancelled) entries."""
+        return len(self._heap) - self._cancelled
+
+    def call_at(self, deadline: float, action: Callable[..., Any], *args: Any) -> TimerHandle:
         with self._cond:
             if self._stopped:
                 raise RuntimeError("timer stopped")
-            entry = (deadline, next(self._seq), action, args)
+            th = TimerHandle(self, deadline, action, args)
+            entry = (deadline, next(self._seq), th)
             heapq.heappush(self._heap, entry)
             if self._heap[0] is entry:
                 self._cond.notify()
+        return th
 
-    def call_later(self, delay: float, action: Callable[..., Any], *args: Any) -> None:
-        self.call_at(time.monotonic() + delay, action, *args)
+    def call_later(self, delay: float, action: Callable[..., Any], *args: Any) -> TimerHandle:
+        return self.call_at(time.monotonic() + delay, action, *args)
+
+    def _cancel(self, th: TimerHandle) -> bool:
+        with self._cond:
+            if th._timer is None:
+                return False  # it fired (or was cancelled) meanwhile
+            th._timer = None
+            th._action = None
+            th._args = ()
+            self._cancelled += 1
+            heap = self._heap
+            if len(heap) >= _COMPACT_MIN and self._cancelled > _COMPACT_FRACTION * len(heap):
+                heap[:] = [e for e in heap if e[2]._timer is not None]
+                heapq.heapify(heap)
+                self._cancelled = 0
+        return True
 
     def pending(self) -> list[tuple[Callable[..., Any], tuple[Any, ...]]]:
-        """A snapshot of what is waiting (for stats and shutdown)."""
+        """A snapshot of what is waiting (tests and debugging; O(n) under the lock)."""
         with self._cond:
-            return [(action, args) for _, _, action, args in self._heap]
+            return [(e[2]._action, e[2]._args) for e in self._heap if e[2]._action is not None]
 
-    def stop(self) -> list[tuple[Callable[..., Any], tuple[Any, ...]]]:
-        """Stop the thread; returns the entries that never fired."""
+    def stop(self, join: bool = True) -> list[tuple[Callable[..., Any], tuple[Any, ...]]]:
+        """Stop the thread; returns the entries that never fired (deadline order).
+
+        ``join=False`` only tells the thread to end (it does at once).
+        """
+        left: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
         with self._cond:
             self._stopped = True
-            left = [(action, args) for _, _, action, args in sorted(self._heap)]
+            for _, _, th in sorted(self._heap):
+                if th._action is not None:
+                    left.append((th._action, th._args))
+                th._timer = None
+                th._action = None
+                th._args = ()
             self._heap.clear()
+            self._cancelled = 0
             self._cond.notify()
-        if threading.current_thread() is not self._thread:
+        if join and threading.current_thread() is not self._thread:
             self._thread.join()
         return left
 
-    def _run(self) -> None:
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    def _next_due(self) -> TimerHandle | None:
+        """Under _cond: wait for the earliest live entry to come due; None once stopped."""
         cond = self._cond
         heap = self._heap
+        while not self._stopped:
+            while heap and heap[0][2]._timer is None:  # a tombstone on top: drop it
+                heapq.heappop(heap)
+                self._cancelled -= 1
+            if not heap:
+                cond.wait()
+                continue
+            wait = heap[0][0] - time.monotonic()
+            if wait <= 0:
+                th = heapq.heappop(heap)[2]
+                th._timer = None  # fired: cancel() is now a no-op
+                return th
+            cond.wait(min(wait, MAX_SLICE))
+        return None
+
+    def _run(self) -> None:
         while True:
-            with cond:
-                while not self._stopped:
-                    if heap:
-                        wait = heap[0][0] - time.monotonic()
-                        if wait <= 0:
-                            break
-                        cond.wait(wait)
-                    else:
-                        cond.wait()
-                if self._stopped:
-                    return
-                _, _, action, args = heapq.heappop(heap)
             try:
+                with self._cond:
+                    th = self._next_due()
+                if th is None:
+                    return
+                action, args = th._action, th._args
+                th._action = None
+                th._args = ()
+                assert action is not None
                 action(*args)
-            except BaseException as exc:  # a timer action must never kill the timer
-                report_unraisable(exc, f"cytask timer action {action!r}")
+            except BaseException as exc:  # nothing may kill the timer
+                report_unraisable(exc, f"cytask timer {self._thread.name}")
+
+
+class HandOff:
+    """Pushes due tasks whose priority level was full when the timer tried them.
+
+    The timer must never wait for queue space (it would stop every time limit,
+    delay, retry and periodic run).  It pushes without waiting; when the level is
+    full the handle, already PENDING, comes here.  One thread per level, started
+    on first use and gone when its backlog is empty, pushes each handle in FIFO
+    order with the engine's ordinary backpressure: it waits for space (woken by the
+    pop that frees it) up to ``submit_timeout``, then fails the handle with
+    ``QueueFull``.  A handle cancelled meanwhile (``cancel()``, shutdown) is
+    dropped within ``_SLICE`` s.  So every due task still ends in a terminal state
+    its handle reports.
+    """
+
+    _SLICE = 0.1  # longest wait for space before looking for cancellation again
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._lock = threading.Lock()
+        self._backlog: dict[int, collections.deque[tuple[TaskHandle[Any], float]]] = {}
+        self._threads: dict[int, threading.Thread] = {}
+        self._idle = threading.Condition(self._lock)
+
+    def __len__(self) -> int:
+        """Handles waiting here (the one being pushed included)."""
+        with self._lock:
+            return sum(len(q) for q in self._backlog.values())
+
+    def put(self, h: TaskHandle[Any], level: int) -> None:
+        """Queue a PENDING handle the timer could not push (from the timer thread)."""
+        with self._lock:
+            q = self._backlog.setdefault(level, collections.deque())
+            q.append((h, time.monotonic()))
+            if level in self._threads:
+                return
+            t = threading.Thread(
+                target=self._drain,
+                args=(level, q),
+                name=f"{self._engine.name}-handoff-{level}",
+                daemon=True,
+            )
+            self._threads[level] = t
+        try:
+            t.start()
+        except BaseException:
+            with self._lock:
+                del self._threads[level]
+            raise
+
+    def _drain(self, level: int, q: collections.deque[tuple[TaskHandle[Any], float]]) -> None:
+        while True:
+            with self._lock:
+                if not q:
+                    del self._backlog[level]
+                    del self._threads[level]
+                    self._idle.notify_all()
+                    return
+                h, since = q[0]
+            try:
+                self._push(h, since)
+            except BaseException as exc:
+                report_unraisable(exc, f"cytask hand-off of task {h.task_id}")
+            with self._lock:
+                q.popleft()
+
+    def _push(self, h: TaskHandle[Any], since: float) -> None:
+        from cytask._engine import _FAILED, _PENDING
+        from cytask._errors import QueueFull
+
+        engine = self._engine
+        limit = engine._submit_timeout
+        deadline = None if limit is None else since + limit
+        while True:
+            left = self._SLICE if deadline is None else min(self._SLICE, deadline - time.monotonic())
+            if left <= 0:
+                exc = QueueFull(
+                    f"priority {h.priority.name} queue is full ({engine.queue_capacity} tasks) "
+                    f"and stayed full for submit_timeout={limit} s after task {h.task_id} "
+                    f"was due; raise queue_size or submit_timeout, or submit more slowly"
+                )
+                exc.handle = h
+                h._complete(_FAILED, exc, _PENDING)
+                return
+            # waits (GIL released) for a pop to free a slot; None: still full
+            if engine._enqueue_handle(h, _PENDING, left) is not None:
+                return  # queued, or cancelled meanwhile
+
+    def cancel_all(self, why: str) -> int:
+        """Cancel every handle still waiting here (shutdown); returns how many."""
+        from cytask._engine import _CANCELLED, _PENDING
+        from cytask._errors import CancelledError
+
+        with self._lock:
+            waiting = [h for q in self._backlog.values() for h, _ in q]
+        n = 0
+        for h in waiting:
+            if h._complete(_CANCELLED, CancelledError(f"task {h.task_id} {why}"), _PENDING):
+                n += 1
+        return n
+
+    def join(self, timeout: float | None) -> bool:
+        """Wait until the backlog is pushed (or failed, or cancelled); False on time-out."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while self._threads:
+                left = MAX_SLICE if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(min(left, MAX_SLICE))
+        return True

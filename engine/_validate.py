@@ -9,7 +9,14 @@ from typing import Any
 
 from cytask._enums import Priority
 
-__all__ = ["check_callable", "check_int", "check_nonneg_number", "check_priority", "check_signals"]
+__all__ = [
+    "check_callable",
+    "check_duration",
+    "check_int",
+    "check_nonneg_number",
+    "check_priority",
+    "check_signals",
+]
 
 
 def _type_name(value: object) -> str:
@@ -98,3 +105,21 @@ def check_signals(value: object, name: str) -> list[signal.Signals]:
             raise ValueError(f"Expected distinct signals in {name}, got {sig!r} twice")
         out.append(signal.Signals(sig))
     return out
+
+
+def check_duration(
+    value: Any,
+    name: str,
+    *,
+    allow_none: bool = False,
+    positive: bool = False,
+    none_means: str = "",
+) -> float | None:
+    """Seconds the engine schedules by (a delay, an interval, a time limit, a TTL):
+    a finite number >= 0 (> 0 if `positive`).  Waits elsewhere accept inf and clamp
+    huge values to "no limit"; a schedule at infinity is a mistake, said at once."""
+    seconds = check_nonneg_number(value, name, allow_none=allow_none, positive=positive)
+    if seconds is not None and seconds == float("inf"):
+        hint = f" (None for {none_means})" if none_means else ""
+        raise ValueError(f"Expected a finite number of seconds for {name}{hint}, got {value!r}")
+    return seconds

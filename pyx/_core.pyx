@@ -152,6 +152,19 @@ STATUS_NAMES = (
 # A worker running Python tasks passes a GIL yield point (see _gil_yield) at least
 # this often, and after at most BATCH_MAX tasks.
 cdef int64_t BATCH_NS = 2_000_000
+# Durations longer than this (~31 years, or inf) mean "no limit": converting them
+# to nanoseconds would soon overflow int64_t (undefined in C).  Same bound as
+# _wait_deadline's.
+cdef double FOREVER_S = 1e9
+
+
+cdef inline int64_t _deadline_ns(double seconds) noexcept nogil:
+    """now + `seconds` as a ct_now_ns() deadline; -1 (none) for huge, inf or nan."""
+    if not (seconds <= FOREVER_S):
+        return -1
+    return ct_now_ns() + <int64_t>(seconds * 1e9)
+
+
 cdef int64_t NATIVE_FLUSH_NS = 1_000_000  # native completions wait this long at most
 # Adaptive spinning before parking, per worker: a spin that found work doubles the
 # next spin (up to SPIN_MAX rounds, ~40-80 us), one that ended in parking halves it
@@ -587,8 +600,10 @@ cdef class TaskHandle:
     cdef void _let_go(self) noexcept:
         """The task ended: drop the engine; let the GC see a result that may cycle back."""
         self._core = None
-        if self._value is not None and PyObject_GC_IsTracked(self._value) \
-                and not PyObject_GC_IsTracked(self):
+        # a handle is GC-untracked, so a result that is a handle (this one: a task
+        # returning current_task(); or one whose result leads back here) must count too
+        if self._value is not None and not PyObject_GC_IsTracked(self) and (
+                PyObject_GC_IsTracked(self._value) or type(self._value) is TaskHandle):
             PyObject_GC_Track(<void *>self)
 
     cdef void _run_callbacks(self) noexcept:
@@ -945,7 +960,9 @@ cdef class Core:
         self._current = [None] * MAX_WORKER_SLOTS
         self._spawn_lock = threading.Lock()
         self._min_workers = min_workers
-        self._idle_retire_ns = <int64_t>(idle_retire_s * 1e9)
+        # huge or inf: idle workers never retire (-1 parks without a time limit)
+        self._idle_retire_ns = (<int64_t>(idle_retire_s * 1e9)
+                                if idle_retire_s < FOREVER_S else -1)
         self._next_id = 1
         self._started_ns = ct_now_ns()
         self._gil_share = 1.0
@@ -1038,8 +1055,14 @@ cdef class Core:
             self._enqueue(h)
         return h
 
-    def _enqueue_handle(self, TaskHandle h, int32_t from_status):
-        """Queue a SCHEDULED/RETRYING handle now (the timer's call). False if cancelled."""
+    def _enqueue_handle(self, TaskHandle h, int32_t from_status, double wait=-1.0):
+        """Queue a SCHEDULED/RETRYING (or PENDING) handle now. False if cancelled.
+
+        With `wait` >= 0 (the timer, which must never block, and its hand-off): wait at
+        most that long for space, then return None, the handle left PENDING for the
+        caller to push later.  Otherwise wait as submit() does (submit_timeout, then
+        the handle fails with QueueFull).
+        """
         self._check_ready()
         if h._core is not self:   # None: it ended (cancelled) and let go of its engine
             if h._core is None:
@@ -1047,11 +1070,17 @@ cdef class Core:
             raise ValueError(f"task {h.task_id} belongs to another engine")
         if not ct_cas_i32(h._status_ptr(), from_status, ST_PENDING):
             return False
-        self._enqueue(h)
+        if not self._enqueue(h, wait):
+            return None
         return True
 
-    cdef int _enqueue(self, TaskHandle h) except -1:
-        """Push a PENDING handle (the ring takes a reference), waiting for space."""
+    cdef int _enqueue(self, TaskHandle h, double wait=-1.0) except -1:
+        """Push a PENDING handle (the ring takes a reference), waiting for space up to
+        submit_timeout, then failing it with QueueFull.
+
+        Returns 1.  With `wait` >= 0: waits at most `wait` s and returns 0 (nothing
+        pushed, nothing failed) if the level is still full.
+        """
         cdef ct_ring *ring = &self._rings[h._priority]
         cdef void *item
         if h._ncall != NULL:
@@ -1060,7 +1089,11 @@ cdef class Core:
             item = <void *>h
         Py_INCREF(h)
         if not ct_ring_push(ring, item):
-            if not self._wait_for_space(ring, item):
+            if wait >= 0:
+                if not self._wait_for_space(ring, item, wait):
+                    Py_DECREF(h)
+                    return 0
+            elif not self._wait_for_space(ring, item, self._submit_timeout):
                 Py_DECREF(h)
                 self._overflow(h)
         if CT_DEBUG:
@@ -1068,7 +1101,7 @@ cdef class Core:
         ct_parker_notify_one(&self._parker)
         if ct_load_i32(&self._grower.waiters) and not ct_load_i32(&self._parker.sleepers):
             self._poke_grower()
-        return 0
+        return 1
 
     cdef void _poke_grower(self) noexcept:
         """Work was queued and no worker is idle: wake the auto-scaler, once."""
@@ -1085,7 +1118,7 @@ cdef class Core:
         """The auto-scaler sleeps here (GIL released) until work arrives with no
         idle worker, or `timeout` seconds pass."""
         cdef uint32_t s
-        cdef int64_t t = <int64_t>(timeout * 1e9)
+        cdef int64_t t = <int64_t>(timeout * 1e9) if timeout < FOREVER_S else -1
         with nogil:
             ct_store_i32(&self._grower.waiters, 1)
             s = ct_load_u32(&self._grower.seq)
@@ -1093,16 +1126,17 @@ cdef class Core:
                 ct_futex_wait(&self._grower.seq, s, t)
             ct_store_i32(&self._grower.waiters, 0)
 
-    cdef bint _wait_for_space(self, ct_ring *ring, void *item):
-        """The ring was full: wait (GIL released) until a pop frees a slot."""
+    cdef bint _wait_for_space(self, ct_ring *ring, void *item, double timeout):
+        """The ring was full: wait (GIL released) until a pop frees a slot, at most
+        `timeout` s (< 0: without limit), and push `item`; False if it never fit."""
         cdef int64_t deadline = -1
         cdef int64_t left
         cdef uint32_t s
         cdef bint pushed = False
-        if self._submit_timeout == 0:
+        if timeout == 0:
             return False
-        if self._submit_timeout > 0:
-            deadline = ct_now_ns() + <int64_t>(self._submit_timeout * 1e9)
+        if timeout > 0:
+            deadline = _deadline_ns(timeout)
         with nogil:
             ct_add_i32(&self._space.waiters, 1)
             while True:
@@ -1226,7 +1260,7 @@ cdef class Core:
         if entry is not None and entry[0] is self:
             own = entry[1]
         if timeout is not None:
-            deadline = ct_now_ns() + <int64_t>(timeout * 1e9)
+            deadline = _deadline_ns(timeout)
         with nogil:
             while True:
                 s = ct_load_u32(&self._exited.seq)
@@ -1694,6 +1728,7 @@ cdef class Core:
         cdef int64_t t0, t1
         cdef BaseException error = None
         cdef bint retried = False
+        limit = None   # the timer entry of this attempt's time limit
         if not ct_cas_i32(&h._status, ST_PENDING, ST_RUNNING):
             return   # cancelled while queued: cancel() already finished it
         h._attempts += 1
@@ -1702,7 +1737,7 @@ cdef class Core:
         w.task_started_ns = t0
         try:
             if h.options is not None and h.options.timeout > 0:
-                self._on_timed_start(h)
+                limit = self._on_timed_start(h)
             if h._kwargs is None:
                 value = h._fn(*h._args)
             else:
@@ -1716,6 +1751,8 @@ cdef class Core:
                     f"task {h.task_id} ({h.name or h._fn!r}) returned a generator: its "
                     f"body never ran; a task must be a plain or async function")
                 value = None
+        if limit is not None:
+            self._on_timed_end(limit)   # the attempt returned: drop its expiry at once
         t1 = ct_now_ns()
         w.task_started_ns = 0
         self._current[slot] = None
@@ -1755,7 +1792,14 @@ cdef class Core:
     # -- hooks the Python engine overrides ------------------------------------
 
     def _on_timed_start(self, TaskHandle h):
-        pass
+        """A task with a time limit starts an attempt; returns a token for _on_timed_end."""
+        return None
+
+    cdef void _on_timed_end(self, limit) noexcept:
+        try:
+            limit.cancel()
+        except BaseException as exc:
+            _report_unraisable(exc, "cancelling a time limit")
 
     def _on_retry(self, TaskHandle h, BaseException exc):
         return False
@@ -1850,12 +1894,13 @@ cdef class Core:
 
     def _sweep_results(self, double ttl):
         """Drop finished handles older than `ttl` s from the store; returns how many."""
-        cdef int64_t cutoff = ct_now_ns() - <int64_t>(ttl * 1e9)
+        cdef int64_t cutoff
         cdef Py_ssize_t i
         cdef int n = 0
         cdef TaskHandle h
-        if self._results is None:
-            return 0
+        if self._results is None or not (ttl < FOREVER_S):
+            return 0   # nothing can be that old
+        cutoff = ct_now_ns() - <int64_t>(ttl * 1e9)
         for i in range(self._results_len):
             obj = self._results[i]
             if obj is None:
