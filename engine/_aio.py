@@ -270,7 +270,9 @@ class AsyncRunner:
         loop.stop()
         finished.set()  # now: a done-callback would never run on a stopping loop
 
-    def _end(self, handle: TaskHandle[Any], coro: Coroutine[Any, Any, Any] | None, why: str) -> None:
+    def _end(
+        self, handle: TaskHandle[Any], coro: Coroutine[Any, Any, Any] | None, why: str
+    ) -> None:
         from cytask._errors import CancelledError
 
         if coro is not None:

@@ -435,7 +435,9 @@ class Engine(_core.Core):
         # a weak reference: the entry must never keep the handle (or its result) alive
         deadline = time.monotonic() + h.options.timeout
         with self._lock:
-            return self._timer_call_at_locked(deadline, True, self._expire, weakref.ref(h), h.attempts)
+            return self._timer_call_at_locked(
+                deadline, True, self._expire, weakref.ref(h), h.attempts
+            )
 
     def _expire(self, ref: weakref.ref[TaskHandle[Any]], attempt: int) -> None:
         """A time limit passed: fail the handle, ask the task to stop, keep capacity."""

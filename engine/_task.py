@@ -165,7 +165,9 @@ def _build(fn: Callable[P, R], options: dict[str, Any]) -> Task[P, R]:
         raise TypeError(
             f"Expected an exception class or a tuple of them for retry_on, got {retry_on!r}"
         )
-    timeout = check_duration(options.get("timeout"), "timeout", allow_none=True, none_means="no limit")
+    timeout = check_duration(
+        options.get("timeout"), "timeout", allow_none=True, none_means="no limit"
+    )
     if timeout == 0:
         raise ValueError("Expected timeout > 0 or None, got 0")
     name = options.get("name") or f"{fn.__module__}.{getattr(fn, '__qualname__', fn)}"

@@ -256,7 +256,9 @@ class HandOff:
         limit = engine._submit_timeout
         deadline = None if limit is None else since + limit
         while True:
-            left = self._SLICE if deadline is None else min(self._SLICE, deadline - time.monotonic())
+            left = (
+                self._SLICE if deadline is None else min(self._SLICE, deadline - time.monotonic())
+            )
             if left <= 0:
                 exc = QueueFull(
                     f"priority {h.priority.name} queue is full ({engine.queue_capacity} tasks) "

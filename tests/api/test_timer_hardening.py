@@ -4,6 +4,7 @@ shutdown from odd places, and what finished work leaves behind (issue 7)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import subprocess
 import sys
@@ -194,10 +195,8 @@ def test_shutdown_timeout_ends_an_async_task_that_ignores_cancellation(
     async def stubborn() -> None:
         started.set()
         while not stop.is_set():
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.sleep(0.01)
-            except asyncio.CancelledError:
-                pass
 
     h = eng.submit(stubborn)
     assert started.wait(30)
