@@ -169,6 +169,7 @@ class Timer:
 
     def _run(self) -> None:
         while True:
+            action: Callable[..., Any] | None = None
             try:
                 with self._cond:
                     th = self._next_due()
@@ -180,7 +181,8 @@ class Timer:
                 assert action is not None
                 action(*args)
             except BaseException as exc:  # nothing may kill the timer
-                report_unraisable(exc, f"cytask timer {self._thread.name}")
+                where = f"action {action!r}" if action is not None else self._thread.name
+                report_unraisable(exc, f"cytask timer {where}")
 
 
 class HandOff:
