@@ -288,7 +288,11 @@ class Engine(_core.Core):
             if self._handoff is None:
                 self._handoff = HandOff(self)
             handoff = self._handoff
-        handoff.put(h, h.priority.value)
+        try:
+            handoff.put(h, h.priority.value)
+        except BaseException as exc:  # no hand-off thread: the handle must still end
+            h._complete(_FAILED, exc, _PENDING)
+            raise
 
     def _submit_eager(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> TaskHandle[R]:
         if isinstance(fn, Task):  # keeps its retries, time limit and priority, as submit() does

@@ -229,9 +229,15 @@ class HandOff:
             self._threads[level] = t
         try:
             t.start()
-        except BaseException:
+        except BaseException as exc:  # no thread (the process is at its limit)
+            from cytask._engine import _FAILED, _PENDING
+
             with self._lock:
                 del self._threads[level]
+                del self._backlog[level]
+            for other, _ in q:  # the caller fails `h`; any that joined it fail alike
+                if other is not h:
+                    other._complete(_FAILED, exc, _PENDING)
             raise
 
     def _drain(self, level: int, q: collections.deque[tuple[TaskHandle[Any], float]]) -> None:

@@ -451,3 +451,26 @@ def test_slow_periodic_runs_do_not_pile_up(make_engine: Callable[..., Engine]) -
     assert p.runs == 1 and peak == 1  # ... not queued behind it
     release.set()
     p.cancel()
+
+
+def test_due_task_fails_if_no_hand_off_thread_can_start(
+    make_engine: Callable[..., Engine],
+    hold: Callable[..., threading.Event],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reported: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+    eng = make_engine(workers=1, queue_size=2, submit_timeout=None)
+    gate = hold(eng, 1)
+    queued = _fill(eng)
+
+    def no_thread(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    h = eng.add_task(int, delay=0.01)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        h.result(timeout=10)  # ended, not left pending forever
+    monkeypatch.undo()
+    gate.set()
+    assert all(q.result(timeout=10) == 0 for q in queued)
