@@ -145,7 +145,7 @@ class Engine(_core.Core):
         self._accept_timed = True  # timer-held work is still accepted
         self._sampler = StatsSampler()
         self._retried = 0
-        self._submit_timeout = submit_timeout
+        self._submit_wait = submit_timeout  # seconds, for the timer's hand-off (None: no limit)
         self._timer: Timer | None = None
         self._timer_closed = False  # under _lock: set once shutdown stops the timer
         # task_id -> (timer entry, handle) of each delayed or retrying task the timer
@@ -280,7 +280,7 @@ class Engine(_core.Core):
         """
         if self._enqueue_handle(h, from_status, 0.0) is not None:
             return  # queued, or cancelled meanwhile
-        if self._submit_timeout == 0:
+        if self._submit_wait == 0:
             with contextlib.suppress(QueueFull):  # fails the handle at once, never waits
                 self._enqueue_handle(h, _PENDING)
             return
@@ -583,7 +583,10 @@ class Engine(_core.Core):
             # the rest (draining, then stopping the loop and timer threads) happens in
             # the background, so no thread of this engine outlives its work
             threading.Thread(
-                target=self._finish_shutdown, args=(deadline,), name=f"{self.name}-shutdown"
+                target=self._finish_shutdown,
+                args=(deadline,),
+                name=f"{self.name}-shutdown",
+                daemon=True,  # what happens at interpreter exit is unchanged
             ).start()
             return
         self._finish_shutdown(deadline)

@@ -261,7 +261,7 @@ class HandOff:
         from cytask._errors import QueueFull
 
         engine = self._engine
-        limit = engine._submit_timeout
+        limit = engine._submit_wait
         deadline = None if limit is None else since + limit
         while True:
             left = (
