@@ -94,7 +94,7 @@ class AsyncRunner:
                 continue
             if self._closed:
                 break
-        self._end_leftovers("its engine shut down before it finished")
+        self._end_leftovers("cancelled: its engine shut down before it finished")
         self._loop.close()
 
     @property

@@ -474,3 +474,29 @@ def test_due_task_fails_if_no_hand_off_thread_can_start(
     monkeypatch.undo()
     gate.set()
     assert all(q.result(timeout=10) == 0 for q in queued)
+
+
+def test_time_limits_still_fire_while_shutdown_drains(
+    make_engine: Callable[..., Engine], hold: Callable[..., threading.Event]
+) -> None:
+    eng = make_engine(workers=1)
+    stuck_gate = threading.Event()
+
+    @task(engine=eng, timeout=0.2)
+    def stuck() -> None:
+        stuck_gate.wait(60)
+
+    gate = hold(eng, 1)
+    h = stuck.delay()  # queued behind the held worker
+    closer = threading.Thread(target=eng.shutdown, kwargs={"wait": True, "timeout": 60})
+    closer.start()
+    try:
+        t0 = time.monotonic()
+        while not eng.closed and time.monotonic() - t0 < 10:
+            time.sleep(0.005)
+        gate.set()  # the drain starts `stuck` after shutdown began
+        with pytest.raises(TaskTimeout):
+            h.result(timeout=10)
+    finally:
+        stuck_gate.set()
+        closer.join(60)
