@@ -438,6 +438,12 @@ class Engine(_core.Core):
         assert h.options is not None
         # a weak reference: the entry must never keep the handle (or its result) alive
         deadline = time.monotonic() + h.options.timeout
+        timer = self._timer
+        if timer is not None:  # the hot path: no engine lock (a stopped timer refuses)
+            try:
+                return timer.call_at(deadline, self._expire, weakref.ref(h), h.attempts)
+            except RuntimeError:
+                return None
         with self._lock:
             return self._timer_call_at_locked(
                 deadline, True, self._expire, weakref.ref(h), h.attempts

@@ -37,27 +37,28 @@ __all__ = ["HandOff", "Timer", "TimerHandle"]
 # the longest single wait: far below threading.TIMEOUT_MAX, and short enough that
 # a clock that jumps (suspend) is looked at again soon
 MAX_SLICE = 3600.0
-# compact when tombstones are more than this share of a heap at least this big
-_COMPACT_FRACTION = 0.5
+# compact when tombstones are more than this many and more than half the heap
 _COMPACT_MIN = 100
 
 
 class TimerHandle:
     """One scheduled call; ``cancel()`` it to drop it (and what it refers to) at once."""
 
-    __slots__ = ("_action", "_args", "_timer", "when")
+    __slots__ = ("_call", "_timer", "when")
 
     def __init__(
         self, timer: Timer, when: float, action: Callable[..., Any], args: tuple[Any, ...]
     ) -> None:
         self._timer: Timer | None = timer  # None once fired or cancelled
         self.when = when
-        self._action: Callable[..., Any] | None = action
-        self._args = args
+        # (action, args) in one field: the timer thread reads it with one load, so a
+        # racing cancel() cannot leave it an action without its arguments
+        self._call: tuple[Callable[..., Any], tuple[Any, ...]] | None = (action, args)
 
     def __repr__(self) -> str:
         state = "pending" if self._timer is not None else "done"
-        return f"<TimerHandle {self._action!r} at {self.when:.3f} {state}>"
+        action = self._call[0] if self._call is not None else None
+        return f"<TimerHandle {action!r} at {self.when:.3f} {state}>"
 
     @property
     def pending(self) -> bool:
@@ -65,12 +66,23 @@ class TimerHandle:
         return self._timer is not None
 
     def cancel(self) -> bool:
-        """Drop the call if it has not run; True if this cancelled it.  Never blocks
-        for long and never raises: safe from any thread, even the timer's own."""
+        """Drop the call if it has not run; True if this cancelled it.
+
+        Lock-free (a worker cancels the time limit of every attempt that returns):
+        the fields are single-word stores under the GIL.  Racing the timer thread
+        is harmless: it pops the entry and clears ``_timer`` before it reads the
+        action, and skips an action found cleared.  The tombstone count may be off
+        by a racing update; it only decides when to compact.
+        """
         timer = self._timer
         if timer is None:
             return False
-        return timer._cancel(self)
+        self._timer = None
+        self._call = None
+        timer._cancelled += 1
+        if timer._cancelled > _COMPACT_MIN and timer._cancelled * 2 > len(timer._heap):
+            timer._compact()
+        return True
 
 
 class Timer:
@@ -79,49 +91,46 @@ class Timer:
     def __init__(self, name: str) -> None:
         self._heap: list[tuple[float, int, TimerHandle]] = []
         self._seq = itertools.count()
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()  # guards _heap; `with` on it directly is cheapest
+        self._cond = threading.Condition(self._lock)
         self._stopped = False
-        self._cancelled = 0  # tombstones in the heap (under _cond)
+        self._cancelled = 0  # about how many tombstones the heap holds
         self._thread = threading.Thread(target=self._run, name=f"{name}-timer", daemon=True)
         self._thread.start()
 
     def __len__(self) -> int:
-        """Live (not cancelled) entries."""
-        return len(self._heap) - self._cancelled
+        """Live (not cancelled) entries; O(n), for tests and debugging."""
+        with self._lock:
+            return sum(1 for e in self._heap if e[2]._timer is not None)
 
     def call_at(self, deadline: float, action: Callable[..., Any], *args: Any) -> TimerHandle:
-        with self._cond:
+        th = TimerHandle(self, deadline, action, args)
+        entry = (deadline, next(self._seq), th)
+        with self._lock:
             if self._stopped:
+                th._timer = None
                 raise RuntimeError("timer stopped")
-            th = TimerHandle(self, deadline, action, args)
-            entry = (deadline, next(self._seq), th)
-            heapq.heappush(self._heap, entry)
-            if self._heap[0] is entry:
+            heap = self._heap
+            heapq.heappush(heap, entry)
+            if heap[0] is entry:
                 self._cond.notify()
         return th
 
     def call_later(self, delay: float, action: Callable[..., Any], *args: Any) -> TimerHandle:
         return self.call_at(time.monotonic() + delay, action, *args)
 
-    def _cancel(self, th: TimerHandle) -> bool:
-        with self._cond:
-            if th._timer is None:
-                return False  # it fired (or was cancelled) meanwhile
-            th._timer = None
-            th._action = None
-            th._args = ()
-            self._cancelled += 1
+    def _compact(self) -> None:
+        """Rebuild the heap without tombstones (amortised O(1) per cancel)."""
+        with self._lock:
             heap = self._heap
-            if len(heap) >= _COMPACT_MIN and self._cancelled > _COMPACT_FRACTION * len(heap):
-                heap[:] = [e for e in heap if e[2]._timer is not None]
-                heapq.heapify(heap)
-                self._cancelled = 0
-        return True
+            heap[:] = [e for e in heap if e[2]._timer is not None]
+            heapq.heapify(heap)
+            self._cancelled = 0
 
     def pending(self) -> list[tuple[Callable[..., Any], tuple[Any, ...]]]:
         """A snapshot of what is waiting (tests and debugging; O(n) under the lock)."""
-        with self._cond:
-            return [(e[2]._action, e[2]._args) for e in self._heap if e[2]._action is not None]
+        with self._lock:
+            return [e[2]._call for e in self._heap if e[2]._call is not None]
 
     def stop(self, join: bool = True) -> list[tuple[Callable[..., Any], tuple[Any, ...]]]:
         """Stop the thread; returns the entries that never fired (deadline order).
@@ -129,14 +138,14 @@ class Timer:
         ``join=False`` only tells the thread to end (it does at once).
         """
         left: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
-        with self._cond:
+        with self._lock:
             self._stopped = True
             for _, _, th in sorted(self._heap):
-                if th._action is not None:
-                    left.append((th._action, th._args))
+                call = th._call
                 th._timer = None
-                th._action = None
-                th._args = ()
+                th._call = None
+                if call is not None:
+                    left.append(call)
             self._heap.clear()
             self._cancelled = 0
             self._cond.notify()
@@ -149,13 +158,14 @@ class Timer:
         return self._stopped
 
     def _next_due(self) -> TimerHandle | None:
-        """Under _cond: wait for the earliest live entry to come due; None once stopped."""
+        """Under the lock: wait for the earliest live entry to come due; None once stopped."""
         cond = self._cond
         heap = self._heap
         while not self._stopped:
             while heap and heap[0][2]._timer is None:  # a tombstone on top: drop it
                 heapq.heappop(heap)
-                self._cancelled -= 1
+                if self._cancelled > 0:
+                    self._cancelled -= 1
             if not heap:
                 cond.wait()
                 continue
@@ -171,15 +181,15 @@ class Timer:
         while True:
             action: Callable[..., Any] | None = None
             try:
-                with self._cond:
+                with self._lock:
                     th = self._next_due()
                 if th is None:
                     return
-                action, args = th._action, th._args
-                th._action = None
-                th._args = ()
-                assert action is not None
-                action(*args)
+                call = th._call  # one load (see TimerHandle._call)
+                th._call = None
+                if call is not None:  # None: cancelled just as it came due
+                    action = call[0]
+                    action(*call[1])
             except BaseException as exc:  # nothing may kill the timer
                 where = f"action {action!r}" if action is not None else self._thread.name
                 report_unraisable(exc, f"cytask timer {where}")
