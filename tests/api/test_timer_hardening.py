@@ -70,11 +70,15 @@ def test_full_queue_does_not_stop_time_limits_or_delays(
     due_normal = eng.add_task(lambda: "normal", delay=0.01)
     due_high = eng.add_task(lambda: "high", delay=0.05, priority=Priority.HIGH)
     try:
+        t0 = time.monotonic()
+        while due_normal.status is TaskStatus.SCHEDULED and time.monotonic() - t0 < 10:
+            time.sleep(0.005)
+        if not limited.done():  # nothing has freed a slot yet
+            assert due_normal.status is TaskStatus.PENDING  # due, waiting for space
         with pytest.raises(TaskTimeout):
             limited.result(timeout=10)  # the time limit still fired
         # the replacement worker for the stuck slot runs the HIGH task the timer queued
         assert due_high.result(timeout=10) == "high"
-        assert due_normal.status is TaskStatus.PENDING  # due, waiting for space
     finally:
         gate.set()
         stuck_gate.set()
