@@ -504,3 +504,23 @@ def test_time_limits_still_fire_while_shutdown_drains(
     finally:
         stuck_gate.set()
         closer.join(60)
+
+
+def test_periodic_run_due_on_a_full_queue_waits_then_runs(
+    make_engine: Callable[..., Engine], hold: Callable[..., threading.Event]
+) -> None:
+    eng = make_engine(workers=1, queue_size=2, submit_timeout=None)
+    gate = hold(eng, 1)
+    queued = _fill(eng)
+    ran = threading.Event()
+    p = eng.every(0.01, ran.set)
+    t0 = time.monotonic()
+    while p.skipped < 3 and time.monotonic() - t0 < 10:
+        time.sleep(0.005)
+    # the first run waits for space (the timer went on: later firings were skipped)
+    assert p.runs == 1 and p.skipped >= 3 and p.dropped == 0
+    assert p.last_handle is not None and p.last_handle.status is TaskStatus.PENDING
+    gate.set()
+    assert ran.wait(10)
+    p.cancel()
+    assert all(q.result(timeout=10) == 0 for q in queued)
