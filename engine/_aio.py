@@ -15,6 +15,7 @@ import collections
 import contextlib
 import contextvars
 import threading
+import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -218,12 +219,15 @@ class AsyncRunner:
             return
         if threading.current_thread() is self._thread:
             return
-        if timeout is None or timeout >= _MAX_WAIT:
-            finished.wait()
-        elif not finished.wait(timeout + _GRACE * 2):
-            # the loop itself is blocked (a coroutine that never awaits): end the
-            # handles from here; the loop thread stops once it gets control back
-            self._end_leftovers("cancelled: Engine.shutdown() timed out while it ran")
+        limit = None if timeout is None or timeout >= _MAX_WAIT else timeout + _GRACE * 2
+        deadline = None if limit is None else time.monotonic() + limit
+        # in slices: a loop thread that is gone (it ended everything) sets nothing
+        while not finished.wait(0.1) and self._thread.is_alive():
+            if deadline is not None and time.monotonic() >= deadline:
+                # the loop itself is blocked (a coroutine that never awaits): end the
+                # handles from here; the loop thread stops once it gets control back
+                self._end_leftovers("cancelled: Engine.shutdown() timed out while it ran")
+                break
         self._thread.join(_GRACE)
 
     def _begin_stop(self, timeout: float | None, finished: threading.Event) -> None:

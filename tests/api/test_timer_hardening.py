@@ -212,6 +212,28 @@ def test_shutdown_timeout_ends_an_async_task_that_ignores_cancellation(
         stop.set()
 
 
+def test_shutdown_timeout_ends_an_async_task_that_blocks_the_loop(
+    make_engine: Callable[..., Engine],
+) -> None:
+    eng = make_engine(workers=1)
+    started = threading.Event()
+    release = threading.Event()
+
+    async def blocker() -> None:
+        started.set()
+        release.wait(30)  # never awaits: the loop itself is stuck
+
+    h = eng.submit(blocker)
+    assert started.wait(30)
+    try:
+        t0 = time.monotonic()
+        eng.shutdown(wait=True, timeout=0.2)
+        assert time.monotonic() - t0 < 10
+        assert h.status is TaskStatus.CANCELLED
+    finally:
+        release.set()
+
+
 @pytest.mark.parametrize("timeout", [None, 2.0])
 def test_shutdown_called_inside_an_async_task(timeout: float | None) -> None:
     proc = _run_child(
