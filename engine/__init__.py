@@ -9,6 +9,8 @@ def add(x: int, y: int) -> int:
 print(add.delay(1, 2).result(timeout=5))   # 3, computed on a worker thread
 """
 
+from typing import TYPE_CHECKING, Any
+
 from cytask import _core
 from cytask._context import current_task
 from cytask._core import TaskHandle, TaskOptions
@@ -27,14 +29,28 @@ from cytask._errors import (
 )
 from cytask._executor import EngineExecutor
 from cytask._periodic import Periodic
-from cytask._stats import EngineStats
 from cytask._task import Task, task
+
+if TYPE_CHECKING:
+    from cytask._stats import EngineStats
 
 _core._bind_enums(TaskStatus, Priority, CancelledError)
 _core._bind_errors(EngineClosed, QueueFull, native_error_for)
 _core._bind_task_type(Task)
 
 __version__ = "0.1.0"
+
+
+
+def __getattr__(name: str) -> Any:
+    # EngineStats is loaded on first use: its module needs dataclasses (and inspect),
+    # which `import cytask` would otherwise pay for (see benchmarks/core.py --import)
+    if name == "EngineStats":
+        from cytask._stats import EngineStats
+
+        return EngineStats
+    raise AttributeError(f"module 'cytask' has no attribute {name!r}")
+
 
 __all__ = [
     "CancelledError",

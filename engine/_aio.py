@@ -19,15 +19,13 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
+from cytask._context import current_async as _current
+
 if TYPE_CHECKING:
     from cytask._core import TaskHandle
     from cytask._engine import Engine
 
 __all__ = ["AsyncRunner", "await_handle", "current_async_handle"]
-
-_current: contextvars.ContextVar[TaskHandle[Any] | None] = contextvars.ContextVar(
-    "cytask_current_task", default=None
-)
 
 _SUCCEEDED = 4
 _FAILED = 5

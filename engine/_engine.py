@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import inspect
 import os
-import random
 import signal
 import threading
 import time
@@ -19,7 +16,6 @@ from cytask._compile import plan_for
 from cytask._core import TaskHandle, TaskOptions
 from cytask._enums import Priority
 from cytask._errors import CancelledError, EngineClosed, QueueFull, TaskTimeout
-from cytask._stats import EngineStats, StatsSampler
 from cytask._task import Task
 from cytask._timer import HandOff, Timer, TimerHandle
 from cytask._validate import (
@@ -32,10 +28,13 @@ from cytask._validate import (
 )
 
 if TYPE_CHECKING:
+    import datetime as dt
+
     from cytask._aio import AsyncRunner
     from cytask._autoscale import Supervisor
     from cytask._executor import EngineExecutor
     from cytask._periodic import Periodic
+    from cytask._stats import EngineStats, StatsSampler
 
 __all__ = ["Engine"]
 
@@ -143,7 +142,7 @@ class Engine(_core.Core):
         self._lock = threading.Lock()
         self._shut_down = False
         self._accept_timed = True  # timer-held work is still accepted
-        self._sampler = StatsSampler()
+        self._sampler: StatsSampler | None = None  # created by the first stats()
         self._retried = 0
         self._submit_wait = submit_timeout  # seconds, for the timer's hand-off (None: no limit)
         self._timer: Timer | None = None
@@ -498,7 +497,7 @@ class Engine(_core.Core):
         if (
             runner is not None
             and threading.current_thread() is runner._thread
-            and (h.task_id in self._async_ids or inspect.iscoroutinefunction(h._fn_))
+            and (h.task_id in self._async_ids or _is_async_fn(h._fn_))
         ):
             # an async task of this engine blocking its own loop on another async task:
             # the child can never run, so say so instead of hanging
@@ -530,7 +529,10 @@ class Engine(_core.Core):
         """A snapshot of queue depths, workers, throughput, latencies and memory."""
         scheduled = len(self._timed)  # O(1): stats() never walks the timer's heap
         from cytask._compile import compile_stats
+        from cytask._stats import EngineStats, StatsSampler  # dataclasses: not at import
 
+        if self._sampler is None:
+            self._sampler = StatsSampler()
         return EngineStats.from_core(
             self._core_stats(),
             self,
@@ -694,5 +696,13 @@ def _backoff(options: TaskOptions, attempt: int) -> float:
     # the exponent is capped: 2.0 ** 1024 raises OverflowError (retries=2000)
     delay = min(options.retry_backoff * 2.0 ** min(attempt - 1, 1000), options.retry_backoff_max)
     if options.retry_jitter and delay > 0:
+        import random  # on the first retry, not at `import cytask`
+
         delay = delay / 2 + random.uniform(0, delay / 2)
     return delay
+
+
+def _is_async_fn(fn: object) -> bool:
+    import inspect  # only on the event loop thread: `import cytask` does not load it
+
+    return inspect.iscoroutinefunction(fn)

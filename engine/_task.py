@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import inspect
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
@@ -60,6 +59,8 @@ class Task(Generic[P, R]):
         self.engine = engine
         self.compile_to_c = compile_to_c
         self.examples = list(examples)
+        import inspect  # here, not at module level: `import cytask` stays fast
+
         self.is_async = inspect.iscoroutinefunction(fn)
         self._compiled: Any = None  # a cytask.compiler.CompiledTask once compiled
         self._compile_future: Any = None  # its Future while compiling in the background
