@@ -1,6 +1,8 @@
 """Core figures of cytask beside ThreadPoolExecutor and Catzilla, in one process.
 
     python benchmarks/core.py [--quick] [--rounds N] [--no-catzilla]
+    python benchmarks/core.py --wake [--quick]   # wake latency at 1, 2, 4, 8, 16 workers
+    python benchmarks/core.py --import           # `import cytask` time; exit 1 above 20 ms
 
 Three measurements, each for ``cytask.Engine(workers=1|2)``,
 ``ThreadPoolExecutor(1|2)`` and, when it is importable, Catzilla's ``add_task``:
@@ -12,6 +14,11 @@ Three measurements, each for ``cytask.Engine(workers=1|2)``,
   ``time.perf_counter_ns()``; latency is that minus the time just before submit.
   Each sample waits for its result, then the pool idles 1-2 ms (seeded random, so a
   pool that polls on a timer, like Catzilla's 1 ms sleep, is not sampled in phase).
+
+``--wake`` measures only the idle wake latency, for pool sizes 1, 2, 4, 8 and 16,
+cytask beside ThreadPoolExecutor: the two pools live side by side and take turns
+sample by sample, so a noisy moment hits both.  ``--import`` times ``import cytask``
+in fresh interpreters (the best of several) and fails above ``IMPORT_BUDGET_MS``.
 
 Throughput rounds are interleaved (every system once per round) and the medians are
 reported, so a slow minute on this noisy 2-core machine hits every system alike.
@@ -30,6 +37,7 @@ import os
 import platform
 import random
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -50,6 +58,12 @@ CATZILLA_QUEUE_SIZE = 4_000_000  # Catzilla's NORMAL level holds queue_size // 2
 # spin (cytask parks after tens of us), and random so it does not beat with a poll timer
 WAKE_GAP_S = (0.001, 0.002)
 WAKE_SEED = 20240601
+WAKE_POOL_SIZES = (1, 2, 4, 8, 16)
+# goals at every pool size (issue 7): p50 <= 0.6x and p99 <= 1.0x ThreadPoolExecutor's
+WAKE_P50_GOAL = 0.6
+WAKE_P99_GOAL = 1.0
+IMPORT_BUDGET_MS = 20.0
+IMPORT_RUNS = 9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,6 +243,94 @@ def wake_latency(system: System, samples: int, warmup: int) -> None:
     system.wake_p99_us = lat[min(len(lat) - 1, int(len(lat) * 0.99))] / 1e3
 
 
+def wake_sizes(samples: int, warmup: int) -> list[tuple[int, list[int], list[int]]]:
+    """Wake latency (ns) of cytask and ThreadPoolExecutor at each of WAKE_POOL_SIZES.
+
+    Both pools of one size live at once and alternate sample by sample (which goes
+    first alternates too), each sample after its own 1-2 ms idle gap."""
+    out = []
+    gaps = random.Random(WAKE_SEED)
+    for n in WAKE_POOL_SIZES:
+        pools = (cytask_pool(n), executor_pool(n))
+        lat: tuple[list[int], list[int]] = ([], [])
+        for i in range(warmup + samples):
+            for k in (0, 1) if i % 2 else (1, 0):
+                pool = pools[k]
+                time.sleep(gaps.uniform(*WAKE_GAP_S))
+                t0 = time.perf_counter_ns()
+                started = pool.result(pool.submit(stamp))
+                if i >= warmup:
+                    lat[k].append(started - t0)
+        for pool in pools:
+            pool.drain([])
+        print(
+            f"  wake {n:2d} workers: cytask p50 {pct(lat[0], 0.5):.1f} us, ThreadPoolExecutor "
+            f"p50 {pct(lat[1], 0.5):.1f} us",
+            file=sys.stderr,
+            flush=True,
+        )
+        out.append((n, lat[0], lat[1]))
+    return out
+
+
+def pct(ns: list[int], q: float) -> float:
+    """The q-quantile of `ns`, in microseconds."""
+    xs = sorted(ns)
+    return xs[min(len(xs) - 1, int(len(xs) * q))] / 1e3
+
+
+def wake_report(results: list[tuple[int, list[int], list[int]]]) -> tuple[str, bool]:
+    rows = []
+    ok_all = True
+    for n, cy, tpe in results:
+        r50 = pct(cy, 0.5) / pct(tpe, 0.5)
+        r99 = pct(cy, 0.99) / pct(tpe, 0.99)
+        ok = r50 <= WAKE_P50_GOAL and r99 <= WAKE_P99_GOAL
+        ok_all &= ok
+        rows.append(
+            [
+                str(n),
+                f"{pct(cy, 0.5):.1f}",
+                f"{pct(tpe, 0.5):.1f}",
+                f"{r50:.2f}x",
+                f"{pct(cy, 0.99):.1f}",
+                f"{pct(tpe, 0.99):.1f}",
+                f"{r99:.2f}x",
+                verdict(ok),
+            ]
+        )
+    table = md_table(
+        [
+            "workers",
+            "cytask p50 us",
+            "TPE p50 us",
+            f"p50 ratio (<= {WAKE_P50_GOAL})",
+            "cytask p99 us",
+            "TPE p99 us",
+            f"p99 ratio (<= {WAKE_P99_GOAL})",
+            "goal",
+        ],
+        rows,
+    )
+    return table, ok_all
+
+
+def import_ms(runs: int) -> list[float]:
+    """Wall time of `import cytask` in fresh interpreters, milliseconds, sorted."""
+    code = (
+        "import time; t = time.perf_counter(); import cytask; "
+        "print((time.perf_counter() - t) * 1e3)"
+    )
+    return sorted(
+        float(
+            subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, check=True
+            ).stdout
+        )
+        for _ in range(runs)
+    )
+
+
 # ---------------------------------------------------------------------------
 # Report
 
@@ -383,8 +485,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes, one round")
     parser.add_argument("--rounds", type=int, help="throughput rounds (median reported)")
     parser.add_argument("--no-catzilla", action="store_true", help="skip Catzilla")
+    parser.add_argument(
+        "--wake", action="store_true", help="only wake latency, 1-16 workers, beside TPE"
+    )
+    parser.add_argument(
+        "--import",
+        dest="import_time",
+        action="store_true",
+        help=f"only `import cytask` time; exit 1 above {IMPORT_BUDGET_MS:g} ms",
+    )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
+    if args.import_time:
+        ms = import_ms(IMPORT_RUNS)
+        ok = ms[0] <= IMPORT_BUDGET_MS
+        print(
+            f"import cytask: best {ms[0]:.1f} ms, median {statistics.median(ms):.1f} ms of "
+            f"{IMPORT_RUNS} fresh interpreters; budget {IMPORT_BUDGET_MS:g} ms: {verdict(ok)}"
+        )
+        return 0 if ok else 1
+    if args.wake:
+        print(
+            f"cytask {cytask.__version__}, Python {platform.python_version()}, "
+            f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; wake latency: "
+            f"{sizes.wake_samples:,} samples per system after {sizes.wake_warmup} warm-up, "
+            f"{WAKE_GAP_S[0] * 1e3:g}-{WAKE_GAP_S[1] * 1e3:g} ms idle before each",
+            flush=True,
+        )
+        table, _ = wake_report(wake_sizes(sizes.wake_samples, sizes.wake_warmup))
+        print()
+        print(table)
+        print(f"\nload average (1 min) at the end: {os.getloadavg()[0]:.2f}")
+        return 0
     if args.rounds is not None:
         sizes = dataclasses.replace(sizes, rounds=max(1, args.rounds))
     with_catzilla = catzilla_available() and not args.no_catzilla

@@ -27,6 +27,7 @@ from cpython.version cimport PY_VERSION_HEX
 from libc.string cimport memcpy, memset
 
 import _thread
+import os
 import sys
 import threading
 
@@ -63,8 +64,9 @@ cdef extern from "ct_ring.h":
     size_t ct_ring_size(const ct_ring *r) noexcept nogil
 
 cdef extern from "ct_park.h":
+    enum:
+        CT_PARK_WOKEN
     ctypedef struct ct_parker:
-        uint32_t seq
         int32_t sleepers
         int32_t wake_pending
     ctypedef struct ct_waitset:
@@ -72,9 +74,16 @@ cdef extern from "ct_park.h":
         int32_t waiters
     int64_t ct_now_ns() noexcept nogil
     void ct_futex_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns) noexcept nogil
+    int ct_parker_init(ct_parker *p, int32_t capacity, int32_t max_spinning) noexcept nogil
+    void ct_parker_free(ct_parker *p) noexcept nogil
+    int ct_parker_spin_begin(ct_parker *p) noexcept nogil
+    void ct_parker_spin_end(ct_parker *p) noexcept nogil
+    void ct_parker_push(ct_parker *p, uint32_t *word) noexcept nogil
+    int ct_parker_leave(ct_parker *p, uint32_t *word) noexcept nogil
+    void ct_parker_sleep(uint32_t *word, int64_t timeout_ns) noexcept nogil
     void ct_parker_notify_one(ct_parker *p) noexcept nogil
     void ct_parker_notify_all(ct_parker *p) noexcept nogil
-    void ct_futex_wake_all "ct_parker_futex_wake_all"(uint32_t *addr) noexcept nogil
+    void ct_futex_wake_all(uint32_t *addr) noexcept nogil
     void ct_waitset_notify(ct_waitset *w) noexcept nogil
     int ct_waitset_wait(ct_waitset *w, const int32_t *status, int32_t terminal_from,
                         int64_t deadline_ns) noexcept nogil
@@ -206,7 +215,10 @@ ctypedef struct ct_worker:
     # worker after its task returns, which then exits instead of taking more work
     int32_t abandoned
     int32_t spin_rounds      # adaptive spin length (only its worker touches it)
-    char _pad[52]
+    # park word (ct_park.h): RUNNING/IDLE/WOKEN, written SEQ_CST under the parker's
+    # lock by its worker and by wakers; the worker futex-sleeps on it while IDLE
+    uint32_t park
+    char _pad[48]
 
 
 cdef inline int hist_bucket(int64_t ns) noexcept nogil:
@@ -921,6 +933,8 @@ cdef class Core:
         self._workers = <ct_worker *>calloc(MAX_WORKER_SLOTS, sizeof(ct_worker))
         if self._workers == NULL:
             raise MemoryError()
+        if ct_parker_init(&self._parker, MAX_WORKER_SLOTS, _max_spinning()) != 0:
+            raise MemoryError()
 
     def __dealloc__(self):
         cdef int lvl
@@ -930,6 +944,7 @@ cdef class Core:
                 self._drain_ring_unlocked(lvl)
                 ct_ring_free(&self._rings[lvl])
         free(self._workers)
+        ct_parker_free(&self._parker)
 
     def _init_core(self, queue_size, submit_timeout, max_results, min_workers,
                    double idle_retire_s, starvation_limit=None):
@@ -1488,58 +1503,82 @@ cdef class Core:
         """Pop, spin, then park; NULL means: exit (or flush deferred work first)."""
         cdef void *item
         cdef int _spin
-        cdef uint32_t s
-        cdef int64_t park_start
         cdef int64_t timeout
+        cdef int64_t park_start, left
         cdef bint idle_timeout = False
+        cdef bint woken
         while True:
             if ct_load_i32(&self._retire_debt) > 0 and self._should_retire():
                 ct_add_i32(&self._live_workers, -1)
+                self._pass_wake_on()
                 return NULL
             item = self._pop()
             if item != NULL:
                 return item
-            for _spin in range(w.spin_rounds):
-                ct_cpu_relax()
-                ct_cpu_relax()
-                ct_cpu_relax()
-                ct_cpu_relax()
-                item = self._pop()
+            # spin only while fewer than max_spinning workers do (ct_park.h)
+            if ct_parker_spin_begin(&self._parker):
+                for _spin in range(w.spin_rounds):
+                    ct_cpu_relax()
+                    ct_cpu_relax()
+                    ct_cpu_relax()
+                    ct_cpu_relax()
+                    item = self._pop()
+                    if item != NULL:
+                        break
+                ct_parker_spin_end(&self._parker)
                 if item != NULL:
                     w.spin_rounds = min(w.spin_rounds * 2, SPIN_MAX)
                     return item
-            w.spin_rounds = max(w.spin_rounds // 2, SPIN_MIN)
+                w.spin_rounds = max(w.spin_rounds // 2, SPIN_MIN)
             if has_deferred:
                 return NULL
             if ct_load_i32(&self._stopping):
                 ct_add_i32(&self._live_workers, -1)
+                self._pass_wake_on()
                 return NULL
             if idle_timeout and self._try_idle_retire():
+                self._pass_wake_on()
                 return NULL
-            # announce, look again, take the wake token, sleep (protocol: ct_park.h)
-            ct_add_i32(&self._parker.sleepers, 1)
-            while True:
-                s = ct_load_u32(&self._parker.seq)
-                item = self._pop()
-                if item != NULL or ct_load_i32(&self._stopping) \
-                        or ct_load_i32(&self._retire_debt) > 0:
-                    break
-                if ct_xchg_i32(&self._parker.wake_pending, 0) == 1:
-                    continue
+            idle_timeout = False
+            # push, look again, sleep (protocol: ct_park.h)
+            ct_parker_push(&self._parker, &w.park)
+            item = self._pop()
+            if item != NULL or ct_load_i32(&self._stopping) \
+                    or ct_load_i32(&self._retire_debt) > 0:
+                woken = not ct_parker_leave(&self._parker, &w.park)
+            else:
                 timeout = -1
                 if ct_load_i32(&self._live_workers) > self._min_workers:
                     timeout = self._idle_retire_ns
                 park_start = ct_now_ns()
-                ct_futex_wait(&self._parker.seq, s, timeout)
-                if timeout >= 0 and ct_now_ns() - park_start >= timeout:
-                    idle_timeout = True
-                    break
-            ct_add_i32(&self._parker.sleepers, -1)
+                left = timeout
+                while True:
+                    ct_parker_sleep(&w.park, left)
+                    if ct_load_u32(&w.park) == CT_PARK_WOKEN:
+                        woken = not ct_parker_leave(&self._parker, &w.park)
+                        break
+                    if timeout >= 0:
+                        left = timeout - (ct_now_ns() - park_start)
+                        if left <= 0:
+                            woken = not ct_parker_leave(&self._parker, &w.park)
+                            idle_timeout = not woken
+                            break
+                    # a spurious wake-up (signal): still IDLE, sleep on
+            if woken:
+                # this worker owns the wake token: clear it before looking at the rings,
+                # so an item whose producer found the token taken is seen below
+                ct_xchg_i32(&self._parker.wake_pending, 0)
+                if item == NULL:
+                    item = self._pop()
             if item != NULL:
-                ct_store_i32(&self._parker.wake_pending, 0)
-                if not self._all_empty():
+                if woken and not self._all_empty():
                     ct_parker_notify_one(&self._parker)   # pass the wake on
                 return item
+
+    cdef inline void _pass_wake_on(self) noexcept nogil:
+        """An exiting worker: work still queued goes to a sleeper (ct_park.h)."""
+        if not self._all_empty():
+            ct_parker_notify_one(&self._parker)
 
     cdef bint _try_idle_retire(self) noexcept nogil:
         cdef int32_t live = ct_load_i32(&self._live_workers)
@@ -1982,6 +2021,15 @@ cdef double _percentile(uint64_t *hist, uint64_t total, double q) noexcept:
         if seen > rank:
             return bucket_upper_ns(b)
     return bucket_upper_ns(HIST_BUCKETS - 1)
+
+
+def _max_spinning():
+    """Workers allowed to spin at once: half the cores this process may run on."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // 2)
 
 
 # thread ident -> (core, slot) for current_task(); written by workers under the GIL

@@ -3,18 +3,34 @@
  *
  * Two structures:
  *
- * ct_parker - idle workers.  A worker that found every ring empty after its spin
- *   announces itself (sleepers += 1, SEQ_CST), then loops: read `seq`, look at the
- *   rings, take the wake token (exchange `wake_pending` with 0; if it was 1, look
- *   again instead of sleeping), sleep on `seq`.  A producer publishes its item
- *   (SEQ_CST store in ct_ring_push), then reads `sleepers` (SEQ_CST).  Either the
- *   producer sees the sleeper, or the sleeper's look sees the item: no lost wake-up.
+ * ct_parker - idle workers, on a LIFO stack.  Each worker sleeps on its own futex
+ *   word, so a producer wakes one chosen worker: the one that parked last, whose
+ *   caches are warm and whose core has not gone into a deep idle state (the kernel's
+ *   FUTEX_WAKE on a shared word picks the longest sleeper instead, which made wake
+ *   latency grow with the pool).  Workers that park early are left asleep.
+ *
+ *   A worker that found every ring empty pushes itself (word = IDLE, sleepers += 1,
+ *   SEQ_CST, under the stack lock), looks at the rings again, and sleeps while its
+ *   word is IDLE.  A producer publishes its item (SEQ_CST store in ct_ring_push),
+ *   then reads `sleepers` (SEQ_CST): either it sees the sleeper, or the sleeper's
+ *   look sees the item, so no wake-up is lost.  A waker pops the top worker and
+ *   stores WOKEN into its word before FUTEX_WAKE, so a worker that had not gone to
+ *   sleep yet does not sleep at all.  A worker leaving the stack on its own (it
+ *   found an item, timed out, shuts down) removes itself under the lock; if a waker
+ *   popped it first, it was woken and acts as such.
+ *
  *   At most one wake-one is in flight (`wake_pending`): a producer that finds the
- *   token taken does not wake anybody.  That is safe because a token set at time t
- *   is followed by a `seq` bump: a sleeper that exchanged the token before t read
- *   `seq` before the bump, so its futex wait returns; a sleeper that exchanged it
- *   after t took it and looked again.  The worker that leaves with an item clears
- *   the token and, if work remains, passes the wake on.  No wake storms.
+ *   token taken wakes nobody.  The token's owner is the waker until it hands the
+ *   wake to a worker (WOKEN), then that worker, which clears the token (exchange,
+ *   SEQ_CST) before it looks at the rings: a producer that found the token taken
+ *   exchanged it before the clear, so its item is visible to that look.  A worker
+ *   that leaves with an item passes the wake on if work remains; one that leaves to
+ *   exit passes it on too.  A waker that finds the stack empty gives the token back
+ *   and looks again.  Clearing the token early can only cause an extra wake.
+ *
+ *   Spinning is bounded: at most `max_spinning` workers spin at once (half the
+ *   cores, as Go's scheduler does); the others park at once, so more workers than
+ *   cores do not burn the cores the producers and running tasks need.
  *
  * ct_waitset - threads blocked in TaskHandle.result().  A completer stores the
  *   terminal status (SEQ_CST), then reads `waiters`; a waiter increments `waiters`
@@ -24,6 +40,8 @@
 #define CT_PARK_H
 
 #include <errno.h>
+#include <sched.h>
+#include <stdlib.h>
 #include <limits.h>
 #include <linux/futex.h>
 #include <sys/syscall.h>
@@ -52,32 +70,141 @@ static inline void ct_futex_wake(uint32_t *addr, int count) {
     syscall(SYS_futex, addr, FUTEX_WAKE_PRIVATE, count, NULL, NULL, 0);
 }
 
-static inline void ct_parker_futex_wake_all(uint32_t *addr) { ct_futex_wake(addr, INT_MAX); }
+static inline void ct_futex_wake_all(uint32_t *addr) { ct_futex_wake(addr, INT_MAX); }
+
+/* A worker's park word (ct_worker.park): */
+#define CT_PARK_RUNNING 0u  /* not on the idle stack */
+#define CT_PARK_IDLE 1u     /* on the stack: asleep, or about to sleep */
+#define CT_PARK_WOKEN 2u    /* popped by a waker: it owns the wake token */
 
 typedef struct {
-    /* futex word: bumped (SEQ_CST) by every waker before FUTEX_WAKE, so a worker
-       that read the old value never sleeps through a wake */
-    CT_ALIGNED uint32_t seq;
-    /* workers announced as about to sleep or sleeping: += / -= by workers (SEQ_CST),
-       read by producers after publishing (SEQ_CST) */
+    /* spinlock over `depth`, `stack` and every IDLE -> RUNNING/WOKEN transition of a
+       worker's park word: held for a few instructions, by parking workers and wakers */
+    CT_ALIGNED int32_t lock;
+    /* workers on the stack: written under the lock, read by producers without it
+       (SEQ_CST: the Dekker pair with the ring publication, see above) */
     int32_t sleepers;
-    /* 1 while a wake-one is in flight: set by exchange in the waker, cleared by the
-       worker that leaves the sleep path; bounds wakes to one at a time */
+    /* 1 while a wake-one is in flight: set by exchange in the waker, cleared (exchange)
+       by the woken worker before it looks at the rings; bounds wakes to one at a time */
     int32_t wake_pending;
+    /* workers spinning now: CAS up to max_spinning / -= 1 by workers (SEQ_CST) */
+    int32_t spinning;
+    int32_t max_spinning;      /* immutable after ct_parker_init */
+    int32_t capacity;          /* immutable after ct_parker_init */
+    /* the park words of the workers on the stack, most recent last; under the lock */
+    uint32_t **stack;
 } ct_parker;
+
+static inline int ct_parker_init(ct_parker *p, int32_t capacity, int32_t max_spinning) {
+    p->stack = (uint32_t **)calloc((size_t)capacity, sizeof(uint32_t *));
+    if (p->stack == NULL) return -1;
+    p->capacity = capacity;
+    p->max_spinning = max_spinning < 1 ? 1 : max_spinning;
+    return 0;
+}
+
+static inline void ct_parker_free(ct_parker *p) {
+    free(p->stack);
+    p->stack = NULL;
+}
+
+static inline void ct_parker_lock(ct_parker *p) {
+    int spins = 0;
+    while (__atomic_exchange_n(&p->lock, 1, __ATOMIC_ACQUIRE)) {
+        while (ct_load_relaxed(&p->lock)) {
+            /* the holder may have been preempted (more threads than cores): yield */
+            if (++spins < 64) ct_cpu_relax(); else { sched_yield(); spins = 0; }
+        }
+    }
+}
+
+static inline void ct_parker_unlock(ct_parker *p) {
+    __atomic_store_n(&p->lock, 0, __ATOMIC_RELEASE);
+}
+
+/* Worker: may I spin?  Then ct_parker_spin_end() when done. */
+static inline int ct_parker_spin_begin(ct_parker *p) {
+    int32_t n = ct_load_seqcst(&p->spinning);
+    while (n < p->max_spinning) {
+        if (__atomic_compare_exchange_n(&p->spinning, &n, n + 1, 0,
+                                        __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+            return 1;
+    }
+    return 0;
+}
+
+static inline void ct_parker_spin_end(ct_parker *p) { ct_add_seqcst(&p->spinning, -1); }
+
+/* Worker: go on the stack (then look at the rings once more before sleeping). */
+static inline void ct_parker_push(ct_parker *p, uint32_t *word) {
+    ct_parker_lock(p);
+    CT_ASSERT(p->sleepers < p->capacity);
+    ct_store_seqcst(word, CT_PARK_IDLE);
+    p->stack[p->sleepers] = word;
+    ct_add_seqcst(&p->sleepers, 1);
+    ct_parker_unlock(p);
+}
+
+/* Worker: leave the stack on its own.  Returns 1 if it was still on it, 0 if a waker
+   popped it first (it was woken, and owns the wake token). */
+static inline int ct_parker_leave(ct_parker *p, uint32_t *word) {
+    int32_t i, n;
+    int was_idle;
+    ct_parker_lock(p);
+    was_idle = ct_load_seqcst(word) == CT_PARK_IDLE;
+    if (was_idle) {
+        n = p->sleepers;
+        for (i = n - 1; i >= 0 && p->stack[i] != word; i--) {}
+        CT_ASSERT(i >= 0);
+        for (; i < n - 1; i++) p->stack[i] = p->stack[i + 1];
+        ct_add_seqcst(&p->sleepers, -1);
+    }
+    ct_store_seqcst(word, CT_PARK_RUNNING);
+    ct_parker_unlock(p);
+    return was_idle;
+}
+
+/* Worker: sleep while the word says IDLE, at most timeout_ns (< 0: no limit). */
+static inline void ct_parker_sleep(uint32_t *word, int64_t timeout_ns) {
+    ct_futex_wait(word, CT_PARK_IDLE, timeout_ns);
+}
+
+/* Pop the most recent sleeper and wake it; 0 if the stack was empty.  Lock held. */
+static inline int ct_parker_wake_top_locked(ct_parker *p, uint32_t **woken) {
+    if (p->sleepers == 0) return 0;
+    *woken = p->stack[p->sleepers - 1];
+    ct_add_seqcst(&p->sleepers, -1);
+    ct_store_seqcst(*woken, CT_PARK_WOKEN);
+    return 1;
+}
 
 /* Producer side, after a push: wake one sleeper unless a wake is already in flight. */
 static inline void ct_parker_notify_one(ct_parker *p) {
-    if (ct_load_seqcst(&p->sleepers) > 0 && ct_xchg_seqcst(&p->wake_pending, 1) == 0) {
-        ct_add_seqcst(&p->seq, 1);
-        ct_futex_wake(&p->seq, 1);
+    uint32_t *woken;
+    int ok;
+    while (ct_load_seqcst(&p->sleepers) > 0 && ct_xchg_seqcst(&p->wake_pending, 1) == 0) {
+        ct_parker_lock(p);
+        ok = ct_parker_wake_top_locked(p, &woken);
+        ct_parker_unlock(p);
+        if (ok) {
+            ct_futex_wake(woken, 1);
+            return;
+        }
+        /* the sleepers left on their own meanwhile: give the token back, look again */
+        ct_store_seqcst(&p->wake_pending, 0);
     }
 }
 
 /* Wake every sleeper (shutdown, worker retirement). */
 static inline void ct_parker_notify_all(ct_parker *p) {
-    ct_add_seqcst(&p->seq, 1);
-    ct_futex_wake(&p->seq, INT_MAX);
+    uint32_t *woken;
+    for (;;) {
+        ct_parker_lock(p);
+        int ok = ct_parker_wake_top_locked(p, &woken);
+        ct_parker_unlock(p);
+        if (!ok) return;
+        ct_futex_wake(woken, 1);
+    }
 }
 
 typedef struct {
