@@ -41,7 +41,6 @@ _core._bind_task_type(Task)
 __version__ = "0.1.0"
 
 
-
 def __getattr__(name: str) -> Any:
     # EngineStats is loaded on first use: its module needs dataclasses (and inspect),
     # which `import cytask` would otherwise pay for (see benchmarks/core.py --import)

@@ -8,6 +8,10 @@ seconds retire on their own (in the native core) down to ``workers``.
 
 While there is nothing to grow for, the supervisor sleeps in the native core; the
 first submit that finds no idle worker wakes it, so an idle engine costs no CPU.
+
+A worker thread that cannot be started (the system's thread limit) does not stop
+the supervisor: the pool stays as large as it got (a RuntimeWarning and
+``stats().worker_spawn_failures`` say so) and growing is tried again after ``_PARK``.
 """
 
 from __future__ import annotations
@@ -48,11 +52,13 @@ class Supervisor:
         eng = self._engine
         eng._own_thread()  # its ticks are not the application running Python
         cpu0, t0 = time.process_time(), time.monotonic()
+        retry_at = 0.0  # after a failed spawn: no growing before this time
         while not self._stopped:
             queued = eng._queued()
             live = eng._live()
-            if queued == 0 or live >= self._max or eng.closed:
-                eng._grower_park(_PARK)
+            wait = retry_at - time.monotonic()
+            if queued == 0 or live >= self._max or eng.closed or wait > 0:
+                eng._grower_park(min(_PARK, wait) if wait > 0 else _PARK)
                 cpu0, t0 = time.process_time(), time.monotonic()
                 continue
             time.sleep(_TICK)
@@ -64,5 +70,7 @@ class Supervisor:
             for _ in range(min(eng._queued(), self._max - live)):
                 if eng.closed or self._stopped:
                     break
-                eng._spawn_worker()
+                if not eng._try_spawn_worker("growing towards max_workers"):
+                    retry_at = time.monotonic() + _PARK  # at the thread limit
+                    break
                 self.grown += 1

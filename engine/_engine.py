@@ -40,6 +40,10 @@ __all__ = ["Engine"]
 
 R = TypeVar("R")
 
+# Threads stuck in timed-out tasks that get a replacement worker, at most
+# max(max_workers, this) at a time (past it the stuck worker stays in the pool)
+MIN_STUCK_REPLACED = 8
+
 _PENDING, _SCHEDULED, _RUNNING, _RETRYING = 0, 1, 2, 3
 _SUCCEEDED, _FAILED, _CANCELLED = 4, 5, 6
 
@@ -157,14 +161,32 @@ class Engine(_core.Core):
         self._supervisor: Supervisor | None = None
         if eager:
             self.submit = self._submit_eager  # type: ignore[method-assign]
+        self._start_workers(workers)
         if result_ttl is not None and max_results > 0:
             self._sweep_results_later()
-        for _ in range(workers):
-            self._spawn_worker()
         if max_workers > workers:
             from cytask._autoscale import Supervisor
 
-            self._supervisor = Supervisor(self, max_workers)
+            try:
+                self._supervisor = Supervisor(self, max_workers)
+            except RuntimeError as exc:  # no thread for it: a fixed pool of `workers`
+                self._spawn_failed(exc, "the auto-scaler thread (max_workers)")
+
+    def _start_workers(self, n: int) -> None:
+        """Start the pool, or none of it: a failed start stops what started, then raises."""
+        for i in range(n):
+            try:
+                self._spawn_worker()
+            except RuntimeError as exc:
+                self._shut_down = True
+                self._close()
+                self._stop_workers()
+                self._wait_workers_exit(None)  # idle workers leave at once
+                raise RuntimeError(
+                    f"Engine(workers={n}) could not start worker thread {i + 1}: {exc}. "
+                    f"The process reached the system's thread limit; use fewer workers "
+                    f"(or raise the limit: ulimit -u, pids.max)"
+                ) from exc
 
     def __repr__(self) -> str:
         state = "closed" if self._shut_down else "running"
@@ -463,9 +485,9 @@ class Engine(_core.Core):
         if not h._complete(_FAILED, err, _RUNNING):
             return
         h._request_cancel()
-        if self._abandon_running(h) and not self._shut_down:
-            # the stuck thread exits when its task returns; a fresh one takes its place
-            self._spawn_worker()
+        # a fresh worker takes the stuck one's place (bounded); the stuck thread exits
+        # when its task returns
+        self._replace_stuck_worker(h, max(self.max_workers, MIN_STUCK_REPLACED))
 
     def _on_coroutine(self, h: TaskHandle[Any], coro: Any) -> None:
         if self._async is None:
@@ -506,13 +528,12 @@ class Engine(_core.Core):
                 f"deadlock; inside an async task use `await handle` instead"
             )
         # A task waiting on another task of this engine holds a worker while it
-        # waits; without a stand-in a single-worker engine would deadlock.
-        if _core.current_worker_core() is self and not self._shut_down:
-            self._spawn_worker()
+        # waits; without a stand-in a single-worker engine would deadlock.  (If no
+        # thread can be started, it waits without one: a warning says so.)
+        self._lend_slot()
 
     def _after_blocking_wait(self, h: TaskHandle[Any]) -> None:
-        if _core.current_worker_core() is self and not self._shut_down:
-            self._request_retire(1)
+        self._return_slot()
 
     # -- observing -------------------------------------------------------------
 

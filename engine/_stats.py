@@ -86,6 +86,10 @@ class EngineStats:
     compiled_cython: int
     compile_fallbacks: int
     compile_time_ms: float
+    # threads still inside a task that passed its time limit (not counted in
+    # total_workers), and worker threads that could not be started (thread limit)
+    stuck_workers: int = 0
+    worker_spawn_failures: int = 0
 
     @classmethod
     def from_core(
@@ -136,6 +140,8 @@ class EngineStats:
             queue_pressure=total_queued / (engine.queue_capacity * 4),
             memory_usage_mb=_rss_mb(),
             uptime_seconds=uptime,
+            stuck_workers=raw["stuck_workers"],
+            worker_spawn_failures=raw["spawn_failures"],
             **compile,
         )
 

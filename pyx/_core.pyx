@@ -135,7 +135,9 @@ cdef enum:
     HIST_BUCKETS = 256       # latency histogram: 4 sub-buckets per power of two (ns)
     MAX_WORKER_SLOTS = 1024
     INLINE_SLOT = MAX_WORKER_SLOTS - 1   # counters of tasks run inline (eager mode)
-    MAX_WORKERS = INLINE_SLOT            # worker threads one engine can have at once
+    # worker threads one engine can have at once (workers, auto-scaled, stand-ins,
+    # replacements, stuck threads); Engine checks workers and max_workers against it
+    MAX_WORKERS = INLINE_SLOT
     # each level's ring is allocated up front (16 bytes a slot): 4 x 256 MiB at most
     MAX_QUEUE_SIZE = 1 << 24
     # the result store is one list of this many slots, allocated up front (8 bytes each)
@@ -211,14 +213,17 @@ ctypedef struct ct_worker:
     uint64_t hist[HIST_BUCKETS]  # task run times, log-scale buckets
     int32_t alive            # 1 while a thread runs this slot (written by it and by spawn)
     # 1 once the engine gave up on this slot's current task (time limit) and started a
-    # replacement: written (SEQ_CST) under the GIL by _abandon_running, read by the
+    # replacement: written (SEQ_CST) under the GIL by _replace_stuck_worker, read by the
     # worker after its task returns, which then exits instead of taking more work
     int32_t abandoned
     int32_t spin_rounds      # adaptive spin length (only its worker touches it)
     # park word (ct_park.h): RUNNING/IDLE/WOKEN, written SEQ_CST under the parker's
     # lock by its worker and by wakers; the worker futex-sleeps on it while IDLE
     uint32_t park
-    char _pad[48]
+    # 1 while this worker blocks on its own engine (a wait, a full ring) and a stand-in
+    # holds its place: read and written only by its own thread, under the GIL
+    int32_t lent
+    char _pad[44]
 
 
 cdef inline int hist_bucket(int64_t ns) noexcept nogil:
@@ -493,6 +498,9 @@ cdef class TaskHandle:
         if core is None:
             raise RuntimeError(
                 "this TaskHandle belongs to no engine; handles come from Engine.submit()")
+        if timeout is not None and timeout == 0:
+            # a poll never blocks, so it lends no worker (no stand-in thread)
+            raise TimeoutError(f"task {self.task_id} did not finish within {timeout} s")
         core._before_blocking_wait(self)
         try:
             with nogil:
@@ -928,6 +936,9 @@ cdef class Core:
     # miss a count, so the limit holds to within the number of workers (a starved
     # level is still served, never lost).
     cdef int32_t _bypassed[N_LEVELS]
+    # worker threads that could not be started (thread limit): under the GIL
+    cdef int64_t _spawn_failures
+    cdef set _spawn_warned     # the reasons already warned about, once each
 
     def __cinit__(self):
         self._workers = <ct_worker *>calloc(MAX_WORKER_SLOTS, sizeof(ct_worker))
@@ -974,6 +985,7 @@ cdef class Core:
         self._results = [None] * max_results if max_results > 0 else None
         self._current = [None] * MAX_WORKER_SLOTS
         self._spawn_lock = threading.Lock()
+        self._spawn_warned = set()
         self._min_workers = min_workers
         # huge or inf: idle workers never retire (-1 parks without a time limit)
         self._idle_retire_ns = (<int64_t>(idle_retire_s * 1e9)
@@ -1105,10 +1117,10 @@ cdef class Core:
         Py_INCREF(h)
         if not ct_ring_push(ring, item):
             if wait >= 0:
-                if not self._wait_for_space(ring, item, wait):
+                if not self._wait_for_space_lending(ring, item, wait):
                     Py_DECREF(h)
                     return 0
-            elif not self._wait_for_space(ring, item, self._submit_timeout):
+            elif not self._wait_for_space_lending(ring, item, self._submit_timeout):
                 Py_DECREF(h)
                 self._overflow(h)
         if CT_DEBUG:
@@ -1140,6 +1152,21 @@ cdef class Core:
             if self._all_empty() or ct_load_i32(&self._parker.sleepers):
                 ct_futex_wait(&self._grower.seq, s, t)
             ct_store_i32(&self._grower.waiters, 0)
+
+    cdef int _wait_for_space_lending(self, ct_ring *ring, void *item,
+                                     double timeout) except -1:
+        """_wait_for_space, but a worker of this engine (a task submitting children, a
+        retry) lends its slot to a stand-in while it waits: it would otherwise wait for
+        itself, and with every worker waiting so, forever.  Without a stand-in (thread
+        limit) it does not wait: the push fails (QueueFull)."""
+        if timeout == 0 or self._own_slot() < 0:
+            return self._wait_for_space(ring, item, timeout)
+        if not self._lend_slot():
+            return 0
+        try:
+            return self._wait_for_space(ring, item, timeout)
+        finally:
+            self._return_slot()
 
     cdef bint _wait_for_space(self, ct_ring *ring, void *item, double timeout):
         """The ring was full: wait (GIL released) until a pop frees a slot, at most
@@ -1240,7 +1267,8 @@ cdef class Core:
     # -- workers ----------------------------------------------------------------
 
     def _spawn_worker(self):
-        """Start one worker thread; returns its slot."""
+        """Start one worker thread; returns its slot.  Raises RuntimeError when no
+        thread can be started (every slot taken, or the system's thread limit)."""
         cdef int slot
         self._check_ready()
         with self._spawn_lock:
@@ -1248,9 +1276,11 @@ cdef class Core:
                 if not ct_load_i32(&self._workers[slot].alive):
                     break
             else:
-                raise RuntimeError(f"cytask supports at most {MAX_WORKER_SLOTS} workers")
+                raise RuntimeError(
+                    f"cytask runs at most {MAX_WORKERS} worker threads per engine")
             ct_store_i32(&self._workers[slot].abandoned, 0)
             self._workers[slot].spin_rounds = SPIN_MAX // 2
+            self._workers[slot].lent = 0
             ct_store_i32(&self._workers[slot].alive, 1)
             ct_add_i32(&self._live_workers, 1)
         try:
@@ -1262,6 +1292,78 @@ cdef class Core:
             ct_store_i32(&self._workers[slot].alive, 0)
             raise
         return slot
+
+    def _try_spawn_worker(self, str why):
+        """Start one worker thread; False if none could be started.
+
+        Used where a failure must degrade (fewer workers) rather than raise: the
+        auto-scaler, stand-ins, time-limit replacements.  Each failure is counted
+        (``stats().worker_spawn_failures``) and each reason is warned about once.
+        """
+        try:
+            self._spawn_worker()
+        except (RuntimeError, MemoryError) as exc:
+            self._spawn_failed(exc, why)
+            return False
+        return True
+
+    def _spawn_failed(self, BaseException exc, str why):
+        """Count a worker thread that could not be started, and warn (once per reason)."""
+        self._spawn_failures += 1
+        if why in self._spawn_warned:
+            return
+        self._spawn_warned.add(why)
+        try:
+            import warnings
+            warnings.warn(
+                f"cytask engine {getattr(self, 'name', '')}: could not start a worker "
+                f"thread ({why}): {exc}; running with {ct_load_i32(&self._live_workers)} "
+                f"workers.  Lower workers/max_workers or raise the system's thread limit; "
+                f"stats().worker_spawn_failures counts these.",
+                RuntimeWarning, stacklevel=2)
+        except Exception as warn_exc:   # warnings turned into errors: still degrade
+            _report_unraisable(warn_exc, "a worker spawn failure warning")
+
+    cdef int _own_slot(self):
+        """The calling thread's worker slot in this engine, or -1."""
+        entry = _worker_slots.get(threading.get_ident())
+        if entry is None or entry[0] is not self or entry[1] == INLINE_SLOT:
+            return -1
+        return entry[1]
+
+    def _lend_slot(self):
+        """The calling worker is about to block on this engine: let a stand-in run in
+        its place until _return_slot().  Reuses an extra worker whose retirement is
+        still pending before it starts a thread, so a task that polls (many short
+        waits) keeps one stand-in, not one per call.  True if the calling thread is
+        not one of this engine's workers, or a stand-in runs; False if none could be
+        started (the caller then waits without one, or fails)."""
+        cdef int slot = self._own_slot()
+        if slot < 0 or self._workers[slot].lent:
+            return True
+        if ct_load_i32(&self._stopping):
+            return True   # shutting down: every worker leaves once the rings are empty
+        if self._cancel_retire() or self._try_spawn_worker(
+                "a stand-in for a worker that waits on its own engine"):
+            self._workers[slot].lent = 1
+            return True
+        return False
+
+    def _return_slot(self):
+        """The wait is over: one worker (the stand-in, or whoever idles first) retires."""
+        cdef int slot = self._own_slot()
+        if slot >= 0 and self._workers[slot].lent:
+            self._workers[slot].lent = 0
+            self._request_retire(1)
+
+    cdef bint _cancel_retire(self) noexcept:
+        """Take back one pending retirement: the extra worker stays.  True if one was."""
+        cdef int32_t debt = ct_load_i32(&self._retire_debt)
+        while debt > 0:
+            if ct_cas_i32(&self._retire_debt, debt, debt - 1):
+                return True
+            debt = ct_load_i32(&self._retire_debt)
+        return False
 
     def _wait_workers_exit(self, timeout):
         """Wait (GIL released) until every worker has exited, except the calling
@@ -1318,28 +1420,67 @@ cdef class Core:
             else:
                 _worker_slots[threading.get_ident()] = previous
 
-    def _abandon_running(self, TaskHandle h):
-        """The worker running `h` exits once `h` returns; True if one was found.
+    def _replace_stuck_worker(self, TaskHandle h, int max_stuck):
+        """After a time limit: start a replacement for the worker stuck in `h`; the stuck
+        thread then leaves the pool when `h` returns.  True if replaced.
 
-        Used after a time limit: the engine starts a replacement worker at once, so
-        the stuck thread no longer counts towards the pool.
+        Bounded: at most `max_stuck` stuck threads at a time.  Past that bound, or when
+        no thread can be started, the worker stays in the pool (it rejoins when its
+        task returns) and the engine runs with fewer free workers meanwhile, never
+        with none it could have kept.
         """
+        cdef int slot = self._running_slot(h)
+        if slot < 0:
+            return False
+        if self._closed:
+            # shutting down: no replacement, but shutdown does not wait for the thread
+            ct_store_i32(&self._workers[slot].abandoned, 1)
+            ct_add_i32(&self._live_workers, -1)
+            return False
+        if self._stuck_workers() >= max_stuck:
+            self._spawn_failed(
+                RuntimeError(f"{max_stuck} threads are already stuck in timed-out tasks"),
+                "a replacement for a worker stuck past a time limit")
+            return False
+        if not self._try_spawn_worker("a replacement for a worker stuck past a time limit"):
+            return False
+        # the spawn may have let other threads run: is the task still on that worker?
+        slot = self._running_slot(h)
+        if slot < 0:
+            self._request_retire(1)   # it returned meanwhile: the replacement is surplus
+            return False
+        ct_store_i32(&self._workers[slot].abandoned, 1)
+        # it no longer counts as a worker: not towards the pool size, not towards the
+        # minimum that idle workers retire down to
+        ct_add_i32(&self._live_workers, -1)
+        return True
+
+    cdef int _running_slot(self, TaskHandle h):
         cdef int slot
         self._check_ready()
         for slot in range(INLINE_SLOT):
             if self._current[slot] is h and ct_load_i32(&self._workers[slot].alive) \
                     and not ct_load_i32(&self._workers[slot].abandoned):
-                ct_store_i32(&self._workers[slot].abandoned, 1)
-                # it no longer counts as a worker: not towards the pool size, not
-                # towards the minimum that idle workers retire down to
-                ct_add_i32(&self._live_workers, -1)
-                return True
-        return False
+                return slot
+        return -1
+
+    cdef int _stuck_workers(self) noexcept:
+        """Threads still inside a task they were abandoned in (time limit)."""
+        cdef int i
+        cdef int n = 0
+        for i in range(INLINE_SLOT):
+            if ct_load_i32(&self._workers[i].alive) and ct_load_i32(&self._workers[i].abandoned):
+                n += 1
+        return n
 
     def _request_retire(self, int n):
-        """Ask `n` workers to exit at their next idle moment."""
+        """Ask `n` workers to exit at their next idle moment.
+
+        Nobody is woken for it: a parked worker pays the debt when it next wakes (for
+        work or its idle time-out), so a stand-in asked for again soon after is
+        still there to reuse (_lend_slot) instead of a new thread.
+        """
         ct_add_i32(&self._retire_debt, n)
-        ct_parker_notify_all(&self._parker)
 
     def _worker_main(self, int slot):
         """A worker thread's whole life: the nogil loop, GIL only at _gil_section."""
@@ -1409,7 +1550,7 @@ cdef class Core:
                         if item != NULL:
                             with gil:
                                 self._requeue(item)
-                        break   # _abandon_running already took it off _live_workers
+                        break   # _replace_stuck_worker already took it off _live_workers
         finally:
             _worker_slots.pop(threading.get_ident(), None)
             self._own_thread(False)
@@ -1901,6 +2042,8 @@ cdef class Core:
             "p99_ns": _percentile(hist, total, 0.99),
             "uptime_ns": now - self._started_ns,
             "submitted": self._next_id - 1,
+            "stuck_workers": self._stuck_workers(),
+            "spawn_failures": self._spawn_failures,
         }
 
     def _blocked_workers(self, int64_t min_age_ns):
