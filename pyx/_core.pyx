@@ -880,12 +880,20 @@ cdef class Core:
     # number of live worker threads: += under the GIL at spawn, -= by a retiring
     # worker without the GIL (SEQ_CST both)
     cdef int32_t _live_workers
-    # workers asked to retire (time-limit replacement, scale-down): a worker that
-    # sees > 0 and wins the CAS decrement exits at its next idle moment
+    # surplus workers asked to retire (a stand-in after its wait, a surplus
+    # replacement): CAS -1 by a worker whose park timed out, which then exits, or by
+    # _lend_slot, which keeps the surplus worker as a stand-in (SEQ_CST)
     cdef int32_t _retire_debt
+    # workers outside the base pool: those lending their slot (blocked on their own
+    # engine, a stand-in runs for each) plus _retire_debt.  Idle retirement keeps
+    # _live_workers - _reserved >= _min_workers, so a stand-in that idles while its
+    # lender still waits never takes the last runnable worker with it.  += / -= under
+    # the GIL by spawn, lend and return; -= by a worker paying a debt (SEQ_CST)
+    cdef int32_t _reserved
     # 1 once shutdown began: workers exit when they find every ring empty
     cdef int32_t _stopping
-    # workers parked longer than this retire if more than _min_workers are alive
+    # a worker parked this long pays a retire debt, or retires if the base pool
+    # (_live_workers - _reserved) is above _min_workers
     cdef int64_t _idle_retire_ns
     cdef int32_t _min_workers
     cdef bint _closed
@@ -1343,10 +1351,14 @@ cdef class Core:
             return True
         if ct_load_i32(&self._stopping):
             return True   # shutting down: every worker leaves once the rings are empty
-        if self._cancel_retire() or self._try_spawn_worker(
-                "a stand-in for a worker that waits on its own engine"):
+        if self._cancel_retire():
+            self._workers[slot].lent = 1   # a surplus worker stays on as the stand-in
+            return True
+        ct_add_i32(&self._reserved, 1)
+        if self._try_spawn_worker("a stand-in for a worker that waits on its own engine"):
             self._workers[slot].lent = 1
             return True
+        ct_add_i32(&self._reserved, -1)
         return False
 
     def _return_slot(self):
@@ -1354,10 +1366,11 @@ cdef class Core:
         cdef int slot = self._own_slot()
         if slot >= 0 and self._workers[slot].lent:
             self._workers[slot].lent = 0
-            self._request_retire(1)
+            ct_add_i32(&self._retire_debt, 1)   # still reserved: now as a debt
 
     cdef bint _cancel_retire(self) noexcept:
-        """Take back one pending retirement: the extra worker stays.  True if one was."""
+        """Take back one pending retirement: the surplus worker stays (still reserved,
+        now for a lender).  True if there was one."""
         cdef int32_t debt = ct_load_i32(&self._retire_debt)
         while debt > 0:
             if ct_cas_i32(&self._retire_debt, debt, debt - 1):
@@ -1474,12 +1487,9 @@ cdef class Core:
         return n
 
     def _request_retire(self, int n):
-        """Ask `n` workers to exit at their next idle moment.
-
-        Nobody is woken for it: a parked worker pays the debt when it next wakes (for
-        work or its idle time-out), so a stand-in asked for again soon after is
-        still there to reuse (_lend_slot) instead of a new thread.
-        """
+        """Mark `n` workers surplus: as many idle workers exit after their idle time-out
+        (worker_idle_timeout), unless _lend_slot reuses them as stand-ins first."""
+        ct_add_i32(&self._reserved, n)
         ct_add_i32(&self._retire_debt, n)
 
     def _worker_main(self, int slot):
@@ -1632,10 +1642,14 @@ cdef class Core:
         """Pops a waiting level may be passed over before it is served; None: strict."""
         return self._starvation_limit or None
 
-    cdef bint _should_retire(self) noexcept nogil:
+    cdef bint _pay_retire_debt(self) noexcept nogil:
+        """An idle worker leaves in place of a surplus one (_retire_debt)."""
         cdef int32_t debt = ct_load_i32(&self._retire_debt)
         while debt > 0:
             if ct_cas_i32(&self._retire_debt, debt, debt - 1):
+                # live first: the pool never looks larger than it is to _try_idle_retire
+                ct_add_i32(&self._live_workers, -1)
+                ct_add_i32(&self._reserved, -1)
                 return True
             debt = ct_load_i32(&self._retire_debt)
         return False
@@ -1649,10 +1663,6 @@ cdef class Core:
         cdef bint idle_timeout = False
         cdef bint woken
         while True:
-            if ct_load_i32(&self._retire_debt) > 0 and self._should_retire():
-                ct_add_i32(&self._live_workers, -1)
-                self._pass_wake_on()
-                return NULL
             item = self._pop()
             if item != NULL:
                 return item
@@ -1677,19 +1687,19 @@ cdef class Core:
                 ct_add_i32(&self._live_workers, -1)
                 self._pass_wake_on()
                 return NULL
-            if idle_timeout and self._try_idle_retire():
+            if idle_timeout and (self._pay_retire_debt() or self._try_idle_retire()):
                 self._pass_wake_on()
                 return NULL
             idle_timeout = False
             # push, look again, sleep (protocol: ct_park.h)
             ct_parker_push(&self._parker, &w.park)
             item = self._pop()
-            if item != NULL or ct_load_i32(&self._stopping) \
-                    or ct_load_i32(&self._retire_debt) > 0:
+            if item != NULL or ct_load_i32(&self._stopping):
                 woken = not ct_parker_leave(&self._parker, &w.park)
             else:
                 timeout = -1
                 if ct_load_i32(&self._live_workers) > self._min_workers:
+                    # some worker may be surplus (auto-scaled, a stand-in, a debt)
                     timeout = self._idle_retire_ns
                 park_start = ct_now_ns()
                 left = timeout
@@ -1722,8 +1732,9 @@ cdef class Core:
             ct_parker_notify_one(&self._parker)
 
     cdef bint _try_idle_retire(self) noexcept nogil:
+        """An idle worker of the base pool leaves if the pool is above _min_workers."""
         cdef int32_t live = ct_load_i32(&self._live_workers)
-        while live > self._min_workers:
+        while live - ct_load_i32(&self._reserved) > self._min_workers:
             if ct_cas_i32(&self._live_workers, live, live - 1):
                 return True
             live = ct_load_i32(&self._live_workers)

@@ -148,6 +148,20 @@ def test_stand_in_for_a_full_level_leaves_afterwards(
     wait_until(lambda: eng.stats().total_workers == 1, what="the stand-in to retire")
 
 
+def test_stand_in_stays_while_its_worker_waits_past_the_idle_timeout(
+    make_engine: Callable[..., Engine],
+) -> None:
+    # the stand-in idles far longer than worker_idle_timeout before the child is due;
+    # it must not retire while the only other worker still waits
+    eng = make_engine(workers=1, worker_idle_timeout=0.02)
+
+    def parent() -> str:
+        child = eng.add_task(str.upper, "late", delay=0.5)
+        return child.result(timeout=10)
+
+    assert eng.submit(parent).result(timeout=30) == "LATE"
+
+
 # -- item 20: polling does not start threads ------------------------------------------------
 
 
