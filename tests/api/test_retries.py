@@ -160,7 +160,7 @@ def test_backoff_formula(monkeypatch: pytest.MonkeyPatch, rng: random.Random) ->
     jittered = TaskOptions(
         "t", retries=10, retry_backoff=1.0, retry_backoff_max=10.0, retry_jitter=True
     )
-    monkeypatch.setattr("cytask._engine.random.uniform", rng.uniform)
+    monkeypatch.setattr(random, "uniform", rng.uniform)  # _backoff imports random lazily
     for n in range(1, 7):
         full = min(2.0 ** (n - 1), 10.0)
         samples = {_backoff(jittered, n) for _ in range(200)}
