@@ -27,11 +27,11 @@ from cytask._errors import (
     TaskTimeout,
     native_error_for,
 )
-from cytask._executor import EngineExecutor
-from cytask._periodic import Periodic
 from cytask._task import Task, task
 
 if TYPE_CHECKING:
+    from cytask._executor import EngineExecutor
+    from cytask._periodic import Periodic
     from cytask._stats import EngineStats
 
 _core._bind_enums(TaskStatus, Priority, CancelledError)
@@ -41,14 +41,24 @@ _core._bind_task_type(Task)
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str) -> Any:
-    # EngineStats is loaded on first use: its module needs dataclasses (and inspect),
-    # which `import cytask` would otherwise pay for (see benchmarks/core.py --import)
-    if name == "EngineStats":
-        from cytask._stats import EngineStats
+# Loaded on first use, so `import cytask` stays fast (benchmarks/core.py --import): they
+# need dataclasses and inspect, datetime, concurrent.futures' executor machinery.
+_LAZY = {
+    "EngineStats": "cytask._stats",
+    "Periodic": "cytask._periodic",
+    "EngineExecutor": "cytask._executor",
+}
 
-        return EngineStats
-    raise AttributeError(f"module 'cytask' has no attribute {name!r}")
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cytask' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 
 __all__ = [

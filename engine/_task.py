@@ -8,7 +8,6 @@ The decorator keeps the signature (``ParamSpec``), so a type checker flags
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
@@ -19,6 +18,8 @@ from cytask._errors import InvalidTaskOptions
 from cytask._validate import check_callable, check_duration, check_int, check_priority
 
 if TYPE_CHECKING:
+    import datetime as dt
+
     from cytask._engine import Engine
 
 __all__ = ["Task", "task"]
@@ -124,6 +125,8 @@ def _delay_from(countdown: float | None, eta: dt.datetime | None) -> float | Non
     if countdown is not None:
         return check_duration(countdown, "countdown")
     if eta is not None:
+        import datetime as dt  # on the first eta=, not at `import cytask`
+
         if not isinstance(eta, dt.datetime):
             raise TypeError(f"Expected a datetime for eta, got {type(eta).__name__}")
         now = dt.datetime.now(eta.tzinfo)

@@ -10,7 +10,7 @@ import pytest
 PROBE = """
 import sys
 import cytask
-heavy = ("asyncio", "numba", "dataclasses", "inspect", "random")
+heavy = ("asyncio", "numba", "dataclasses", "inspect", "random", "datetime")
 print(",".join(m for m in heavy if m in sys.modules))
 """
 
@@ -30,6 +30,7 @@ def test_import_cytask_loads_no_asyncio_and_no_heavy_modules() -> None:
     ("use", "needs"),
     [
         ("cytask.EngineStats", "dataclasses"),
+        ("from cytask import Periodic", "datetime"),
         ("cytask.Engine(workers=1).stats()", "dataclasses"),
         (
             "e = cytask.Engine(workers=1)\n"
