@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 
@@ -48,3 +49,49 @@ def test_idle_engine_uses_almost_no_cpu() -> None:
         time.sleep(0.3)  # the idle window being measured: nothing is queued
         t1, c1 = time.monotonic(), time.process_time()
         assert (c1 - c0) / (t1 - t0) < 0.05, "idle workers must park, not spin"
+
+
+def test_the_worker_that_parked_last_is_woken_first() -> None:
+    # LIFO wake-ups: a lone task after an idle gap goes to the worker with warm caches
+    # (the one that ran the previous task), not to the longest sleeper, so wake latency
+    # does not grow with the pool.  Old behaviour (one shared futex word): FIFO, so
+    # sequential tasks rotated through all eight workers.
+    with Engine(workers=8) as eng:
+        runners: list[int] = []
+        for _ in range(40):
+            deadline = time.monotonic() + 10
+            while eng._idle_workers() < 8 and time.monotonic() < deadline:
+                time.sleep(0.0005)
+            assert eng._idle_workers() == 8
+            eng.submit(lambda: runners.append(threading.get_ident())).result(timeout=30)
+        assert len(set(runners[1:])) == 1
+
+
+def test_many_workers_many_producers_with_idle_gaps_lose_no_wake_up(rng) -> None:  # type: ignore[no-untyped-def]
+    # more workers than cores, producers that pause so workers park and wake all the
+    # time: a lost wake-up leaves a task queued and its result() times out
+    with Engine(workers=16) as eng:
+        seeds = [rng.random() for _ in range(4)]
+        errors: list[BaseException] = []
+
+        def produce(seed: float) -> None:
+            r = random.Random(seed)
+            try:
+                for i in range(1500):
+                    h = eng.submit(int, i)
+                    if r.random() < 0.2:
+                        time.sleep(r.uniform(0, 0.0005))
+                    if r.random() < 0.1:
+                        assert h.result(timeout=30) == i
+            except BaseException as exc:  # reported below, in the main thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=produce, args=(s,)) for s in seeds]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        last = eng.submit(int, -1)
+        assert last.result(timeout=30) == -1
+    assert eng.stats().total_tasks_processed == 4 * 1500 + 1
