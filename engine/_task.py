@@ -145,6 +145,8 @@ def _check_option_names(options: dict[str, Any]) -> None:
 
 def _build(fn: Callable[P, R], options: dict[str, Any]) -> Task[P, R]:
     check_callable(fn, "the decorated object")
+    import inspect  # here, not at module level: `import cytask` stays fast
+
     if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
         kind = "an async generator" if inspect.isasyncgenfunction(fn) else "a generator"
         raise TypeError(

@@ -1051,7 +1051,8 @@ cdef class Core:
             self._check_ready()
             if prio < 0 or prio >= N_LEVELS:
                 raise ValueError(f"Expected a cytask.Priority for priority, got {prio!r}")
-            kind = "an async generator" if _inspect.isasyncgenfunction(fn) else "a generator"
+            import inspect   # only on this error path: `import cytask` does not load it
+            kind = "an async generator" if inspect.isasyncgenfunction(fn) else "a generator"
             raise TypeError(
                 f"Expected a plain or async function for fn, got {kind} function "
                 f"{getattr(fn, '__qualname__', fn)!r}: calling it only creates a generator, "
@@ -1316,21 +1317,29 @@ cdef class Core:
         return True
 
     def _spawn_failed(self, BaseException exc, str why):
-        """Count a worker thread that could not be started, and warn (once per reason)."""
+        """A worker thread could not be started: count it (stats), report the error to
+        sys.unraisablehook and warn, both once per reason."""
         self._spawn_failures += 1
+        if why in self._spawn_warned:
+            return
+        _report_unraisable(exc, f"starting a worker thread ({why})")
+        self._warn_once(
+            why,
+            f"cytask engine {getattr(self, 'name', '')}: could not start a worker thread "
+            f"({why}): {exc}; running with {ct_load_i32(&self._live_workers)} workers.  "
+            f"Lower workers/max_workers or raise the system's thread limit; "
+            f"stats().worker_spawn_failures counts these.")
+
+    def _warn_once(self, str why, str message):
+        """A RuntimeWarning, once per engine and reason; never raises."""
         if why in self._spawn_warned:
             return
         self._spawn_warned.add(why)
         try:
             import warnings
-            warnings.warn(
-                f"cytask engine {getattr(self, 'name', '')}: could not start a worker "
-                f"thread ({why}): {exc}; running with {ct_load_i32(&self._live_workers)} "
-                f"workers.  Lower workers/max_workers or raise the system's thread limit; "
-                f"stats().worker_spawn_failures counts these.",
-                RuntimeWarning, stacklevel=2)
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
         except Exception as warn_exc:   # warnings turned into errors: still degrade
-            _report_unraisable(warn_exc, "a worker spawn failure warning")
+            _report_unraisable(warn_exc, f"a warning about {why}")
 
     cdef int _own_slot(self):
         """The calling thread's worker slot in this engine, or -1."""
@@ -1451,9 +1460,12 @@ cdef class Core:
             ct_add_i32(&self._live_workers, -1)
             return False
         if self._stuck_workers() >= max_stuck:
-            self._spawn_failed(
-                RuntimeError(f"{max_stuck} threads are already stuck in timed-out tasks"),
-                "a replacement for a worker stuck past a time limit")
+            self._warn_once(
+                "the bound on stuck threads",
+                f"cytask engine {getattr(self, 'name', '')}: {max_stuck} threads are already "
+                f"stuck in timed-out tasks, so the worker of task {h.task_id} gets no "
+                f"replacement; it rejoins the pool when its task returns.  Raise "
+                f"max_workers for more replacements; stats().stuck_workers counts them.")
             return False
         if not self._try_spawn_worker("a replacement for a worker stuck past a time limit"):
             return False
@@ -1502,9 +1514,11 @@ cdef class Core:
         cdef int64_t first_deferred_ns = 0
         cdef int64_t t0, t1
         cdef int32_t rc
-        _worker_slots[threading.get_ident()] = (self, slot)
-        self._own_thread()
         try:
+            # inside the try: whatever fails here, the slot is freed and shutdown
+            # does not wait for a worker that never ran
+            _worker_slots[threading.get_ident()] = (self, slot)
+            self._own_thread()
             with nogil:
                 while True:
                     if item == NULL:
@@ -1562,12 +1576,14 @@ cdef class Core:
                                 self._requeue(item)
                         break   # _replace_stuck_worker already took it off _live_workers
         finally:
-            _worker_slots.pop(threading.get_ident(), None)
-            self._own_thread(False)
-            self._current[slot] = None
-            ct_store_i32(&w.alive, 0)
-            ct_add_i32(<int32_t *>&self._exited.seq, 1)
-            ct_futex_wake_all(&self._exited.seq)
+            try:
+                _worker_slots.pop(threading.get_ident(), None)
+                self._own_thread(False)
+                self._current[slot] = None
+            finally:   # the slot is free, and shutdown sees it, whatever happened above
+                ct_store_i32(&w.alive, 0)
+                ct_add_i32(<int32_t *>&self._exited.seq, 1)
+                ct_futex_wake_all(&self._exited.seq)
 
     cdef void _requeue(self, void *item) noexcept:
         """Push back an item this worker popped but will not run (it is exiting)."""
@@ -2204,7 +2220,6 @@ def current_worker_core():
     return None if entry is None else entry[0]
 
 
-import inspect as _inspect
 import types as _types
 _CoroutineType = _types.CoroutineType
 
