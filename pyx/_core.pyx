@@ -882,17 +882,22 @@ cdef class Core:
     cdef int32_t _live_workers
     # surplus workers asked to retire (a stand-in after its wait, a surplus
     # replacement): CAS -1 by a worker whose park timed out, which then exits, or by
-    # _lend_slot, which keeps the surplus worker as a stand-in (SEQ_CST)
+    # _lend_slot, which keeps the surplus worker as a stand-in (SEQ_CST).  Nobody is
+    # woken for it: a busy worker never retires for it, an idle one after
+    # worker_idle_timeout, so the next wait finds the stand-in still there.
+    cdef int32_t _surplus
+    # Always 0: no worker is asked to retire while busy any more (see _surplus).  Kept
+    # for the check in _gil_section, which is not this change's to edit; both can go.
     cdef int32_t _retire_debt
     # workers outside the base pool: those lending their slot (blocked on their own
-    # engine, a stand-in runs for each) plus _retire_debt.  Idle retirement keeps
+    # engine, a stand-in runs for each) plus _surplus.  Idle retirement keeps
     # _live_workers - _reserved >= _min_workers, so a stand-in that idles while its
     # lender still waits never takes the last runnable worker with it.  += / -= under
-    # the GIL by spawn, lend and return; -= by a worker paying a debt (SEQ_CST)
+    # the GIL by spawn, lend and return; -= by a worker leaving as surplus (SEQ_CST)
     cdef int32_t _reserved
     # 1 once shutdown began: workers exit when they find every ring empty
     cdef int32_t _stopping
-    # a worker parked this long pays a retire debt, or retires if the base pool
+    # a worker parked this long leaves as surplus, or retires if the base pool
     # (_live_workers - _reserved) is above _min_workers
     cdef int64_t _idle_retire_ns
     cdef int32_t _min_workers
@@ -1375,16 +1380,16 @@ cdef class Core:
         cdef int slot = self._own_slot()
         if slot >= 0 and self._workers[slot].lent:
             self._workers[slot].lent = 0
-            ct_add_i32(&self._retire_debt, 1)   # still reserved: now as a debt
+            ct_add_i32(&self._surplus, 1)   # still reserved: now as surplus
 
     cdef bint _cancel_retire(self) noexcept:
         """Take back one pending retirement: the surplus worker stays (still reserved,
         now for a lender).  True if there was one."""
-        cdef int32_t debt = ct_load_i32(&self._retire_debt)
+        cdef int32_t debt = ct_load_i32(&self._surplus)
         while debt > 0:
-            if ct_cas_i32(&self._retire_debt, debt, debt - 1):
+            if ct_cas_i32(&self._surplus, debt, debt - 1):
                 return True
-            debt = ct_load_i32(&self._retire_debt)
+            debt = ct_load_i32(&self._surplus)
         return False
 
     def _wait_workers_exit(self, timeout):
@@ -1502,7 +1507,7 @@ cdef class Core:
         """Mark `n` workers surplus: as many idle workers exit after their idle time-out
         (worker_idle_timeout), unless _lend_slot reuses them as stand-ins first."""
         ct_add_i32(&self._reserved, n)
-        ct_add_i32(&self._retire_debt, n)
+        ct_add_i32(&self._surplus, n)
 
     def _worker_main(self, int slot):
         """A worker thread's whole life: the nogil loop, GIL only at _gil_section."""
@@ -1658,16 +1663,16 @@ cdef class Core:
         """Pops a waiting level may be passed over before it is served; None: strict."""
         return self._starvation_limit or None
 
-    cdef bint _pay_retire_debt(self) noexcept nogil:
-        """An idle worker leaves in place of a surplus one (_retire_debt)."""
-        cdef int32_t debt = ct_load_i32(&self._retire_debt)
+    cdef bint _pay_surplus(self) noexcept nogil:
+        """An idle worker leaves in place of a surplus one (_surplus)."""
+        cdef int32_t debt = ct_load_i32(&self._surplus)
         while debt > 0:
-            if ct_cas_i32(&self._retire_debt, debt, debt - 1):
+            if ct_cas_i32(&self._surplus, debt, debt - 1):
                 # live first: the pool never looks larger than it is to _try_idle_retire
                 ct_add_i32(&self._live_workers, -1)
                 ct_add_i32(&self._reserved, -1)
                 return True
-            debt = ct_load_i32(&self._retire_debt)
+            debt = ct_load_i32(&self._surplus)
         return False
 
     cdef void *_next_item(self, ct_worker *w, bint has_deferred) noexcept nogil:
@@ -1703,7 +1708,7 @@ cdef class Core:
                 ct_add_i32(&self._live_workers, -1)
                 self._pass_wake_on()
                 return NULL
-            if idle_timeout and (self._pay_retire_debt() or self._try_idle_retire()):
+            if idle_timeout and (self._pay_surplus() or self._try_idle_retire()):
                 self._pass_wake_on()
                 return NULL
             idle_timeout = False
@@ -1715,7 +1720,7 @@ cdef class Core:
             else:
                 timeout = -1
                 if ct_load_i32(&self._live_workers) > self._min_workers:
-                    # some worker may be surplus (auto-scaled, a stand-in, a debt)
+                    # some worker may be surplus (auto-scaled, a stand-in, surplus)
                     timeout = self._idle_retire_ns
                 park_start = ct_now_ns()
                 left = timeout
