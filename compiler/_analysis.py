@@ -111,6 +111,9 @@ class Analysis:
     global_names: list[str] = field(default_factory=list)
     #: the rewritten function (named ``__ct_user``) for Numba, when eligible
     numba_source: str | None = None
+    #: the function may return a NumPy scalar (an array's element): the compiled code
+    #: reports which one it returned, and there is no C entry point
+    np_result: bool = False
 
     @property
     def native_signature(self) -> bool:
@@ -120,6 +123,7 @@ class Analysis:
             and self.result_kind is not None
             and all(k in "idb" for k in self.arg_kinds)
             and len(self.arg_kinds) <= MAX_NATIVE_ARGS
+            and not self.np_result
         )
 
 
@@ -135,7 +139,9 @@ def analyze(fn: Callable[..., Any]) -> Analysis:
         return a
     a = Analysis(fn, name, code.co_filename, code.co_firstlineno)
     try:
-        lines, first = inspect.getsourcelines(fn)
+        # the code object, not the function: inspect follows ``__wrapped__`` from a
+        # function, and would hand back the source of what a decorator wrapped
+        lines, first = inspect.getsourcelines(code)
     except (OSError, TypeError) as exc:
         why = Reason(0, f"source code is not available ({exc}); define it in a .py file")
         a.reasons.append(why)
@@ -157,10 +163,75 @@ def analyze(fn: Callable[..., Any]) -> Analysis:
         return a
     ast.increment_lineno(module, first - 1)
     a.lineno = node.lineno
+    if node.name != code.co_name:
+        why = Reason(first, f"the source found for it defines {node.name}, not {code.co_name}")
+        a.reasons.append(why)
+        a.cython_reasons.append(why)
+        return a
     _Checker(a, fn, node).run()
+    if not code.co_freevars and not _source_matches(code):
+        why = Reason(
+            a.lineno,
+            f"the source of {name} in {code.co_filename} does not match the code that is "
+            "loaded (was the file edited after it was imported?); re-import it",
+        )
+        a.reasons.insert(0, why)
+        a.cython_reasons.insert(0, why)
     if not a.reasons:
         a.numba_source = _rewrite(node, a)
     return a
+
+
+# -- the source is the code that runs ------------------------------------------------
+
+_CODE_FIELDS = (
+    "co_code", "co_names", "co_varnames", "co_argcount", "co_posonlyargcount",
+    "co_kwonlyargcount", "co_cellvars", "co_freevars", "co_name",
+)  # fmt: skip
+
+
+def _same_code(x: types.CodeType, y: types.CodeType) -> bool:
+    if any(getattr(x, f) != getattr(y, f) for f in _CODE_FIELDS):
+        return False
+    if len(x.co_consts) != len(y.co_consts):
+        return False
+    for cx, cy in zip(x.co_consts, y.co_consts, strict=True):
+        if isinstance(cx, types.CodeType) and isinstance(cy, types.CodeType):
+            if not _same_code(cx, cy):
+                return False
+        elif type(cx) is not type(cy) or repr(cx) != repr(cy):  # repr: -0.0, nan
+            return False
+    return True
+
+
+def _find_code(code: types.CodeType, name: str, line: int) -> types.CodeType | None:
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            if const.co_name == name and const.co_firstlineno == line:
+                return const
+            found = _find_code(const, name, line)
+            if found is not None:
+                return found
+    return None
+
+
+def _source_matches(code: types.CodeType) -> bool:
+    """Whether the source found on disk compiles to the function's loaded code.
+
+    The file may have changed since the module was imported (a deploy in progress):
+    compiling it would run other code than the Python function does.  The whole file
+    is compiled, as the import did (how a method call compiles depends on the
+    module's imports).
+    """
+    import linecache
+
+    text = "".join(linecache.getlines(code.co_filename))
+    try:
+        compiled = compile(text, code.co_filename, "exec", dont_inherit=True)
+    except (SyntaxError, ValueError):
+        return False
+    found = _find_code(compiled, code.co_name, code.co_firstlineno)
+    return found is not None and _same_code(found, code)
 
 
 # -- type hints -------------------------------------------------------------------
@@ -214,6 +285,12 @@ class _Checker(ast.NodeVisitor):
         self.locals: set[str] = set()
         self.seen_globals: set[str] = set()
         self.arrays: set[str] = set()
+        #: range() calls in a place that compiles exactly (a for loop, len())
+        self.ranges_ok: set[int] = set()
+        #: locals that may be a view of an argument array: by name, or a slice
+        self.views: set[str] = set()
+        #: locals that may be a row of an argument array (an element for 1-D arrays)
+        self.rows: set[str] = set()
 
     def numba(self, node: ast.AST, message: str) -> None:
         reason = Reason(getattr(node, "lineno", self.a.lineno), message)
@@ -255,6 +332,7 @@ class _Checker(ast.NodeVisitor):
             elif isinstance(sub, ast.arg):
                 self.locals.add(sub.arg)
         self._hints(node)
+        self._find_views(node)
         body = list(node.body)
         if (
             body
@@ -266,6 +344,57 @@ class _Checker(ast.NodeVisitor):
         for stmt in body:
             self.visit(stmt)
         self.a.global_names = sorted(self.seen_globals)
+
+    def _find_views(self, node: ast.AST) -> None:
+        """Locals that may share memory with an argument (``b = a``, ``b = a[1:]``)."""
+        hints = _hints(self.fn)
+        scalar = {n for n in self.a.arg_names if _kind_of(hints.get(n)) in ("i", "d", "b")}
+        self.views = {n for n in self.a.arg_names if n not in scalar}
+        pairs: list[tuple[ast.expr, ast.expr]] = []
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Assign):
+                pairs.extend((t, sub.value) for t in sub.targets)
+            elif isinstance(sub, ast.AnnAssign | ast.AugAssign) and sub.value is not None:
+                pairs.append((sub.target, sub.value))
+            elif isinstance(sub, ast.For):
+                pairs.append((sub.target, ast.Subscript(sub.iter, ast.Constant(0))))
+        changed = True
+        while changed:
+            changed = False
+            for target, value in pairs:
+                kind = self._view_kind(value)
+                if kind is None:
+                    continue
+                for t in ast.walk(target):
+                    if isinstance(t, ast.Name):
+                        into = self.views if kind == "view" else self.rows
+                        if t.id not in into and t.id not in self.views:
+                            into.add(t.id)
+                            changed = True
+
+    def _view_kind(self, value: ast.AST) -> str | None:
+        """'view' if ``value`` may be an argument array or a slice of one, 'row' if it
+        may be a row of one (an element of a 1-D array), None if neither."""
+        if isinstance(value, ast.Name):
+            if value.id in self.views:
+                return "view"
+            return "row" if value.id in self.rows else None
+        if isinstance(value, ast.Subscript):
+            base: ast.expr = value
+            sliced = False
+            while isinstance(base, ast.Subscript):
+                sliced = sliced or any(isinstance(x, ast.Slice) for x in ast.walk(base.slice))
+                base = base.value
+            inner = self._view_kind(base)
+            if inner is None:
+                return None
+            return "view" if sliced else "row"
+        if isinstance(value, ast.IfExp | ast.BoolOp | ast.Tuple | ast.List | ast.NamedExpr):
+            parts = [self._view_kind(c) for c in ast.iter_child_nodes(value)]
+            if "view" in parts:
+                return "view"
+            return "row" if "row" in parts else None
+        return None
 
     def _hints(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
         hints = _hints(self.fn)
@@ -362,6 +491,7 @@ class _Checker(ast.NodeVisitor):
 
     def visit_AugAssign(self, node: ast.AugAssign) -> None:
         self._check_store(node.target)
+        # (an in-place operation on an array is refused when Numba types it: ct_iadd)
         if type(node.op) is ast.MatMult:
             self.numba(node, "the @ operator does not compile here")
         self.generic_visit(node)
@@ -383,6 +513,13 @@ class _Checker(ast.NodeVisitor):
                     target,
                     f"writes into the argument {base.id!r}; a call handed back to Python "
                     "would repeat the write: return a new array instead",
+                )
+            elif isinstance(base, ast.Name) and base.id in self.views | self.rows:
+                self.numba(
+                    target,
+                    f"writes through {base.id!r}, which may share memory with an argument "
+                    "array; a call handed back to Python would repeat the write: copy it "
+                    "into a new array (np.zeros, then a loop) instead",
                 )
         elif isinstance(target, ast.Tuple | ast.List):
             for elt in target.elts:
@@ -409,6 +546,16 @@ class _Checker(ast.NodeVisitor):
 
     visit_Dict = visit_DictComp = visit_Set = visit_SetComp = generic_unsupported
     visit_GeneratorExp = visit_JoinedStr = visit_ListComp = generic_unsupported
+
+    def visit_NamedExpr(self, node: ast.NamedExpr) -> None:
+        self.numba(node, "assignment expression (:=); assign on a line of its own")
+        self.generic_visit(node)
+
+    def visit_For(self, node: ast.For) -> None:
+        it = node.iter
+        if isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and it.func.id == "range":
+            self.ranges_ok.add(id(it))
+        self.generic_visit(node)
 
     def visit_Starred(self, node: ast.Starred) -> None:
         self.numba(node, "star-unpacking in a call does not compile")
@@ -473,6 +620,18 @@ class _Checker(ast.NodeVisitor):
             self.visit(kw.value)
 
     def _builtin_call(self, name: str, node: ast.Call) -> None:
+        if name == "len" and len(node.args) == 1:
+            arg = node.args[0]
+            if isinstance(arg, ast.Call) and isinstance(arg.func, ast.Name):
+                self.ranges_ok.add(id(arg))
+        if name == "range" and id(node) not in self.ranges_ok:
+            self.numba(
+                node,
+                "range() as a value: only `for ... in range(...)` and `len(range(...))` "
+                "compile exactly",
+            )
+        elif name == "range" and not 1 <= len(node.args) <= 3:
+            self.numba(node, "range() takes 1 to 3 arguments")
         if name == "min" or name == "max":
             if len(node.args) < 2:
                 self.numba(node, f"{name}() of one iterable; pass the values as arguments")
@@ -543,6 +702,7 @@ class _Checker(ast.NodeVisitor):
 _BUILTIN = object()
 
 
+
 def _is_numpy_attr(func: ast.AST, checker: _Checker) -> bool:
     if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
         mod = checker.fn.__globals__.get(func.value.id)
@@ -552,6 +712,281 @@ def _is_numpy_attr(func: ast.AST, checker: _Checker) -> bool:
 
 def _hint_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or repr(hint)
+
+
+# -- possibly unbound locals ----------------------------------------------------------
+# Numba gives a local that no path assigned a value of zero (or whatever the register
+# held); Python raises UnboundLocalError.  Each load of a local that is not assigned
+# on every path to it reads it through ``ct_bound(x, __ct_d_x, err)``, where the
+# boolean ``__ct_d_x`` is set after each assignment: an unbound read raises the flag.
+
+UNBOUND = "_ct_unbound"  # attribute set on a Name load (or an AugAssign) to check
+BOUND_PREFIX = "__ct_d_"
+NP_PREFIX = "__ct_n_"
+_ALL = None  # an unreachable point: every name is (vacuously) assigned
+
+
+def _targets(node: ast.AST) -> set[str]:
+    return {t.id for t in ast.walk(node) if isinstance(t, ast.Name)}
+
+
+class _Unbound:
+    """Forward "definitely assigned" analysis over a function body."""
+
+    def __init__(self, local_names: set[str]) -> None:
+        self.local_names = local_names
+        self.needs: set[str] = set()  # names with at least one checked load
+        self.loops: list[list[frozenset[str] | None]] = []  # the sets at each break
+
+    def loads(self, node: ast.AST | None, d: frozenset[str] | None) -> None:
+        if node is None or d is _ALL:
+            return
+        for sub in ast.walk(node):
+            if (
+                isinstance(sub, ast.Name)
+                and isinstance(sub.ctx, ast.Load)
+                and sub.id in self.local_names
+                and sub.id not in d
+            ):
+                setattr(sub, UNBOUND, True)
+                self.needs.add(sub.id)
+
+    @staticmethod
+    def meet(x: frozenset[str] | None, y: frozenset[str] | None) -> frozenset[str] | None:
+        if x is _ALL:
+            return y
+        if y is _ALL:
+            return x
+        return x & y
+
+    def block(self, body: list[ast.stmt], d: frozenset[str] | None) -> frozenset[str] | None:
+        for stmt in body:
+            d = self.stmt(stmt, d)
+        return d
+
+    def stmt(self, node: ast.stmt, d: frozenset[str] | None) -> frozenset[str] | None:
+        if d is _ALL:
+            return _ALL
+        if isinstance(node, ast.Assign):
+            self.loads(node.value, d)
+            for t in node.targets:
+                if not isinstance(t, ast.Name):
+                    self.loads(t, d)  # the array and index of a subscript store
+            return d | {n for t in node.targets if not isinstance(t, ast.Subscript)
+                        for n in _targets(t)}  # fmt: skip
+        if isinstance(node, ast.AnnAssign):
+            if node.value is None:
+                return d
+            self.loads(node.value, d)
+            return d | _targets(node.target)
+        if isinstance(node, ast.AugAssign):
+            self.loads(node.value, d)
+            t = node.target
+            if isinstance(t, ast.Name):
+                if t.id in self.local_names and t.id not in d:
+                    setattr(node, UNBOUND, True)
+                    self.needs.add(t.id)
+                return d | {t.id}
+            self.loads(t, d)
+            return d
+        if isinstance(node, ast.If):
+            self.loads(node.test, d)
+            return self.meet(self.block(node.body, d), self.block(node.orelse, d))
+        if isinstance(node, ast.While):
+            self.loads(node.test, d)
+            self.loops.append([])
+            self.block(node.body, d)
+            breaks = self.loops.pop()
+            forever = isinstance(node.test, ast.Constant) and bool(node.test.value)
+            out = _ALL if forever else self.block(node.orelse, d)
+            for b in breaks:
+                out = self.meet(out, b)
+            return out
+        if isinstance(node, ast.For):
+            self.loads(node.iter, d)
+            self.loops.append([])
+            self.block(node.body, d | _targets(node.target))
+            breaks = self.loops.pop()
+            out = self.block(node.orelse, d)  # (the loop may run zero times)
+            for b in breaks:
+                out = self.meet(out, b)
+            return out
+        if isinstance(node, ast.Break):
+            if self.loops:
+                self.loops[-1].append(d)
+            return _ALL
+        if isinstance(node, ast.Continue):
+            return _ALL
+        if isinstance(node, ast.Return):
+            self.loads(node.value, d)
+            return _ALL
+        self.loads(node, d)
+        return d
+
+
+# -- NumPy scalars -----------------------------------------------------------------
+# An array's element is a NumPy scalar in Python (np.int64, np.float64, np.bool_) and
+# so is arithmetic on one; Numba returns plain numbers.  The kind of each value is
+# "p" (a Python number, or not a scalar), "n" (a NumPy scalar) or "m" (depends on the
+# path: the local ``__ct_n_x`` says which at run time); None: cannot be told.
+
+_NP_SCALARS = frozenset({"int64", "float64", "bool_"})
+
+
+class _NpKinds:
+    def __init__(self, fn_node: ast.FunctionDef, a: Analysis) -> None:
+        self.a = a
+        self.g = a.fn.__globals__
+        self.kinds: dict[str, str | None] = {}
+        self.env: dict[str, str | None] = {}
+        self.tuples: set[str] = set()  # locals assigned tuple displays
+        self.pairs: list[tuple[ast.expr, ast.expr]] = []
+        for sub in ast.walk(fn_node):
+            if isinstance(sub, ast.Assign):
+                self.pairs.extend((t, sub.value) for t in sub.targets)
+            elif isinstance(sub, ast.AnnAssign) and sub.value is not None:
+                self.pairs.append((sub.target, sub.value))
+            elif isinstance(sub, ast.AugAssign):
+                self.pairs.append(
+                    (sub.target, ast.BinOp(_as_load(sub.target), sub.op, sub.value))
+                )
+            elif isinstance(sub, ast.For):
+                self.pairs.append((sub.target, _ElementOf(sub.iter)))
+        for target, value in self.pairs:
+            if isinstance(target, ast.Name) and isinstance(value, ast.Tuple):
+                self.tuples.add(target.id)
+        self.local_names = {n for t, _ in self.pairs for n in _targets(t)}
+        for _ in range(2 * len(self.pairs) + 2):  # a fixpoint: kinds only grow
+            before = dict(self.kinds)
+            self.env = before
+            self.kinds = {}
+            for target, value in self.pairs:
+                if isinstance(target, ast.Name):
+                    self._merge(target.id, self.kind(value))
+                elif isinstance(target, ast.Tuple | ast.List):
+                    elts = value.elts if isinstance(value, ast.Tuple | ast.List) else None
+                    for j, t in enumerate(target.elts):
+                        k = self.kind(elts[j]) if elts and j < len(elts) else self.kind(value)
+                        for n in _targets(t):
+                            self._merge(n, k)
+            if before == self.kinds:
+                break
+        self.env = self.kinds
+
+    def _merge(self, name: str, k: str | None) -> None:
+        if k == "_":
+            return
+        if name not in self.kinds:
+            self.kinds[name] = k
+            return
+        old = self.kinds[name]
+        if old is None or k is None:
+            self.kinds[name] = None
+        elif old != k:
+            self.kinds[name] = "m"
+
+    def _global(self, node: ast.AST) -> Any:
+        if isinstance(node, ast.Name) and node.id not in self.kinds:
+            return self.g.get(node.id, getattr(builtins, node.id, None))
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            mod = self.g.get(node.value.id)
+            if isinstance(mod, types.ModuleType):
+                return (mod.__name__, node.attr)
+        return None
+
+    @staticmethod
+    def join(ks: list[str | None], select: bool) -> str | None:
+        """The kind of an operation on values of kinds ``ks``; ``select``: it returns
+        one of them (min, max, and, or, if-else)."""
+        ks = [k for k in ks if k != "_"]
+        if not ks:
+            return "_"
+        if None in ks:
+            return None
+        if select:
+            return ks[0] if all(k == ks[0] for k in ks) and ks[0] != "m" else None
+        if "n" in ks:
+            return "n"
+        return "m" if "m" in ks else "p"
+
+    def kind(self, e: ast.AST) -> str | None:
+        if isinstance(e, _ElementOf):
+            it = e.iter
+            if isinstance(it, ast.Call) and self._global(it.func) is range:
+                return "p"
+            return "n" if not (isinstance(it, ast.Name) and it.id in self.tuples) else None
+        if isinstance(e, ast.Constant):
+            return "p"
+        if isinstance(e, ast.Name):
+            if e.id in self.local_names:
+                return self.env.get(e.id, "_")  # "_": not known yet
+            return "p"  # an argument (never a NumPy scalar) or a frozen constant
+        if isinstance(e, ast.Subscript):
+            if isinstance(e.value, ast.Name) and e.value.id in self.tuples:
+                return "p" if self.env.get(e.value.id, "p") == "p" else None
+            return "n"
+        if isinstance(e, ast.Attribute):
+            return "p"  # .shape, .size, .ndim, math constants
+        if isinstance(e, ast.BinOp):
+            return self.join([self.kind(e.left), self.kind(e.right)], False)
+        if isinstance(e, ast.UnaryOp):
+            return "p" if isinstance(e.op, ast.Not) else self.kind(e.operand)
+        if isinstance(e, ast.Compare):
+            ks = [self.kind(e.left), *(self.kind(c) for c in e.comparators)]
+            if len(e.ops) > 1 and any(k != "p" for k in ks):
+                return None  # a chain returns the first false comparison
+            return self.join(ks, False)
+        if isinstance(e, ast.BoolOp):
+            return self.join([self.kind(v) for v in e.values], True)
+        if isinstance(e, ast.IfExp):
+            return self.join([self.kind(e.body), self.kind(e.orelse)], True)
+        if isinstance(e, ast.Tuple | ast.List):
+            return "p" if all(self.kind(x) == "p" for x in e.elts) else None
+        if isinstance(e, ast.Call):
+            f = self._global(e.func)
+            if f in (int, float, bool, len, range):
+                return "p"
+            if isinstance(f, tuple):
+                if f[0] == "numpy" and f[1] in _NP_SCALARS:
+                    return "n"
+                return "p"  # math functions, NumPy array constructors
+            if f is abs:
+                return self.kind(e.args[0]) if e.args else None
+            if f in (min, max):
+                return self.join([self.kind(x) for x in e.args], True)
+            if f is pow:
+                return self.join([self.kind(x) for x in e.args], False)
+            if getattr(f, "__module__", None) == "math":
+                return "p"
+            return None
+        return None
+
+    def dyn(self, e: ast.AST) -> ast.expr:
+        """A boolean expression: is ``e`` a NumPy scalar (kind "n" or "m")."""
+        k = self.kind(e)
+        if k != "m":
+            return ast.Constant(k == "n")
+        if isinstance(e, ast.Name):
+            if e.id in self.local_names:
+                return ast.Name(NP_PREFIX + e.id, ast.Load())
+            return ast.Constant(False)
+        if isinstance(e, ast.BinOp):
+            return ast.BoolOp(ast.Or(), [self.dyn(e.left), self.dyn(e.right)])
+        if isinstance(e, ast.Compare):
+            return ast.BoolOp(ast.Or(), [self.dyn(x) for x in [e.left, *e.comparators]])
+        if isinstance(e, ast.UnaryOp):
+            return self.dyn(e.operand)
+        if isinstance(e, ast.Call) and e.args:
+            return ast.BoolOp(ast.Or(), [self.dyn(x) for x in e.args])
+        return ast.Constant(True)  # not reached: other kinds are never "m"
+
+
+class _ElementOf(ast.expr):
+    """An element of the iterable ``iter`` (a for loop's target)."""
+
+    def __init__(self, it: ast.expr) -> None:
+        super().__init__()
+        self.iter = it
 
 
 # -- the rewrite ------------------------------------------------------------------
@@ -571,8 +1006,18 @@ def _helper(name: str, *args: ast.expr) -> ast.Call:
 
 
 class _Rewriter(ast.NodeTransformer):
-    def __init__(self, a: Analysis) -> None:
+    def __init__(
+        self, a: Analysis, unbound: set[str], mixed: set[str], np_kinds: _NpKinds
+    ) -> None:
         self.a = a
+        self.unbound = unbound  # locals read through ct_bound somewhere
+        self.mixed = mixed  # locals that hold a NumPy scalar on some paths only
+        self.np_kinds = np_kinds
+        self.loops = 0  # a counter for the names of range loops
+        self.numpy_modules = {
+            n for n, v in a.fn.__globals__.items()
+            if isinstance(v, types.ModuleType) and v.__name__ == "numpy"
+        }  # fmt: skip
         self.math_names: dict[str, str] = {}  # global name -> math function name
         g = a.fn.__globals__
         self.math_modules = {
@@ -590,14 +1035,72 @@ class _Rewriter(ast.NodeTransformer):
             return node
         return ast.copy_location(_helper(helper, node.left, node.right), node)
 
-    def visit_AugAssign(self, node: ast.AugAssign) -> ast.stmt:
+    # -- assignments: shadow locals, checked stores --
+
+    def _after(self, target: ast.expr, value: ast.expr | None) -> list[ast.stmt]:
+        """What to set after ``target = value``: bound flags, NumPy-scalar flags."""
+        out: list[ast.stmt] = []
+        pairs: list[tuple[ast.expr, ast.expr | None]] = [(target, value)]
+        if isinstance(target, ast.Tuple | ast.List):
+            elts = value.elts if isinstance(value, ast.Tuple | ast.List) else None
+            pairs = [
+                (t, elts[j] if elts is not None and j < len(elts) else None)
+                for j, t in enumerate(target.elts)
+            ]
+        for t, v in pairs:
+            if not isinstance(t, ast.Name):
+                continue
+            if t.id in self.unbound:
+                out.append(_set(BOUND_PREFIX + t.id, ast.Constant(True)))
+            if t.id in self.mixed:
+                is_np = self.np_kinds.dyn(v) if v is not None else ast.Constant(False)
+                out.append(_set(NP_PREFIX + t.id, is_np))
+        return out
+
+    def visit_Name(self, node: ast.Name) -> ast.expr:
+        if getattr(node, UNBOUND, False):
+            flag = ast.Name(BOUND_PREFIX + node.id, ast.Load())
+            return ast.copy_location(_helper("ct_bound", node, flag), node)
+        return node
+
+    def _store(self, target: ast.expr, value: ast.expr) -> ast.expr:
+        """``a[i] = v``: checked where NumPy would raise (a float into an int array)."""
+        if isinstance(target, ast.Subscript):
+            return _helper("ct_store", _as_load(target.value), value)
+        return value
+
+    def visit_Assign(self, node: ast.Assign) -> list[ast.stmt]:
+        after = [s for t in node.targets for s in self._after(t, node.value)]
         self.generic_visit(node)
+        if len(node.targets) == 1:
+            node.value = self._store(node.targets[0], node.value)
+        return [node, *after]
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> list[ast.stmt]:
+        after = self._after(node.target, node.value) if node.value is not None else []
+        self.generic_visit(node)
+        if node.value is not None:
+            node.value = self._store(node.target, node.value)
+        return [node, *after]
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> list[ast.stmt]:
+        # Python changes an array in place (the caller's, or one an alias shares);
+        # ``a = a + b`` would not: ct_inplace refuses arrays when Numba types it
+        whole = ast.BinOp(_as_load(node.target), node.op, node.value)
+        after = self._after(node.target, whole)
+        self.generic_visit(node)
+        load: ast.expr = _as_load(node.target)
+        if isinstance(load, ast.Name) and getattr(node, UNBOUND, False):
+            load = _helper("ct_bound", load, ast.Name(BOUND_PREFIX + load.id, ast.Load()))
+        load = _helper("ct_inplace", load)
         helper = _BINOP_HELPER.get(type(node.op))
-        if helper is None:
-            return node
-        load = _as_load(node.target)
-        call = _helper(helper, load, node.value)
-        return ast.copy_location(ast.Assign([node.target], call), node)
+        value: ast.expr = (
+            _helper(helper, load, node.value)
+            if helper is not None
+            else ast.BinOp(load, node.op, node.value)
+        )
+        assign = ast.Assign([node.target], self._store(node.target, value))
+        return [ast.copy_location(assign, node), *after]
 
     def visit_UnaryOp(self, node: ast.UnaryOp) -> ast.expr:
         self.generic_visit(node)
@@ -631,9 +1134,22 @@ class _Rewriter(ast.NodeTransformer):
             math_fn = self.math_names[func.id]
         if math_fn is not None and math_fn not in MATH_PRED:
             return ast.copy_location(_helper(f"ct_m_{math_fn}", *node.args), node)
+        if (
+            isinstance(func, ast.Attribute)
+            and isinstance(func.value, ast.Name)
+            and func.value.id in self.numpy_modules
+            and func.attr == "int64"
+            and len(node.args) == 1
+        ):
+            # NumPy raises for nan, inf and floats past int64; a C cast would not
+            return ast.copy_location(_helper("ct_np_int64", node.args[0]), node)
         if not isinstance(func, ast.Name) or func.id in self.a.fn.__globals__:
             return node
         name = func.id
+        if name == "len" and len(node.args) == 1 and _is_range(node.args[0], self.a):
+            rng = node.args[0]
+            assert isinstance(rng, ast.Call)
+            return ast.copy_location(_helper("ct_range_len", *_range_args(rng)), node)
         if name in ("abs", "int", "pow"):
             return ast.copy_location(_helper(f"ct_{name}", *node.args), node)
         if name in ("min", "max"):
@@ -641,8 +1157,6 @@ class _Rewriter(ast.NodeTransformer):
             for arg in node.args[1:]:
                 acc = _helper(f"ct_{name}", acc, arg)
             return ast.copy_location(acc, node)
-        if name == "range" and len(node.args) == 3:
-            node.args[2] = _helper("ct_step", node.args[2])
         return node
 
     def visit_While(self, node: ast.While) -> ast.stmt:
@@ -651,17 +1165,83 @@ class _Rewriter(ast.NodeTransformer):
         node.test = ast.BoolOp(ast.And(), [ok, node.test])
         return node
 
-    def visit_For(self, node: ast.For) -> ast.stmt:
+    def visit_For(self, node: ast.For) -> ast.stmt | list[ast.stmt]:
+        after = self._after(node.target, None)
+        if isinstance(node.target, ast.Name) and node.target.id in self.mixed:
+            is_np = self.np_kinds.dyn(_ElementOf(node.iter))
+            after = [s for s in after if not _sets(s, NP_PREFIX + node.target.id)]
+            after.append(_set(NP_PREFIX + node.target.id, is_np))
         self.generic_visit(node)
-        node.body.insert(0, ast.If(_flag_up(), [ast.Break()], []))
-        return node
+        it = node.iter
+        pre: list[ast.stmt] = []
+        if _is_range(it, self.a) and isinstance(it, ast.Call) and len(it.args) >= 2:
+            # Numba's range computes its length in int64, which overflows for ranges
+            # of more than 2**63 - 1 steps (and for some shorter ones with big bounds):
+            # count exactly (flag past int64) and compute each value by wrapping
+            self.loops += 1
+            r = f"__ct_r{self.loops}"
+            k = f"__ct_k{self.loops}"
+            pre.append(_set(r, _helper("ct_range", *_range_args(it))))
+            count = ast.Subscript(ast.Name(r, ast.Load()), ast.Constant(2), ast.Load())
+            node.iter = ast.Call(ast.Name("range", ast.Load()), [count], [])
+            at = ast.Call(
+                ast.Name("ct_range_at", ast.Load()),
+                [ast.Name(r, ast.Load()), ast.Name(k, ast.Load())],
+                [],
+            )
+            target = node.target
+            node.target = ast.Name(k, ast.Store())
+            after.insert(0, ast.Assign([target], at))
+        node.body[:0] = [ast.If(_flag_up(), [ast.Break()], []), *after]
+        return [*pre, node] if pre else node
 
     def visit_Return(self, node: ast.Return) -> ast.stmt | list[ast.stmt]:
+        is_np = self.np_kinds.dyn(node.value) if node.value is not None else None
         self.generic_visit(node)
         if node.value is None:
             return [_export_flag(node), node]
+        if self.a.np_result and is_np is not None:
+            call = ast.Call(
+                ast.Name("ct_ret_np", ast.Load()),
+                [node.value, ast.Name(ERR_OUT, ast.Load()), _err(), is_np],
+                [],
+            )
+            node.value = ast.copy_location(call, node.value)
+            return node
         node.value = ast.copy_location(_ret(node.value), node.value)
         return node
+
+
+def _set(name: str, value: ast.expr) -> ast.Assign:
+    return ast.Assign([ast.Name(name, ast.Store())], value)
+
+
+def _sets(stmt: ast.stmt, name: str) -> bool:
+    return (
+        isinstance(stmt, ast.Assign)
+        and isinstance(stmt.targets[0], ast.Name)
+        and stmt.targets[0].id == name
+    )
+
+
+def _is_range(node: ast.AST, a: Analysis) -> bool:
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "range"
+        and "range" not in a.fn.__globals__
+        and 1 <= len(node.args) <= 3
+    )
+
+
+def _range_args(node: ast.Call) -> list[ast.expr]:
+    """``start, stop, step`` of a range() call, with the defaults filled in."""
+    args = list(node.args)
+    if len(args) == 1:
+        return [ast.Constant(0), args[0], ast.Constant(1)]
+    if len(args) == 2:
+        return [*args, ast.Constant(1)]
+    return args
 
 
 def _ret(value: ast.expr) -> ast.Call:
@@ -683,7 +1263,7 @@ def _as_load(target: ast.expr) -> ast.expr:
     return load
 
 
-def _rewrite(node: ast.FunctionDef | ast.AsyncFunctionDef, a: Analysis) -> str:
+def _rewrite(node: ast.FunctionDef | ast.AsyncFunctionDef, a: Analysis) -> str | None:
     assert isinstance(node, ast.FunctionDef)
     import copy
 
@@ -695,11 +1275,40 @@ def _rewrite(node: ast.FunctionDef | ast.AsyncFunctionDef, a: Analysis) -> str:
         arg.annotation = None
     fn_node.args.args.append(ast.arg(ERR_OUT))
     fn_node.args.defaults = []  # the dispatcher binds arguments itself
-    fn_node = _Rewriter(a).visit(fn_node)
+    params = {x.arg for x in fn_node.args.args}
+    stored = {
+        n.id
+        for n in ast.walk(fn_node)
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+    } - params
+    unbound = _Unbound(stored)
+    unbound.block(fn_node.body, frozenset(params))
+    np_kinds = _NpKinds(fn_node, a)
+    for ret in ast.walk(fn_node):
+        if isinstance(ret, ast.Return) and ret.value is not None:
+            kind = np_kinds.kind(ret.value)
+            if kind is None:
+                a.reasons.append(
+                    Reason(
+                        ret.lineno,
+                        "returns a NumPy scalar (an array's element) on some paths and "
+                        "a Python number on others, in a way compiled code cannot tell "
+                        "apart: convert it with int() or float()",
+                    )
+                )
+                return None
+            if kind in ("n", "m"):
+                a.np_result = True
+    mixed = {n for n, k in np_kinds.kinds.items() if k == "m"}
+    fn_node = _Rewriter(a, unbound.needs, mixed, np_kinds).visit(fn_node)
     # the checks raise a flag local to the function, which LLVM keeps in a register;
     # every way out of the function copies it to the caller's slot
     local = ast.Assign([ast.Name(ERR, ast.Store())], ast.Call(ast.Name("ct_flag_local"), [], []))
-    fn_node.body.insert(0, local)
+    fn_node.body[:0] = [
+        local,
+        *(_set(BOUND_PREFIX + n, ast.Constant(False)) for n in sorted(unbound.needs)),
+        *(_set(NP_PREFIX + n, ast.Constant(False)) for n in sorted(mixed)),
+    ]
     if not isinstance(fn_node.body[-1], ast.Return):
         fn_node.body.append(_export_flag(fn_node.body[-1]))
     ast.fix_missing_locations(fn_node)

@@ -28,6 +28,7 @@ import numpy as np
 from llvmlite import ir as llir
 from numba import types
 from numba.core import cgutils
+from numba.core.errors import TypingError
 from numba.extending import intrinsic, overload
 
 from cytask.compiler._analysis import MATH_1, MATH_2, MATH_TO_INT
@@ -36,12 +37,14 @@ __all__ = [
     "ct_abs",
     "ct_add",
     "ct_addr",
+    "ct_bound",
     "ct_eq",
     "ct_flag",
     "ct_flag_local",
     "ct_flag_set",
     "ct_floordiv",
     "ct_ge",
+    "ct_inplace",
     "ct_gt",
     "ct_int",
     "ct_invert",
@@ -54,10 +57,16 @@ __all__ = [
     "ct_mul",
     "ct_ne",
     "ct_neg",
+    "ct_np_int64",
     "ct_pow",
+    "ct_range",
+    "ct_range_at",
+    "ct_range_len",
     "ct_ret",
+    "ct_ret_np",
     "ct_rshift",
     "ct_step",
+    "ct_store",
     "ct_sub",
     "ct_truediv",
 ]
@@ -253,6 +262,175 @@ ct_ge = _stub("ct_ge")
 ct_eq = _stub("ct_eq")
 ct_ne = _stub("ct_ne")
 ct_ret = _stub("ct_ret")
+ct_ret_np = _stub("ct_ret_np")
+ct_bound = _stub("ct_bound")
+ct_store = _stub("ct_store")
+ct_inplace = _stub("ct_inplace")
+ct_np_int64 = _stub("ct_np_int64")
+ct_range = _stub("ct_range")
+ct_range_at = _stub("ct_range_at")
+ct_range_len = _stub("ct_range_len")
+
+
+def _ct_store_at_impl(typingctx: Any, addr: Any, value: Any) -> Any:
+    """Store the int64 ``value`` at address ``addr``."""
+    sig = types.none(types.int64, types.int64)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        ptr = builder.inttoptr(args[0], llir.IntType(64).as_pointer())
+        builder.store(args[1], ptr)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+_ct_store_at: Any = intrinsic(_ct_store_at_impl)
+
+
+@overload(ct_ret_np)
+def _ol_ret_np(value: Any, out: Any, err: Any, is_np: Any) -> Any:
+    """``return value``, and whether Python's value is a NumPy scalar (at ``out + 8``)."""
+
+    def impl(value: Any, out: Any, err: Any, is_np: Any) -> Any:
+        _ct_flag_copy(out, err)
+        _ct_store_at(out + 8, np.int64(1) if is_np else np.int64(0))
+        return value
+
+    return impl
+
+
+@overload(ct_bound)
+def _ol_bound(value: Any, bound: Any, err: Any) -> Any:
+    """A local that no path may have assigned: Python raises UnboundLocalError."""
+
+    def impl(value: Any, bound: Any, err: Any) -> Any:
+        if not bound:
+            ct_flag_set(err)
+        return value
+
+    return impl
+
+
+@overload(ct_inplace)
+def _ol_inplace(value: Any, err: Any) -> Any:
+    if isinstance(value, types.Array):
+        raise TypingError(
+            "an augmented assignment (+= and the like) to an array: Python changes the "
+            "array in place, which a call handed back to Python would do twice; "
+            "write `b = a + x` into a new name instead"
+        )
+
+    def impl(value: Any, err: Any) -> Any:
+        return value
+
+    return impl
+
+
+@overload(ct_store)
+def _ol_store(array: Any, value: Any, err: Any) -> Any:
+    """The value for ``array[i] = value``: NumPy raises for a float that is not an int64."""
+    if (
+        isinstance(array, types.Array)
+        and isinstance(array.dtype, types.Integer)
+        and _isfloat(value)
+    ):
+
+        def impl_f(array: Any, value: Any, err: Any) -> Any:
+            x = float(value)
+            if not (-TWO63 <= x < TWO63):  # also nan
+                ct_flag_set(err)
+            return value
+
+        return impl_f
+    if isinstance(array, types.Array) and isinstance(value, types.Array):
+        if isinstance(array.dtype, types.Integer) and isinstance(value.dtype, types.Float):
+            raise TypingError("stores an array of floats into an array of ints; use a loop")
+        if isinstance(array.dtype, types.Boolean) != isinstance(value.dtype, types.Boolean):
+            raise TypingError("stores an array into one of another dtype; use a loop")
+
+    def impl(array: Any, value: Any, err: Any) -> Any:
+        return value
+
+    return impl
+
+
+@overload(ct_np_int64)
+def _ol_np_int64(a: Any, err: Any) -> Any:
+    if _isfloat(a):
+
+        def impl_f(a: Any, err: Any) -> Any:
+            x = float(a)
+            if not (-TWO63 <= x < TWO63):  # NumPy raises (nan, inf, out of range)
+                ct_flag_set(err)
+                return np.int64(0)
+            return np.int64(x)
+
+        return impl_f
+    if _isint(a):
+
+        def impl_i(a: Any, err: Any) -> Any:
+            return np.int64(a)
+
+        return impl_i
+    return None
+
+
+# -- range() of int64 bounds, counted exactly ------------------------------------------
+
+
+@overload(ct_range)
+def _ol_range(start: Any, stop: Any, step: Any, err: Any) -> Any:
+    """``(start, step, count)``: the count of ``range(start, stop, step)``, exactly.
+
+    Numba's own range computes ``stop - start`` in int64, which overflows for bounds
+    far apart.  Here the distance is taken as a uint64 (it is below 2**64); a count
+    past int64 raises the flag (Python loops on; it cannot finish here anyway), and so
+    does a zero step (ValueError).
+    """
+    if not (_isint(start) and _isint(stop) and _isint(step)):
+        return None
+
+    def impl(start: Any, stop: Any, step: Any, err: Any) -> Any:
+        a = np.int64(start)
+        b = np.int64(stop)
+        c = np.int64(step)
+        n = np.uint64(0)
+        if c == 0:
+            ct_flag_set(err)
+        elif c > 0 and a < b:
+            d = np.uint64(b) - np.uint64(a)
+            n = (d - np.uint64(1)) // np.uint64(c) + np.uint64(1)
+        elif c < 0 and a > b:
+            d = np.uint64(a) - np.uint64(b)
+            n = (d - np.uint64(1)) // (np.uint64(0) - np.uint64(c)) + np.uint64(1)
+        if n > np.uint64(INT64_MAX):
+            ct_flag_set(err)
+            n = np.uint64(0)
+        return (a, c, np.int64(n))
+
+    return impl
+
+
+@overload(ct_range_at)
+def _ol_range_at(r: Any, k: Any) -> Any:
+    """The ``k``-th value of the range ``r``: it fits in int64, so wrapping is exact."""
+
+    def impl(r: Any, k: Any) -> Any:
+        return np.int64(np.uint64(r[0]) + np.uint64(k) * np.uint64(r[1]))
+
+    return impl
+
+
+@overload(ct_range_len)
+def _ol_range_len(start: Any, stop: Any, step: Any, err: Any) -> Any:
+    """``len(range(...))``: Python raises OverflowError past sys.maxsize."""
+    if not (_isint(start) and _isint(stop) and _isint(step)):
+        return None
+
+    def impl(start: Any, stop: Any, step: Any, err: Any) -> Any:
+        return ct_range(start, stop, step, err)[2]
+
+    return impl
 
 
 @overload(ct_ret)
@@ -685,6 +863,21 @@ def _pick(greater: bool) -> Callable[..., Any]:
     cmp = ct_gt if greater else ct_lt
 
     def typer(a: Any, b: Any, err: Any) -> Any:
+        a_bool = isinstance(a, types.Boolean)
+        if a_bool != isinstance(b, types.Boolean) and _isint(a) and _isint(b):
+            # a bool and an int: Numba's result is an int, Python's is the bool when
+            # it wins, so that case goes back to Python
+
+            def impl_bool(a: Any, b: Any, err: Any) -> Any:
+                if cmp(b, a, err):
+                    if not a_bool:
+                        ct_flag_set(err)
+                    return np.int64(b)
+                if a_bool:
+                    ct_flag_set(err)
+                return np.int64(a)
+
+            return impl_bool
         if _isint(a) != _isint(b) and _isnum(a) and _isnum(b):
             # int and float: Numba's result is a float, Python's is the int when it
             # wins, so that case goes back to Python

@@ -228,6 +228,16 @@ def _names_lines(a: Analysis) -> dict[str, int]:
     return out
 
 
+BOOL_ARITH = "<bool arithmetic>"
+_ARITHMETIC = frozenset(
+    {
+        "ct_add", "ct_sub", "ct_mul", "ct_truediv", "ct_floordiv", "ct_mod", "ct_pow",
+        "ct_lshift", "ct_rshift", "ct_neg", "ct_invert", "ct_abs", "ct_min", "ct_max",
+        "and_", "or_", "xor", "iand", "ior", "ixor",
+    }
+)  # fmt: skip
+
+
 def _unifications(cres: Any) -> list[str] | None:
     """Variables Numba widened from int to float (or bool to int); None if unknown.
 
@@ -241,23 +251,45 @@ def _unifications(cres: Any) -> list[str] | None:
     typemap = getattr(ta, "typemap", None)
     if not isinstance(typemap, dict):
         return None  # loaded from Numba's cache: no typed IR kept
+
+    def widened(target: Any, source: Any) -> bool:
+        if isinstance(target, types.BaseTuple) and isinstance(source, types.BaseTuple):
+            # (x, 0.5) then (0.0, 1.0): Numba widens the int inside the tuple
+            tt, st = list(target.types), list(source.types)
+            return len(tt) == len(st) and any(widened(t, s) for t, s in zip(tt, st, strict=True))
+        return (
+            isinstance(target, types.Float) and isinstance(source, types.Integer | types.Boolean)
+        ) or (isinstance(target, types.Integer) and isinstance(source, types.Boolean))
+
+    bool_arrays = any(
+        isinstance(t, types.Array) and isinstance(t.dtype, types.Boolean) for t in typemap.values()
+    )
+    globals_: dict[str, Any] = {}
     found: set[str] = set()
     for block in ta.blocks.values():
         for inst in block.body:
             if not isinstance(inst, ir.Assign):
                 continue
             value = inst.value
+            if isinstance(value, ir.Global | ir.FreeVar):
+                globals_[inst.target.name] = value.value
+            if bool_arrays and isinstance(value, ir.Expr) and value.op in ("call", "binop"):
+                # NumPy's bools are not Python's: np.True_ + np.True_ is np.True_,
+                # ~np.False_ is np.True_, and - raises; Numba computes them as ints
+                fn = globals_.get(value.func.name) if value.op == "call" else value.fn
+                name = getattr(fn, "__name__", "")
+                operands = value.args if value.op == "call" else [value.lhs, value.rhs]
+                if name in _ARITHMETIC and any(
+                    isinstance(typemap.get(v.name), types.Boolean) for v in operands
+                ):
+                    found.add(BOOL_ARITH)
             if isinstance(value, ir.Expr) and value.op == "cast":
                 value = value.value
             if not isinstance(value, ir.Var):
                 continue
             target = typemap.get(inst.target.name)
             source = typemap.get(value.name)
-            widened = (
-                isinstance(target, types.Float)
-                and isinstance(source, types.Integer | types.Boolean)
-            ) or (isinstance(target, types.Integer) and isinstance(source, types.Boolean))
-            if widened:
+            if widened(target, source):
                 name = inst.target.name.split(".")[0]
                 found.add(name if not name.startswith("$") else "")
     return sorted(found)
@@ -296,7 +328,16 @@ def mixed_types(
     lines = _names_lines(a)
     reasons = []
     for name in names:
-        if name:
+        if name == BOOL_ARITH:
+            reasons.append(
+                Reason(
+                    a.lineno,
+                    "arithmetic on the elements of a bool array: NumPy's bools add, "
+                    "negate and invert differently from Python's and Numba's; convert "
+                    "them with int() first",
+                )
+            )
+        elif name:
             reasons.append(
                 Reason(
                     lines.get(name, a.lineno),
@@ -336,11 +377,24 @@ def _check_result_type(a: Analysis, dispatcher: Any) -> str | None:
     return None
 
 
+def _as_numpy(np: Any, value: Any) -> Any:
+    """The NumPy scalar Python's code returns where Numba returns a plain number."""
+    t = type(value)
+    if t is bool:
+        return np.bool_(value)
+    if t is int:
+        return np.int64(value)
+    if t is float:
+        return np.float64(value)
+    return value
+
+
 def make_caller(
     a: Analysis,
     build: NumbaBuild,
     python_fn: Callable[..., Any],
     on_failure: Callable[[str, list[Reason]], None],
+    globals_unchanged: Callable[[], bool] | None = None,
 ) -> Callable[..., Any]:
     """A Python callable that runs the dispatcher and hands odd calls back to Python.
 
@@ -364,9 +418,10 @@ def make_caller(
 
     def call(*args: Any) -> Any:
         nonlocal off
-        if off:
+        if off or (globals_unchanged is not None and not globals_unchanged()):
+            # (checked when the call runs: a delayed task reads today's globals)
             return python_fn(*args)
-        err = np.zeros(1, np.int64)
+        err = np.zeros(2, np.int64)  # the flag; whether the result is a NumPy scalar
         try:
             result = dispatcher(*args, err.ctypes.data)
         except NumbaError as exc:
@@ -389,6 +444,8 @@ def make_caller(
             checked.add(key)
         if err[0]:
             return python_fn(*args)
+        if err[1]:
+            return _as_numpy(np, result)
         return result
 
     call.__name__ = getattr(python_fn, "__name__", "call")

@@ -113,6 +113,13 @@ class CompiledTask:
         self._callable: Callable[..., Any] | None = None
         self._nargs = len(analysis.arg_names) if analysis else -1
         self._constants: dict[str, object] = dict(analysis.constants) if analysis else {}
+        g = getattr(fn, "__globals__", {})
+        #: global name -> the module or math function the compiled code calls in its place
+        self._imports: dict[str, object] = (
+            {n: g[n] for n in analysis.imports if n in g} if analysis else {}
+        )
+        if self._imports:
+            self._constants.setdefault(_IMPORTS_KEY, None)  # plan() must look at them too
         #: (native, the exact type of each argument) for plan(); rebuilt if native changes
         self._native_types: tuple[NativeEntry, tuple[type, ...]] | None = None
         self._cython_globals: list[str] = []
@@ -189,15 +196,22 @@ class CompiledTask:
             return None
         if self.backend == "numba":
             return caller if all(_fits_dispatcher(v) for v in args) else None
-        if self.backend == "cython":
-            self._refresh_cython_globals()
         return caller
 
     def _constants_unchanged(self) -> bool:
+        """Whether the globals frozen into the compiled code still hold their values.
+
+        Floats compare by bit pattern: ``-0.0 == 0.0`` and ``nan != nan``, yet
+        ``copysign`` tells the zeros apart and a NaN constant is unchanged.  Modules and
+        math functions compare by identity (``mock.patch`` of a ``from math import``).
+        """
         if not self._constants:
             return True
         g = getattr(self.python_fn, "__globals__", {})
-        return all(_same_constant(g.get(k, _MISSING), v) for k, v in self._constants.items())
+        for k, v in self._constants.items():
+            if k != _IMPORTS_KEY and not _same_constant(g.get(k, _MISSING), v):
+                return False
+        return all(g.get(k, _MISSING) is v for k, v in self._imports.items())
 
     def _refresh_cython_globals(self) -> None:
         # the compiled module has its own globals: copy the ones the function reads,
@@ -229,6 +243,7 @@ class CompiledTask:
 
 
 _MISSING = object()
+_IMPORTS_KEY = "\0imports"  # not a Python name: marks that imports are checked too
 
 
 def _same_constant(now: object, frozen: object) -> bool:
@@ -377,7 +392,13 @@ def compile_task(fn: Callable[..., Any], *, strict: bool = False) -> CompiledTas
             with ct._lock:
                 ct._cython_module = module
                 ct._cython_globals = list(job.global_names)
-                ct._callable = fn_c
+
+                def call_cython(*args: Any, **kwargs: Any) -> Any:
+                    # the globals it reads, when it runs (not when it was submitted)
+                    ct._refresh_cython_globals()
+                    return fn_c(*args, **kwargs)
+
+                ct._callable = call_cython
                 ct.backend = "cython"
                 ct.fallback_reason = None  # compiled; why not Numba stays in errors/reasons
                 ct.state = "ready"
@@ -428,7 +449,9 @@ def _try_numba(ct: CompiledTask, analysis: Analysis) -> None:
         )
     if build.note is not None:
         ct.reasons.append(Reason(analysis.lineno, build.note))
-    ct._callable = _numba.make_caller(analysis, build, ct.python_fn, ct._disable_dispatcher)
+    ct._callable = _numba.make_caller(
+        analysis, build, ct.python_fn, ct._disable_dispatcher, ct._constants_unchanged
+    )
     ct.backend = "numba"
 
 
