@@ -315,7 +315,7 @@ def _ol_bound(value: Any, bound: Any, err: Any) -> Any:
 def _ol_inplace(value: Any, err: Any) -> Any:
     if isinstance(value, types.Array):
         raise TypingError(
-            "an augmented assignment (+= and the like) to an array: Python changes the "
+            "cytask: an augmented assignment (+= and the like) to an array: Python changes the "
             "array in place, which a call handed back to Python would do twice; "
             "write `b = a + x` into a new name instead"
         )
@@ -344,9 +344,9 @@ def _ol_store(array: Any, value: Any, err: Any) -> Any:
         return impl_f
     if isinstance(array, types.Array) and isinstance(value, types.Array):
         if isinstance(array.dtype, types.Integer) and isinstance(value.dtype, types.Float):
-            raise TypingError("stores an array of floats into an array of ints; use a loop")
+            raise TypingError("cytask: stores an array of floats into an array of ints; use a loop")
         if isinstance(array.dtype, types.Boolean) != isinstance(value.dtype, types.Boolean):
-            raise TypingError("stores an array into one of another dtype; use a loop")
+            raise TypingError("cytask: stores an array into one of another dtype; use a loop")
 
     def impl(array: Any, value: Any, err: Any) -> Any:
         return value

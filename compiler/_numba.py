@@ -141,6 +141,9 @@ def _short(exc: BaseException) -> str:
     lines = [ln.strip() for ln in text.splitlines()]
     useful = [ln for ln in lines if ln and not ln.startswith(skip)]
     head = useful[0] if useful else type(exc).__name__
+    ours = [ln for ln in useful if "cytask: " in ln]  # a helper refused the types
+    if ours:
+        return ours[0][ours[0].index("cytask: ") + len("cytask: ") :]
     for ln in useful:
         if ln.startswith(("Unknown attribute", "Cannot unify", "Untyped global", "NameError")):
             head = ln
