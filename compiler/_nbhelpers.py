@@ -44,6 +44,7 @@ __all__ = [
     "ct_flag_set",
     "ct_floordiv",
     "ct_ge",
+    "ct_guard_ok",
     "ct_inplace",
     "ct_gt",
     "ct_int",
@@ -216,6 +217,38 @@ def _ct_flag_copy_impl(typingctx: Any, dst: Any, src: Any) -> Any:
 
 
 _ct_flag_copy: Any = intrinsic(_ct_flag_copy_impl)
+
+
+def _ct_guard_ok_impl(typingctx: Any, symbol: Any) -> Any:
+    """Whether the module globals are still those the code was compiled with.
+
+    ``symbol`` (a string literal) names a two-word cell bound by ``_guard``: the
+    address of the globals dict's version tag, and the version last verified.
+    """
+    if not isinstance(symbol, types.StringLiteral):
+        return None
+    name = str(symbol.literal_value)
+    sig = types.boolean(symbol)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        i64 = llir.IntType(64)
+        module = builder.module
+        try:
+            cell = module.get_global(name)
+        except KeyError:
+            cell = llir.GlobalVariable(module, llir.ArrayType(i64, 2), name)
+            cell.linkage = "external"
+        zero = llir.Constant(llir.IntType(32), 0)
+        one = llir.Constant(llir.IntType(32), 1)
+        where = builder.load(builder.gep(cell, [zero, zero]))
+        expected = builder.load(builder.gep(cell, [zero, one]))
+        version = builder.load(builder.inttoptr(where, i64.as_pointer()))
+        return builder.icmp_unsigned("==", version, expected)
+
+    return sig, codegen
+
+
+ct_guard_ok: Any = intrinsic(prefer_literal=True)(_ct_guard_ok_impl)
 
 
 def _ct_addr_impl(typingctx: Any, ptr: Any) -> Any:

@@ -59,6 +59,8 @@ class NumbaBuild:
     note: str | None = None
     #: what was wrong with Numba's cache for it, which was then rebuilt
     repaired: str | None = None
+    #: the cell the C entry point checks for changed module globals (see _guard)
+    guard: Any = None
 
 
 def numba_version() -> str:
@@ -76,8 +78,20 @@ def _slot_read(kind: str, i: int) -> str:
     return f"__ct_ai[{i}] != 0"
 
 
+def guard_symbol(a: Analysis) -> str | None:
+    """The symbol of the globals guard, for a function that reads module globals."""
+    if not a.constants and not a.imports:
+        return None
+    # the frozen values are part of the name: two builds that froze different values
+    # (a constant rebound between them) must not share a verified version
+    frozen = [f"{k}={_constant(v)}" for k, v in sorted(a.constants.items())]
+    parts = [a.filename, a.name, a.numba_source or "", *frozen, *sorted(a.imports.values())]
+    return "ct_guard_" + digest(*parts)[:24]
+
+
 def _entry_source(a: Analysis) -> str:
     kinds = a.arg_kinds or ""
+    symbol = guard_symbol(a)
     n = len(kinds)
     call_args = ", ".join([*(_slot_read(k, i) for i, k in enumerate(kinds)), "ct_addr(result)"])
     lines = [
@@ -93,6 +107,11 @@ def _entry_source(a: Analysis) -> str:
         "    __ct_ri = __ct_numba.carray(result, (1,), __ct_numba.int64)",
         "    __ct_rd = __ct_numba.carray(result, (1,), __ct_numba.float64)",
         "    __ct_ri[0] = 0  # the error flag while the function runs",
+    ]
+    if symbol is not None:
+        # the globals it froze are read when the call runs: changed, Python runs it
+        lines += [f"    if not ct_guard_ok({symbol!r}):", f"        return {CT_RC_PYTHON}"]
+    lines += [
         "    try:",
         f"        r = __ct_jit({call_args})",
         "    except Exception:",
@@ -171,6 +190,13 @@ def build(a: Analysis) -> NumbaBuild:
 
 def _build(a: Analysis, _repaired: str | None = None) -> NumbaBuild:
     native = a.native_signature
+    guard = None
+    symbol = guard_symbol(a)
+    if native and symbol is not None:
+        from cytask.compiler import _guard
+
+        guard = _guard.guard_for(symbol, a.fn.__globals__)
+        native = guard is not None  # else the dispatcher, which checks with the GIL
     try:
         import numpy  # noqa: F401  (the helpers need it)
 
@@ -207,7 +233,9 @@ def _build(a: Analysis, _repaired: str | None = None) -> NumbaBuild:
             return _build(a, why)
         raise NumbaCompileError(f"Numba could not compile {a.name}: {_short(exc)}") from exc
     seal_numba_cache(path)
-    return NumbaBuild(mod, dispatcher, cfunc, path, note, repaired)
+    return NumbaBuild(
+        mod, dispatcher, cfunc, path, note, repaired, guard if cfunc is not None else None
+    )
 
 
 def _err_type() -> Any:

@@ -120,6 +120,8 @@ class CompiledTask:
         )
         if self._imports:
             self._constants.setdefault(_IMPORTS_KEY, None)  # plan() must look at them too
+        #: the C entry point's check of the globals (see _guard), when it has one
+        self._guard: Any = None
         #: (native, the exact type of each argument) for plan(); rebuilt if native changes
         self._native_types: tuple[NativeEntry, tuple[type, ...]] | None = None
         self._cython_globals: list[str] = []
@@ -172,8 +174,17 @@ class CompiledTask:
                 self._refresh_cython_globals()
                 return self._callable
             return None
-        if self._constants and not self._constants_unchanged():
-            return None
+        if self._constants:
+            guard = self._guard
+            if guard is None:
+                if not self._constants_unchanged():
+                    return None
+            else:
+                version = guard.version()  # read before the values are compared
+                if version != guard.verified:
+                    if not self._constants_unchanged():
+                        return None
+                    guard.verify(version)
         native = self.native
         if native is not None:
             # the hot path of every native submission: an exact type test per argument
@@ -441,6 +452,11 @@ def _try_numba(ct: CompiledTask, analysis: Analysis) -> None:
         ct.notes.append(f"repaired: {build.repaired}")
     if build.cfunc is not None:
         assert analysis.arg_kinds is not None and analysis.result_kind is not None
+        if build.guard is not None:
+            ct._guard = build.guard
+            version = build.guard.version()
+            if ct._constants_unchanged():
+                build.guard.verify(version)
         ct.native = NativeEntry(
             address=int(build.cfunc.address),
             arg_kinds=analysis.arg_kinds.encode(),

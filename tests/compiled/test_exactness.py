@@ -366,6 +366,7 @@ def isqrt(x: int) -> int:
     return r
 
 
+@pytest.mark.filterwarnings("ignore::cytask.compiler.CompileFallbackWarning")
 @pytest.mark.parametrize("fn", [isqrt, isqrt_flat])
 def test_a_decorator_under_task_is_kept(fn: Callable[[int], int], engine: cytask.Engine) -> None:
     ct = compile_task(fn)
@@ -407,6 +408,38 @@ def test_a_delayed_task_reads_the_global_when_it_runs() -> None:
             assert h.result(timeout=30) == 15
         finally:
             RATE = 2
+
+
+@pytest.mark.timeout(120)
+def test_a_queued_native_task_reads_the_global_when_it_runs(
+    make_engine: Callable[..., Engine], hold: Callable[..., Any]
+) -> None:
+    global RATE
+    eng = make_engine(workers=1)
+    t = task(engine=eng, compile_to_c=True)(at_rate)
+    eng.warmup()
+    assert t._compiled is not None and t._compiled.native is not None
+    native_calls = []
+    submit_native = eng.submit_native
+
+    def spy(*args: object, **kwargs: object) -> object:
+        native_calls.append(args[1])
+        return submit_native(*args, **kwargs)  # type: ignore[arg-type]
+
+    eng.submit_native = spy  # type: ignore[method-assign]
+    assert t.delay(5).result(timeout=30) == 10
+    gate = hold(eng)
+    try:
+        h = t.delay(5)  # the C entry point, queued behind the held worker
+        RATE = 3
+        gate.set()
+        assert h.result(timeout=30) == 15
+        assert native_calls == [(5,), (5,)]
+        assert t.delay(5).result(timeout=30) == 15  # (runs in Python while RATE is 3)
+    finally:
+        RATE = 2
+    assert t.delay(5).result(timeout=30) == 10
+    assert native_calls[-1] == (5,) and len(native_calls) == 3
 
 
 def test_mock_patch_of_a_from_math_import_is_seen(engine: cytask.Engine) -> None:

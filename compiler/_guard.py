@@ -1,0 +1,113 @@
+"""A run-time check, without the GIL, that a module's globals have not changed.
+
+Compiled code freezes the module constants and math functions it reads.  Python reads
+them when the call runs, which for a queued or delayed task is later than when it was
+submitted.  The C entry point therefore compares, before it runs, the version tag of
+the function's globals dict (CPython bumps ``ma_version_tag``, PEP 509, on every change
+to a dict) with the last version at which the frozen values were verified; on any
+difference it hands the call back to Python (``CT_RC_PYTHON``), which reads today's
+globals.  ``plan()`` re-verifies the values, and moves the expected version on, only
+when the dict changed.
+
+The compiled code finds its guard through a symbol (``ct_guard_<digest>``) that this
+process binds to a two-word cell: the address of the version tag and the version
+verified.  The machine code in Numba's cache stays valid across processes.
+
+Where the layout cannot be confirmed (another Python than CPython 3.11-3.13, a
+free-threaded build), ``available()`` is False and a task that reads module globals
+gets no C entry point: it runs through the dispatcher, which checks with the GIL.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+import sysconfig
+import threading
+from typing import Any
+
+__all__ = ["Guard", "available", "guard_for"]
+
+#: offset of ``ma_version_tag`` in a ``PyDictObject`` (after PyObject_HEAD, ma_used)
+_OFFSET = ctypes.sizeof(ctypes.c_ssize_t) * 2 + ctypes.sizeof(ctypes.c_ssize_t)
+
+
+def _version(d: dict[str, Any]) -> int:
+    return int(ctypes.c_uint64.from_address(id(d) + _OFFSET).value)
+
+
+def _probe() -> bool:
+    if sys.implementation.name != "cpython" or not (3, 11) <= sys.version_info[:2] <= (3, 13):
+        return False
+    if sysconfig.get_config_var("Py_GIL_DISABLED"):
+        return False
+    d: dict[str, Any] = {"a": 1}
+    v0 = _version(d)
+    _ = d["a"]
+    if _version(d) != v0:
+        return False
+    d["a"] = 2
+    v1 = _version(d)
+    d["b"] = 3
+    v2 = _version(d)
+    del d["b"]
+    return len({v0, v1, v2, _version(d)}) == 4
+
+
+_AVAILABLE = _probe()
+
+
+def available() -> bool:
+    return _AVAILABLE
+
+
+class Guard:
+    """The cell one compiled function's C entry point checks, and how to move it on.
+
+    Invariant: ``cell[1]`` only ever holds a version of ``globals`` at which the frozen
+    values were verified equal to the live ones; versions are never reused, so the
+    dict's current version equals ``cell[1]`` only if nothing changed since.
+    """
+
+    def __init__(self, symbol: str, globals_: dict[str, Any]) -> None:
+        self.symbol = symbol
+        self.globals = globals_
+        self.cell = (ctypes.c_uint64 * 2)(id(globals_) + _OFFSET, 0)
+        self._view = ctypes.c_uint64.from_address(id(globals_) + _OFFSET)
+        self.verified = -1
+
+    @property
+    def address(self) -> int:
+        return ctypes.addressof(self.cell)
+
+    def version(self) -> int:
+        return int(self._view.value)
+
+    def verify(self, version: int) -> None:
+        """The frozen values matched the globals at ``version``: let the C code run."""
+        self.verified = version
+        self.cell[1] = version
+
+
+_guards: dict[str, Guard] = {}  # symbol -> its guard, for the life of the process
+_lock = threading.Lock()
+
+
+def guard_for(symbol: str, globals_: dict[str, Any]) -> Guard | None:
+    """This process's guard for ``symbol``, bound to ``globals_``; None if not possible.
+
+    The symbol is registered with LLVM before the code that uses it is loaded.  Two
+    functions with the same source, file and name but different globals (a module
+    executed twice) cannot share one: the second gets None.
+    """
+    if not _AVAILABLE:
+        return None
+    with _lock:
+        g = _guards.get(symbol)
+        if g is None:
+            import llvmlite.binding as llvm
+
+            g = Guard(symbol, globals_)
+            llvm.add_symbol(symbol, g.address)
+            _guards[symbol] = g
+        return g if g.globals is globals_ else None
