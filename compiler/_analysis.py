@@ -702,7 +702,6 @@ class _Checker(ast.NodeVisitor):
 _BUILTIN = object()
 
 
-
 def _is_numpy_attr(func: ast.AST, checker: _Checker) -> bool:
     if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
         mod = checker.fn.__globals__.get(func.value.id)
@@ -847,9 +846,7 @@ class _NpKinds:
             elif isinstance(sub, ast.AnnAssign) and sub.value is not None:
                 self.pairs.append((sub.target, sub.value))
             elif isinstance(sub, ast.AugAssign):
-                self.pairs.append(
-                    (sub.target, ast.BinOp(_as_load(sub.target), sub.op, sub.value))
-                )
+                self.pairs.append((sub.target, ast.BinOp(_as_load(sub.target), sub.op, sub.value)))
             elif isinstance(sub, ast.For):
                 self.pairs.append((sub.target, _ElementOf(sub.iter)))
         for target, value in self.pairs:
@@ -1006,9 +1003,7 @@ def _helper(name: str, *args: ast.expr) -> ast.Call:
 
 
 class _Rewriter(ast.NodeTransformer):
-    def __init__(
-        self, a: Analysis, unbound: set[str], mixed: set[str], np_kinds: _NpKinds
-    ) -> None:
+    def __init__(self, a: Analysis, unbound: set[str], mixed: set[str], np_kinds: _NpKinds) -> None:
         self.a = a
         self.unbound = unbound  # locals read through ct_bound somewhere
         self.mixed = mixed  # locals that hold a NumPy scalar on some paths only
@@ -1277,9 +1272,7 @@ def _rewrite(node: ast.FunctionDef | ast.AsyncFunctionDef, a: Analysis) -> str |
     fn_node.args.defaults = []  # the dispatcher binds arguments itself
     params = {x.arg for x in fn_node.args.args}
     stored = {
-        n.id
-        for n in ast.walk(fn_node)
-        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+        n.id for n in ast.walk(fn_node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
     } - params
     unbound = _Unbound(stored)
     unbound.block(fn_node.body, frozenset(params))

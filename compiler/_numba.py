@@ -286,7 +286,8 @@ def _unifications(cres: Any) -> list[str] | None:
     def widened(target: Any, source: Any) -> bool:
         if isinstance(target, types.BaseTuple) and isinstance(source, types.BaseTuple):
             # (x, 0.5) then (0.0, 1.0): Numba widens the int inside the tuple
-            tt, st = list(target.types), list(source.types)
+            tt: list[Any] = list(target)  # type: ignore[call-overload]  # (iterates its types)
+            st: list[Any] = list(source)  # type: ignore[call-overload]
             return len(tt) == len(st) and any(widened(t, s) for t, s in zip(tt, st, strict=True))
         return (
             isinstance(target, types.Float) and isinstance(source, types.Integer | types.Boolean)

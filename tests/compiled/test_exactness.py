@@ -117,7 +117,7 @@ def found_after_break(n: int, limit: int) -> int:
 
 
 def loop_var_after_loop(n: int) -> int:
-    for i in range(n):
+    for i in range(n):  # noqa: B007  (read after the loop, where it may be unbound)
         pass
     return i
 
@@ -473,14 +473,16 @@ def test_a_file_edited_after_import_is_not_compiled(tmp_path: Path, engine: cyta
 
 def test_the_unedited_file_compiles(tmp_path: Path) -> None:
     path = tmp_path / "ct_deploy_ok.py"
-    path.write_text(textwrap.dedent("""\
+    path.write_text(
+        textwrap.dedent("""\
         import numpy as np
 
         def price(x: int) -> int:
             out = np.zeros(1, np.int64)
             out[0] = x
             return int(out[0]) * 2
-        """))
+        """)
+    )
     sys.path.insert(0, str(tmp_path))
     try:
         mod = importlib.import_module("ct_deploy_ok")

@@ -330,9 +330,7 @@ def difference(
     return None
 
 
-def shrink(
-    source: str, differs: Callable[[str], bool], limit: int = 60
-) -> str:
+def shrink(source: str, differs: Callable[[str], bool], limit: int = 60) -> str:
     """Drop lines (and whole blocks) while the function still parses and differs."""
     lines = source.splitlines()
     i = 1  # keep the def line
