@@ -69,7 +69,9 @@ from cytask.compiler._errors import CythonCompileError
 __all__ = ["CythonJob", "prepare"]
 
 BUILD_TIMEOUT_S = 600.0
-DIRECTIVES = "language_level=3,annotation_typing=False,binding=True"
+# infer_types=False: a local Cython types as a C double cannot be unbound, and reads
+# garbage where Python raises UnboundLocalError; Python objects keep Python semantics
+DIRECTIVES = "language_level=3,annotation_typing=False,binding=True,infer_types=False"
 DEFAULTS = "__ct_defaults"
 KWDEFAULTS = "__ct_kwdefaults"
 

@@ -558,3 +558,26 @@ def test_a_path_dependent_numpy_scalar_is_refused_with_its_line() -> None:
     ct = compile_task(either)
     assert ct.backend != "numba"
     assert "NumPy scalar" in (ct.fallback_reason or "")
+
+
+# -- Cython: a local that may be unbound ---------------------------------------------------
+
+
+def cython_maybe_unbound(a: int, x: float) -> float:
+    for _ in range(a):
+        if x > 0.0:
+            d = float(x) * 2.0
+    try:  # not for Numba: Cython builds it
+        return d
+    except ZeroDivisionError:
+        return 0.0
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("args", [(0, 1.0), (2, -1.0), (2, 1.5)])
+def test_cython_raises_for_an_unbound_local(args: tuple[Any, ...], engine: cytask.Engine) -> None:
+    ct = compile_task(cython_maybe_unbound, strict=True)
+    assert ct.backend == "cython", ct.fallback_reason
+    want = outcome(lambda: cython_maybe_unbound(*args))
+    got = run_compiled(ct, args, engine)
+    assert same(want, got), f"Python {want!r}, compiled {got!r}"
