@@ -169,7 +169,7 @@ def analyze(fn: Callable[..., Any]) -> Analysis:
         a.cython_reasons.append(why)
         return a
     _Checker(a, fn, node).run()
-    if not code.co_freevars and not _source_matches(code):
+    if not code.co_freevars and not _source_matches(code, fn.__globals__):
         why = Reason(
             a.lineno,
             f"the source of {name} in {code.co_filename} does not match the code that is "
@@ -215,7 +215,7 @@ def _find_code(code: types.CodeType, name: str, line: int) -> types.CodeType | N
     return None
 
 
-def _source_matches(code: types.CodeType) -> bool:
+def _source_matches(code: types.CodeType, module_globals: dict[str, Any]) -> bool:
     """Whether the source found on disk compiles to the function's loaded code.
 
     The file may have changed since the module was imported (a deploy in progress):
@@ -225,7 +225,7 @@ def _source_matches(code: types.CodeType) -> bool:
     """
     import linecache
 
-    text = "".join(linecache.getlines(code.co_filename))
+    text = "".join(linecache.getlines(code.co_filename, module_globals))
     try:
         compiled = compile(text, code.co_filename, "exec", dont_inherit=True)
     except (SyntaxError, ValueError):

@@ -18,6 +18,7 @@ CI runs a fixed budget with a fixed seed; ``--run-slow`` runs a longer search.
 from __future__ import annotations
 
 import importlib
+import linecache
 import os
 import random
 import sys
@@ -245,7 +246,7 @@ class Gen:
             ret = op
         elif r < 0.75:
             dtype = self.pick(["np.int64", "np.float64", "np.bool_"])
-            value = self.pick(["x", "float(k)", "x * 1e20", "k", "x / 3.0"])
+            value = self.pick(["x", "float(k)", "x * 1e20", "k", "x / 3.0", "np.int64(x)"])
             aug = self.chance(0.3)
             body = [
                 f"    out = np.zeros(2, {dtype})",
@@ -300,12 +301,20 @@ class Module:
         self.folder = folder
         self.n = 0
 
-    def load(self, source: str) -> Any:
+    def load(self, source: str, edit: bool = False) -> Any:
+        """Import ``source``; with ``edit``, change the file after the import (a deploy
+        in progress): the compiled code must still be the loaded code's."""
         self.n += 1
         name = f"ct_fuzz_{os.getpid()}_{self.n}"
-        (self.folder / f"{name}.py").write_text(HEADER + source)
+        path = self.folder / f"{name}.py"
+        path.write_text(HEADER + source)
         importlib.invalidate_caches()
-        return importlib.import_module(name)
+        mod = importlib.import_module(name)
+        if edit:
+            edited = source.replace(" + ", " - ", 1).replace(" < ", " >= ", 1)
+            path.write_text(HEADER + edited.replace("return ", "return -", 1))
+            linecache.checkcache(str(path))
+        return mod
 
 
 def difference(
@@ -368,19 +377,21 @@ def run_fuzz(seed: int, count: int, folder: Path, engine: cytask.Engine) -> None
             else:
                 source, _ = gen.function("f")
                 args_list = scalar_args(rng)
-            found = difference(mods.load(source), args_list, engine)
+            edit = rng.random() < 0.1
+            found = difference(mods.load(source, edit), args_list, engine)
             if found is None:
                 continue
             args = found[0]
 
-            def differs(text: str, args: tuple[Any, ...] = args) -> bool:
-                return difference(mods.load(text), [args], engine) is not None
+            def differs(text: str, args: tuple[Any, ...] = args, edit: bool = edit) -> bool:
+                return difference(mods.load(text, edit), [args], engine) is not None
 
             small = shrink(source, differs)
-            again = difference(mods.load(small), [args], engine)
+            again = difference(mods.load(small, edit), [args], engine)
             why = again[1] if again else found[1]
             pytest.fail(
-                f"seed {seed}, function {n}: compiled != Python for f{args!r}: {why}\n{small}"
+                f"seed {seed}, function {n}{' (file edited after import)' if edit else ''}: "
+                f"compiled != Python for f{args!r}: {why}\n{small}"
             )
     finally:
         sys.path.remove(str(folder))
