@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import copy
 import inspect
 import sys
 import textwrap
@@ -721,6 +722,7 @@ def _hint_name(hint: Any) -> str:
 
 UNBOUND = "_ct_unbound"  # attribute set on a Name load (or an AugAssign) to check
 BOUND_PREFIX = "__ct_d_"
+PEEL_MAX_NODES = 400  # the largest loop body (in AST nodes) compiled twice, see _peel
 NP_PREFIX = "__ct_n_"
 _ALL = None  # an unreachable point: every name is (vacuously) assigned
 
@@ -1188,7 +1190,39 @@ class _Rewriter(ast.NodeTransformer):
             node.target = ast.Name(k, ast.Store())
             after.insert(0, ast.Assign([target], at))
         node.body[:0] = [ast.If(_flag_up(), [ast.Break()], []), *after]
+        if not pre and _peelable(node, self.a):
+            return self._peel(node)
         return [*pre, node] if pre else node
+
+    def _peel(self, node: ast.For) -> list[ast.stmt]:
+        """``for t in range(n)``: the first iteration on its own, then the rest.
+
+        After one pass of the body, LLVM knows the ranges of the values the loop
+        carries (``x = (x * C + D) & 0x7FFFFFFF`` is below 2**31 whatever ``x`` started
+        as), and drops the overflow checks those ranges make impossible.  Only for a
+        body without break, continue, return or inner loops, where the two forms are
+        the same program.
+        """
+        assert isinstance(node.iter, ast.Call)
+        self.loops += 1
+        count = f"__ct_p{self.loops}"
+        n = node.iter.args[0]  # evaluated once, as range() does
+        body = node.body[1:]  # (without the flag check, which needs a loop)
+        first: list[ast.stmt] = [
+            ast.Assign([copy.deepcopy(node.target)], ast.Constant(0)),
+            *copy.deepcopy(body),
+        ]
+        node.iter = ast.Call(
+            ast.Name("range", ast.Load()), [ast.Constant(1), ast.Name(count, ast.Load())], []
+        )
+        go = ast.BoolOp(
+            ast.And(),
+            [
+                ast.Compare(ast.Name(count, ast.Load()), [ast.Gt()], [ast.Constant(0)]),
+                ast.UnaryOp(ast.Not(), _flag_up()),
+            ],
+        )
+        return [_set(count, n), ast.If(go, [*first, node], [])]
 
     def visit_Return(self, node: ast.Return) -> ast.stmt | list[ast.stmt]:
         is_np = self.np_kinds.dyn(node.value) if node.value is not None else None
@@ -1217,6 +1251,23 @@ def _sets(stmt: ast.stmt, name: str) -> bool:
         and isinstance(stmt.targets[0], ast.Name)
         and stmt.targets[0].id == name
     )
+
+
+def _peelable(node: ast.For, a: Analysis) -> bool:
+    """A ``for name in range(n)`` loop whose first iteration can stand on its own."""
+    if node.orelse or not isinstance(node.target, ast.Name):
+        return False
+    if not (_is_range(node.iter, a) and isinstance(node.iter, ast.Call)):
+        return False
+    if len(node.iter.args) != 1:
+        return False
+    size = 0
+    for stmt in node.body[1:]:
+        for sub in ast.walk(stmt):
+            size += 1
+            if isinstance(sub, ast.Break | ast.Continue | ast.Return | ast.For | ast.While):
+                return False
+    return size <= PEEL_MAX_NODES
 
 
 def _is_range(node: ast.AST, a: Analysis) -> bool:

@@ -581,3 +581,40 @@ def test_cython_raises_for_an_unbound_local(args: tuple[Any, ...], engine: cytas
     want = outcome(lambda: cython_maybe_unbound(*args))
     got = run_compiled(ct, args, engine)
     assert same(want, got), f"Python {want!r}, compiled {got!r}"
+
+
+# -- a loop whose first iteration is compiled on its own (speed), still exact ---------------
+
+
+def lcg_peeled(n: int, seed: int) -> int:
+    x = seed
+    for i in range(n):
+        x = (x * 1103515245 + 12345) & 0x7FFFFFFF
+        last = i
+    return x + last
+
+
+@pytest.mark.parametrize(
+    "args", [(0, 1), (1, 1), (3, 7), (5, 2**62), (4, -(2**63)), (-2, 5), (1, 2**62)]
+)
+def test_a_peeled_loop_keeps_python_semantics(args: tuple[Any, ...], engine: cytask.Engine) -> None:
+    ct = check(lcg_peeled, args, engine)
+    assert ct.native is not None
+    assert ct.analysis is not None and "__ct_p" in (ct.analysis.numba_source or "")
+
+
+# -- Cython: min() and max() evaluate their arguments in order (found by the fuzzer) ------
+
+
+def cython_min_order(x: float) -> float:
+    label = "not for Numba"  # a string: Cython builds it
+    return min(x % 0.0, math.exp(1e300)) if label else 0.0
+
+
+@pytest.mark.timeout(600)
+def test_cython_min_evaluates_its_arguments_in_order(engine: cytask.Engine) -> None:
+    ct = compile_task(cython_min_order, strict=True)
+    assert ct.backend == "cython", ct.fallback_reason
+    want = outcome(lambda: cython_min_order(1.0))
+    assert want == ("raises", ZeroDivisionError)
+    assert same(want, run_compiled(ct, (1.0,), engine))

@@ -189,6 +189,9 @@ class Gen:
                 args = self.pick(["a", "b", "5"])
             self.vars[i] = "i"
             body = self.stmts(depth + 1, self.rng.randint(1, 2))
+            if self.chance(0.3):  # no break: a loop whose first iteration is peeled off
+                bound = self.pick(["a", "b", "K_INT", "0", "1"])
+                return [f"{pad}for {i} in range(min({bound}, 30)):", *body]
             return [
                 f"{pad}{guard} = 0",
                 f"{pad}for {i} in range({args}):",
