@@ -1044,6 +1044,7 @@ class _Rewriter(ast.NodeTransformer):
                 (t, elts[j] if elts is not None and j < len(elts) else None)
                 for j, t in enumerate(target.elts)
             ]
+        shadows: list[tuple[str, ast.expr]] = []
         for t, v in pairs:
             if not isinstance(t, ast.Name):
                 continue
@@ -1051,7 +1052,13 @@ class _Rewriter(ast.NodeTransformer):
                 out.append(_set(BOUND_PREFIX + t.id, ast.Constant(True)))
             if t.id in self.mixed:
                 is_np = self.np_kinds.dyn(v) if v is not None else ast.Constant(False)
-                out.append(_set(NP_PREFIX + t.id, is_np))
+                shadows.append((NP_PREFIX + t.id, is_np))
+        if len(shadows) == 1:
+            out.append(_set(*shadows[0]))
+        elif shadows:  # all at once, as Python assigns ``x, y = y, x``
+            names = [ast.Name(n, ast.Store()) for n, _ in shadows]
+            values = ast.Tuple([v for _, v in shadows], ast.Load())
+            out.append(ast.Assign([ast.Tuple(names, ast.Store())], values))
         return out
 
     def visit_Name(self, node: ast.Name) -> ast.expr:

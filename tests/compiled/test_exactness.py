@@ -518,6 +518,14 @@ def array_total(a):  # type: ignore[no-untyped-def]
     return s
 
 
+def swap_np(a, n: int):  # type: ignore[no-untyped-def]
+    x = 1
+    y = 2
+    for _ in range(n):
+        x, y = y, a[0]
+    return x
+
+
 def either(a, flag: bool):  # type: ignore[no-untyped-def]
     return a[0] if flag else 0
 
@@ -537,6 +545,9 @@ def either(a, flag: bool):  # type: ignore[no-untyped-def]
         (array_total, (np.zeros(0),)),
         (array_total, (np.array([1.0, 2.5]),)),
         (array_total, (np.array([1, 2]),)),
+        (swap_np, (np.array([5]), 0)),
+        (swap_np, (np.array([5]), 1)),
+        (swap_np, (np.array([5]), 2)),
     ],
 )
 def test_result_types_are_pythons(
