@@ -442,6 +442,29 @@ def test_a_queued_native_task_reads_the_global_when_it_runs(
     assert native_calls[-1] == (5,) and len(native_calls) == 3
 
 
+def at_rate_plus(x: int) -> int:
+    return x * RATE + 1
+
+
+def test_without_the_version_tag_a_task_with_globals_runs_on_the_dispatcher(
+    monkeypatch: pytest.MonkeyPatch, engine: cytask.Engine
+) -> None:
+    """Another Python than CPython 3.11-3.13: no C entry point, still exact."""
+    global RATE
+    from cytask.compiler import _guard
+
+    monkeypatch.setattr(_guard, "_AVAILABLE", False)
+    ct = compile_task(at_rate_plus)
+    assert ct.backend == "numba" and ct.native is None
+    caller = ct._callable
+    assert caller is not None and caller(5) == 11
+    RATE = 3
+    try:
+        assert caller(5) == 16  # checked when it runs
+    finally:
+        RATE = 2
+
+
 def test_mock_patch_of_a_from_math_import_is_seen(engine: cytask.Engine) -> None:
     ct = compile_task(root)
     assert ct.backend == "numba"
