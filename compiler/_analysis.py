@@ -1056,7 +1056,7 @@ class _Rewriter(ast.NodeTransformer):
         if len(shadows) == 1:
             out.append(_set(*shadows[0]))
         elif shadows:  # all at once, as Python assigns ``x, y = y, x``
-            names = [ast.Name(n, ast.Store()) for n, _ in shadows]
+            names: list[ast.expr] = [ast.Name(n, ast.Store()) for n, _ in shadows]
             values = ast.Tuple([v for _, v in shadows], ast.Load())
             out.append(ast.Assign([ast.Tuple(names, ast.Store())], values))
         return out
