@@ -18,6 +18,7 @@ Numba is imported here, lazily: ``import cytask`` never pays for it.
 from __future__ import annotations
 
 import re
+import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -131,6 +132,9 @@ def _entry_source(a: Analysis) -> str:
 
 def _constant(value: int | float | bool) -> str:
     if isinstance(value, float):
+        if value != value:  # a NaN: float.hex() drops its sign, which copysign reads
+            bits = struct.pack("<d", value).hex()
+            return f"__import__('struct').unpack('<d', bytes.fromhex({bits!r}))[0]"
         return f"float.fromhex({value.hex()!r})"
     return repr(value)
 

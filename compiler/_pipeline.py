@@ -13,8 +13,8 @@ task switches to "cython" (or stays "python" with the build error as its reason)
 
 from __future__ import annotations
 
-import math
 import os
+import struct
 import threading
 import time
 import warnings
@@ -261,16 +261,17 @@ def _same_constant(now: object, frozen: object) -> bool:
     """Is a global still the value frozen into the compiled code?
 
     Floats compare by their bits: NaN is still NaN (``==`` says no, and every call
-    would run in Python), and ``-0.0`` is not ``0.0`` (``==`` says it is).
+    would run in Python), ``-0.0`` is not ``0.0`` (``==`` says it is), and a NaN of
+    the other sign is another constant (``math.copysign(x, nan)`` tells them apart).
     """
     if type(now) is not type(frozen):
         return False
     if type(now) is float:
-        a, b = float(now), float(frozen)  # type: ignore[arg-type]
-        if math.isnan(a) or math.isnan(b):
-            return math.isnan(a) and math.isnan(b)
-        return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
+        return _DOUBLE.pack(now) == _DOUBLE.pack(frozen)
     return now == frozen
+
+
+_DOUBLE = struct.Struct("<d")
 
 
 _cache_warned: set[str] = set()

@@ -206,6 +206,24 @@ def test_a_constant_rebound_from_zero_to_minus_zero_is_noticed(engine: cytask.En
         DIRECTION = 0.0
 
 
+def nan_signed(x: float) -> float:
+    return math.copysign(x, NAN_LIMIT)
+
+
+def test_a_nan_constant_rebound_to_the_other_sign_is_noticed(engine: cytask.Engine) -> None:
+    """Found by the fuzzer: NaNs compared as equal whatever their sign bit."""
+    global NAN_LIMIT
+    ct = check(nan_signed, (2.0,), engine)
+    assert ct.native is not None
+    NAN_LIMIT = -NAN_LIMIT
+    try:
+        assert math.copysign(1.0, NAN_LIMIT) == -1.0
+        check(nan_signed, (2.0,), engine)
+        assert run_compiled(ct, (2.0,), engine) == ("value", -2.0)
+    finally:
+        NAN_LIMIT = math.nan
+
+
 def test_a_nan_constant_runs_compiled() -> None:
     ct = compile_task(below_nan)
     assert ct.backend == "numba"

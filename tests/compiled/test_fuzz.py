@@ -77,6 +77,8 @@ class Gen:
         self.vars: dict[str, str] = {}  # local name -> "i", "d", "b" or "t"
         self.count = 0
         self.loops = 0
+        self.depth = 0  # > 0 inside a branch or a loop: new names may stay unbound
+        self.maybe: set[str] = set()
 
     def pick(self, xs: list[Any]) -> Any:
         return self.rng.choice(xs)
@@ -88,10 +90,15 @@ class Gen:
         self.count += 1
         name = f"{kind}{self.count}"
         self.vars[name] = kind
+        if self.depth:
+            self.maybe.add(name)
         return name
 
     def known(self, kind: str) -> list[str]:
-        return [n for n, k in self.vars.items() if k == kind]
+        """Locals of ``kind``; one that may be unbound only now and then (it raises)."""
+        sure = [n for n, k in self.vars.items() if k == kind and n not in self.maybe]
+        unsure = [n for n, k in self.vars.items() if k == kind and n in self.maybe]
+        return sure + unsure if self.chance(0.2) else sure
 
     # -- expressions (small: Python's ints must not grow without bound) --
 
@@ -101,7 +108,10 @@ class Gen:
             return self.pick([*self.known("i"), "a", "b", "K_INT", *map(lit, INTS)])
         if r < 0.65:
             op = self.pick(["+", "-", "*", "//", "%"])
-            return f"({self.int_(depth + 1)} {op} {self.int_(depth + 1)})"
+            right = self.int_(depth + 1)
+            if op in ("//", "%") and self.chance(0.7):
+                right = f"({right} or 3)"  # a zero divisor now and then, not always
+            return f"({self.int_(depth + 1)} {op} {right})"
         if r < 0.72:
             return f"({self.int_(depth + 1)} {self.pick(['<<', '>>'])} {self.rng.randint(-1, 70)})"
         if r < 0.77:
@@ -124,12 +134,20 @@ class Gen:
             return self.pick([*self.known("d"), "x", "K_ZERO", "K_NAN", *FLOATS])
         if r < 0.6:
             op = self.pick(["+", "-", "*", "/", "//", "%"])
-            return f"({self.float_(depth + 1)} {op} {self.float_(depth + 1)})"
+            right = self.float_(depth + 1)
+            if op in ("/", "//", "%") and self.chance(0.7):
+                right = f"({right} or 0.25)"
+            return f"({self.float_(depth + 1)} {op} {right})"
         if r < 0.68:
             return f"({self.int_(depth + 1)} / {self.int_(depth + 1)})"
         if r < 0.76:
             fn = self.pick(["sqrt", "exp", "log", "sin", "atan", "floor"])
-            inner = f"math.{fn}({self.float_(depth + 1)})"
+            arg = self.float_(depth + 1)
+            if fn in ("sqrt", "log") and self.chance(0.7):
+                arg = f"(abs({arg}) + 1.0)"
+            elif fn == "exp" and self.chance(0.7):
+                arg = f"min({arg}, 50.0)"
+            inner = f"math.{fn}({arg})"
             return f"float({inner})" if fn == "floor" else inner
         if r < 0.82:
             return f"math.copysign({self.float_(depth + 1)}, {self.float_(depth + 1)})"
@@ -169,10 +187,13 @@ class Gen:
         r = self.rng.random()
         pad = "    " * depth
         if depth < 3 and r < 0.2:
+            test = self.bool_()
+            self.depth += 1
             then = self.stmts(depth + 1, self.rng.randint(1, 2))  # may leave names unbound
-            lines = [f"{pad}if {self.bool_()}:", *then]
+            lines = [f"{pad}if {test}:", *then]
             if self.chance(0.5):
                 lines += [f"{pad}else:", *self.stmts(depth + 1, 1)]
+            self.depth -= 1
             return lines
         if depth < 2 and r < 0.38:
             self.loops += 1
@@ -188,7 +209,10 @@ class Gen:
             if self.chance(0.15):
                 args = self.pick(["a", "b", "5"])
             self.vars[i] = "i"
+            self.maybe.add(i)  # (unbound after a loop that runs zero times)
+            self.depth += 1
             body = self.stmts(depth + 1, self.rng.randint(1, 2))
+            self.depth -= 1
             if self.chance(0.3):  # no break: a loop whose first iteration is peeled off
                 bound = self.pick(["a", "b", "K_INT", "0", "1"])
                 return [f"{pad}for {i} in range(min({bound}, 30)):", *body]
@@ -200,12 +224,13 @@ class Gen:
                 f"{pad}        break",
                 *body,
             ]
-        if r < 0.45 and self.known("t"):
-            t = self.pick(self.known("t"))
+        tuples = self.known("t")
+        if r < 0.45 and tuples:
+            t = self.pick(tuples)
             return [f"{pad}{self.name('d')} = float({t}[{self.rng.randint(0, 1)}])"]
         if r < 0.52:
             first = self.int_() if self.chance(0.7) else self.float_()
-            t = self.pick(self.known("t")) if self.known("t") and self.chance(0.3) else None
+            t = self.pick(tuples) if tuples and self.chance(0.3) else None
             return [f"{pad}{t or self.name('t')} = ({first}, {self.float_()})"]
         kind = self.pick(["i", "i", "d", "d", "b"])
         existing = self.known(kind)
@@ -223,7 +248,18 @@ class Gen:
         body = self.stmts(1, self.rng.randint(2, 6))
         kind = self.pick(["i", "d", "b"])
         hint = {"i": "int", "d": "float", "b": "bool"}[kind]
-        ret = self.pick(self.known(kind)) if self.known(kind) and self.chance(0.6) else None
+        known = self.known(kind)
+        ret = self.pick(known) if known and self.chance(0.3) else None
+        if known and self.chance(0.5):
+            # several locals at once, reduced so that the sum cannot overflow: more of
+            # what the function computed reaches the result
+            picked = self.rng.sample(known, min(len(known), 3))
+            if kind == "i":
+                ret = " + ".join(f"({v} % 1000003) * {7**j}" for j, v in enumerate(picked))
+            elif kind == "d":
+                ret = " + ".join(f"{v} * {0.5**j}" for j, v in enumerate(picked))
+            else:
+                ret = " != ".join(picked)
         lines = [
             *(["@non_negative"] if self.chance(0.05) else []),
             f"def {name}(a: int, b: int, x: float, flag: bool) -> {hint}:",
@@ -265,9 +301,17 @@ class Gen:
 
 
 def scalar_args(rng: random.Random) -> list[tuple[Any, ...]]:
+    """Arguments: edges, and small numbers (a compile costs far more than a call)."""
+
+    def i() -> int:
+        return rng.choice(INTS) if rng.random() < 0.5 else rng.randint(-20, 20)
+
+    def d() -> float:
+        return rng.choice(FLOAT_ARGS) if rng.random() < 0.5 else rng.uniform(-20.0, 20.0)
+
     out = [(0, 0, 0.0, False), (1, -1, 1.5, True)]
-    for _ in range(6):
-        out.append((rng.choice(INTS), rng.choice(INTS), rng.choice(FLOAT_ARGS), rng.random() < 0.5))
+    for _ in range(30):
+        out.append((i(), i(), d(), rng.random() < 0.5))
     return out
 
 
