@@ -105,7 +105,13 @@ class Gen:
     def int_(self, depth: int = 0) -> str:
         r = self.rng.random()
         if depth > 2 or r < 0.3:
-            return self.pick([*self.known("i"), "a", "b", "K_INT", *map(lit, INTS)])
+            leaf = self.rng.random()
+            if leaf < 0.4:
+                return self.pick(["a", "b"])  # the arguments carry the interesting values
+            known = self.known("i")
+            if leaf < 0.7 and known:
+                return self.pick(known)
+            return self.pick(["K_INT", *map(lit, INTS), *map(lit, range(-9, 10))])
         if r < 0.65:
             op = self.pick(["+", "-", "*", "//", "%"])
             right = self.int_(depth + 1)
@@ -131,7 +137,13 @@ class Gen:
     def float_(self, depth: int = 0) -> str:
         r = self.rng.random()
         if depth > 2 or r < 0.3:
-            return self.pick([*self.known("d"), "x", "K_ZERO", "K_NAN", *FLOATS])
+            leaf = self.rng.random()
+            if leaf < 0.35:
+                return "x"
+            known = self.known("d")
+            if leaf < 0.7 and known:
+                return self.pick(known)
+            return self.pick(["K_ZERO", "K_NAN", *FLOATS])
         if r < 0.6:
             op = self.pick(["+", "-", "*", "/", "//", "%"])
             right = self.float_(depth + 1)
@@ -253,7 +265,7 @@ class Gen:
         if known and self.chance(0.5):
             # several locals at once, reduced so that the sum cannot overflow: more of
             # what the function computed reaches the result
-            picked = self.rng.sample(known, min(len(known), 3))
+            picked = known[-4:]
             if kind == "i":
                 ret = " + ".join(f"({v} % 1000003) * {7**j}" for j, v in enumerate(picked))
             elif kind == "d":
