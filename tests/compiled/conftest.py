@@ -52,6 +52,10 @@ def same(a: Outcome, b: Outcome) -> bool:
     x, y = a[1], b[1]
     if type(x) is not type(y):
         return False
+    if isinstance(x, complex):  # (a float ** a fraction: nan parts, signed zeros)
+        return same(("value", x.real), ("value", y.real)) and same(
+            ("value", x.imag), ("value", y.imag)
+        )
     if isinstance(x, float) and math.isnan(x):
         return math.isnan(y)
     if isinstance(x, float) and x == 0.0:
