@@ -19,7 +19,9 @@ The Python layer (``cytask._engine.Engine``) subclasses ``Core`` and overrides t
 """
 
 cimport cython
+from cpython.exc cimport PyErr_CheckSignals
 from cpython.object cimport PyObject
+from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free
@@ -73,7 +75,7 @@ cdef extern from "ct_park.h":
         uint32_t seq
         int32_t waiters
     int64_t ct_now_ns() noexcept nogil
-    void ct_futex_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns) noexcept nogil
+    bint ct_futex_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns) noexcept nogil
     int ct_parker_init(ct_parker *p, int32_t capacity, int32_t max_spinning) noexcept nogil
     void ct_parker_free(ct_parker *p) noexcept nogil
     int ct_parker_spin_begin(ct_parker *p) noexcept nogil
@@ -192,6 +194,46 @@ cdef int64_t POLITE_SLICE_NS = 500_000
 # a polite pause sleeps in steps this long, and ends early after a step in which
 # the process used under 4% of one core: nobody else wanted the GIL then
 cdef int64_t POLITE_STEP_NS = 200_000
+# A blocking wait in the main thread looks at signals at least this often, so Ctrl-C
+# raises KeyboardInterrupt promptly even when the signal landed on another thread (a
+# signal delivered to the main thread itself interrupts the futex wait at once).
+cdef int64_t SIGNAL_SLICE_NS = 50_000_000
+
+# the thread that runs Python signal handlers; written under the GIL at import and in a
+# forked child (threading makes the forking thread the child's main thread)
+cdef unsigned long _main_thread_ident = 0
+
+
+cdef inline bint _signals_here() noexcept:
+    """True on the thread where signal handlers run: its waits must check signals."""
+    return PyThread_get_thread_ident() == _main_thread_ident
+
+
+def _set_main_thread():
+    """Record the thread signal handlers run on (import, and after fork in the child)."""
+    global _main_thread_ident
+    _main_thread_ident = threading.main_thread().ident
+
+
+_set_main_thread()
+
+
+cdef inline int64_t _slice_end(int64_t deadline, bint signals) noexcept nogil:
+    """The end of one wait slice: `deadline` (< 0: none), or sooner where signals count."""
+    cdef int64_t end
+    if not signals:
+        return deadline
+    end = ct_now_ns() + SIGNAL_SLICE_NS
+    return end if deadline < 0 or end < deadline else deadline
+
+
+# how a producer's wait for space in a full ring ended (Core._wait_for_space)
+cdef enum:
+    SPACE_WAIT = 0       # still waiting (a slice ended: look at signals)
+    SPACE_PUSHED = 1     # the item is in the ring
+    SPACE_TIMED_OUT = 2  # submit_timeout passed
+    SPACE_ABORTED = 3    # shutdown cancels queued tasks (Core._abort_space_waiters)
+    SPACE_STOPPED = 4    # a signal handler shut the engine down meanwhile
 
 
 # ---------------------------------------------------------------------------
@@ -490,8 +532,10 @@ cdef class TaskHandle:
     cdef int _wait(self, timeout) except -1:
         """Block (GIL released) until done; raise TimeoutError after `timeout` s."""
         cdef int64_t deadline = _wait_deadline(timeout)
+        cdef int64_t end
         cdef int32_t *status = self._status_ptr()
-        cdef int done
+        cdef int done = 0
+        cdef bint signals
         cdef Core core = self._core   # our own reference: completion drops the field
         if ct_load_i32(status) >= ST_SUCCEEDED:
             return 0
@@ -501,13 +545,22 @@ cdef class TaskHandle:
         if timeout is not None and timeout == 0:
             # a poll never blocks, so it lends no worker (no stand-in thread)
             raise TimeoutError(f"task {self.task_id} did not finish within {timeout} s")
+        signals = _signals_here()
         core._before_blocking_wait(self)
         try:
-            with nogil:
-                done = ct_waitset_wait(&core._done, status, ST_SUCCEEDED, deadline)
+            while True:
+                end = _slice_end(deadline, signals)
+                with nogil:
+                    done = ct_waitset_wait(&core._done, status, ST_SUCCEEDED, end)
+                if done == 1:
+                    break
+                if signals:
+                    PyErr_CheckSignals()   # Ctrl-C: KeyboardInterrupt from here
+                if deadline >= 0 and ct_now_ns() >= deadline:
+                    break
         finally:
             core._after_blocking_wait(self)
-        if not done:
+        if done != 1:
             raise TimeoutError(f"task {self.task_id} did not finish within {timeout} s")
         return 0
 
@@ -868,8 +921,18 @@ cdef class Core:
     cdef ct_parker _parker
     # threads blocked in TaskHandle.result() wait here (see ct_park.h)
     cdef ct_waitset _done
-    # producers blocked on a full ring wait here; consumers notify after a pop
+    # producers blocked on a full ring wait here; consumers notify after a pop.
+    # `waiters` counts producers inside _wait_for_space: += under the GIL right after
+    # the failed push, -= when they leave (SEQ_CST); stopping workers do not exit while
+    # it is > 0, so a task accepted before shutdown is still drained (see _drained)
     cdef ct_waitset _space
+    # 1 once shutdown cancels queued tasks (cancel_pending, or its timeout passed):
+    # stored SEQ_CST (with _abort_why, under the GIL, before it) by
+    # _abort_space_waiters, read by producers before each push and after any push
+    cdef int32_t _space_abort
+    cdef str _abort_why
+    # markers of main-thread producers running signal handlers (_space_check_signals)
+    cdef list _signal_producers
     # the auto-scaler parks here while there is nothing to grow for; `waiters` is 1
     # while it sleeps, and the first producer that queues work with no idle worker
     # exchanges it to 0 and wakes it (one wake per sleep)
@@ -999,6 +1062,7 @@ cdef class Core:
         self._current = [None] * MAX_WORKER_SLOTS
         self._spawn_lock = threading.Lock()
         self._spawn_warned = set()
+        self._signal_producers = []
         self._min_workers = min_workers
         # huge or inf: idle workers never retire (-1 parks without a time limit)
         self._idle_retire_ns = (<int64_t>(idle_retire_s * 1e9)
@@ -1128,15 +1192,31 @@ cdef class Core:
             item = <void *>(<uintptr_t>h._ncall | CT_TAG_NATIVE)
         else:
             item = <void *>h
+        cdef int rc
         Py_INCREF(h)
         if not ct_ring_push(ring, item):
-            if wait >= 0:
-                if not self._wait_for_space_lending(ring, item, wait):
-                    Py_DECREF(h)
-                    return 0
-            elif not self._wait_for_space_lending(ring, item, self._submit_timeout):
+            try:
+                rc = self._wait_for_space_lending(
+                    ring, item, wait if wait >= 0 else self._submit_timeout)
+            except BaseException:
+                # a signal handler raised (Ctrl-C): the task was never queued
                 Py_DECREF(h)
-                self._overflow(h)
+                self._cancel_unqueued(
+                    h, "was not queued: submit() was interrupted while it waited for space")
+                raise
+            if rc != SPACE_PUSHED:
+                Py_DECREF(h)
+                if rc == SPACE_TIMED_OUT:
+                    if wait >= 0:
+                        return 0   # still PENDING: the caller pushes it later
+                    self._overflow(h)
+                self._cancel_unqueued(h, self._abort_why if rc == SPACE_ABORTED else
+                                      "was not queued: the engine shut down while submit() "
+                                      "waited for queue space")
+                return 1   # ended (cancelled): nothing left to push
+        if ct_load_i32(&self._space_abort):
+            # shutdown may have emptied the rings just before this push landed
+            self._cancel_queued(self._abort_why)
         if CT_DEBUG:
             ct_add_i64(&_debug_counters[0], 1)
         ct_parker_notify_one(&self._parker)
@@ -1172,44 +1252,106 @@ cdef class Core:
         """_wait_for_space, but a worker of this engine (a task submitting children, a
         retry) lends its slot to a stand-in while it waits: it would otherwise wait for
         itself, and with every worker waiting so, forever.  Without a stand-in (thread
-        limit) it does not wait: the push fails (QueueFull)."""
+        limit) it does not wait: the push fails (QueueFull).  Returns a SPACE_ code."""
         if timeout == 0 or self._own_slot() < 0:
             return self._wait_for_space(ring, item, timeout)
         if not self._lend_slot():
-            return 0
+            return SPACE_TIMED_OUT
         try:
             return self._wait_for_space(ring, item, timeout)
         finally:
             self._return_slot()
 
-    cdef bint _wait_for_space(self, ct_ring *ring, void *item, double timeout):
+    cdef int _wait_for_space(self, ct_ring *ring, void *item, double timeout) except -1:
         """The ring was full: wait (GIL released) until a pop frees a slot, at most
-        `timeout` s (< 0: without limit), and push `item`; False if it never fit."""
+        `timeout` s (< 0: without limit), and push `item`.
+
+        Returns SPACE_PUSHED, SPACE_TIMED_OUT (`timeout` passed), SPACE_ABORTED
+        (shutdown cancels queued tasks) or SPACE_STOPPED.  In the main thread it looks
+        at signals every slice and raises what a handler raises (KeyboardInterrupt).
+        """
         cdef int64_t deadline = -1
-        cdef int64_t left
-        cdef uint32_t s
-        cdef bint pushed = False
+        cdef int rc = SPACE_WAIT
+        cdef bint signals
         if timeout == 0:
-            return False
+            return SPACE_TIMED_OUT
+        # Registered before anything can release the GIL after the failed push: the ring
+        # was full, so every worker that emptied it since must take the GIL (to run what
+        # it popped, or to flush finished native tasks) before it can decide to exit, and
+        # by then it sees this producer (a stopping worker waits for producers).
+        ct_add_i32(&self._space.waiters, 1)
         if timeout > 0:
             deadline = _deadline_ns(timeout)
-        with nogil:
-            ct_add_i32(&self._space.waiters, 1)
-            while True:
-                s = ct_load_u32(&self._space.seq)
-                if ct_ring_push(ring, item):
-                    pushed = True
-                    break
-                left = -1
-                if deadline >= 0:
-                    left = deadline - ct_now_ns()
-                    if left <= 0:
-                        break
-                # a worker pops, sees waiters > 0 and bumps seq: no lost wake-up
-                ct_parker_notify_one(&self._parker)
-                ct_futex_wait(&self._space.seq, s, left)
-            ct_add_i32(&self._space.waiters, -1)
-        return pushed
+        signals = _signals_here()
+        while rc == SPACE_WAIT:
+            with nogil:
+                rc = self._space_slice(ring, item, deadline, signals)
+            if rc == SPACE_WAIT:
+                rc = self._space_check_signals()
+                if rc == SPACE_STOPPED:
+                    return rc   # released (unregistered) by a shutdown in the handler
+        self._space_left()
+        return rc
+
+    cdef int _space_check_signals(self) except -1:
+        """Run pending signal handlers for a producer (main thread) waiting for space.
+
+        A handler may shut the engine down and wait for it (install_signal_handlers):
+        that wait must not wait for this producer, which cannot push until the handler
+        returns.  So the producer leaves a marker; _wait_workers_exit on this thread
+        releases it (unregisters it), and the producer then gives up (SPACE_STOPPED).
+        """
+        marker = [False]
+        self._signal_producers.append(marker)
+        try:
+            PyErr_CheckSignals()   # Ctrl-C: KeyboardInterrupt from here
+        except BaseException:
+            if not marker[0]:
+                self._space_left()
+            raise
+        finally:
+            self._signal_producers.remove(marker)
+        return SPACE_STOPPED if marker[0] else SPACE_WAIT
+
+    cdef void _release_signal_producers(self) noexcept:
+        cdef list marker
+        for marker in self._signal_producers:
+            if not marker[0]:
+                marker[0] = True
+                self._space_left()
+
+    cdef int _space_slice(self, ct_ring *ring, void *item, int64_t deadline,
+                          bint signals) noexcept nogil:
+        """Wait for space until the deadline, or one slice where signals count."""
+        cdef int64_t end = _slice_end(deadline, signals)
+        cdef int64_t now
+        cdef uint32_t s
+        while True:
+            s = ct_load_u32(&self._space.seq)
+            if ct_load_i32(&self._space_abort):
+                return SPACE_ABORTED
+            if ct_ring_push(ring, item):
+                return SPACE_PUSHED
+            now = ct_now_ns()
+            if deadline >= 0 and now >= deadline:
+                return SPACE_TIMED_OUT
+            if end >= 0 and now >= end:
+                return SPACE_WAIT
+            # a worker pops, sees waiters > 0 and bumps seq: no lost wake-up
+            ct_parker_notify_one(&self._parker)
+            if ct_futex_wait(&self._space.seq, s, end - now if end >= 0 else -1) and signals:
+                return SPACE_WAIT
+
+    cdef void _space_left(self) noexcept:
+        """A producer stops waiting for space: stopping workers may exit now."""
+        ct_add_i32(&self._space.waiters, -1)
+        if ct_load_i32(&self._stopping):
+            ct_parker_notify_all(&self._parker)
+
+    cdef void _cancel_unqueued(self, TaskHandle h, str why) noexcept:
+        """A task that never got into a ring ends cancelled (unless it already ended)."""
+        if h._transition(ST_PENDING, ST_CANCELLED):
+            h._finish_cancelled(why)
 
     cdef void _overflow(self, TaskHandle h) except *:
         exc = _queue_full(
@@ -1396,28 +1538,40 @@ cdef class Core:
         """Wait (GIL released) until every worker has exited, except the calling
         thread and workers abandoned after a time limit.  False on time-out."""
         cdef int64_t deadline = -1
-        cdef int64_t left
+        cdef int64_t end, now
         cdef uint32_t s
         cdef int own = -1
         cdef bint done = False
+        cdef bint signals = _signals_here()
         entry = _worker_slots.get(threading.get_ident())
         if entry is not None and entry[0] is self:
             own = entry[1]
         if timeout is not None:
             deadline = _deadline_ns(timeout)
-        with nogil:
-            while True:
-                s = ct_load_u32(&self._exited.seq)
-                if self._running_workers(own) == 0:
-                    done = True
-                    break
-                left = -1
-                if deadline >= 0:
-                    left = deadline - ct_now_ns()
-                    if left <= 0:
+        if signals:
+            # called from a signal handler that interrupted this thread's own wait for
+            # queue space: that producer must not keep the workers from exiting
+            self._release_signal_producers()
+        while True:
+            end = _slice_end(deadline, signals)
+            with nogil:
+                while True:
+                    s = ct_load_u32(&self._exited.seq)
+                    if self._running_workers(own) == 0:
+                        done = True
                         break
-                ct_futex_wait(&self._exited.seq, s, left)
-        return done
+                    now = ct_now_ns()
+                    if end >= 0 and now >= end:
+                        break
+                    if ct_futex_wait(&self._exited.seq, s, end - now if end >= 0 else -1) \
+                            and signals:
+                        break
+            if done:
+                return True
+            if signals:
+                PyErr_CheckSignals()   # Ctrl-C: KeyboardInterrupt from here
+            if deadline >= 0 and ct_now_ns() >= deadline:
+                return False
 
     cdef int _running_workers(self, int except_slot) noexcept nogil:
         cdef int i
@@ -1663,6 +1817,13 @@ cdef class Core:
         """Pops a waiting level may be passed over before it is served; None: strict."""
         return self._starvation_limit or None
 
+    cdef inline bint _drained(self) noexcept nogil:
+        """Shutdown: a worker may exit once no producer waits to queue a task it was
+        accepted (read first: a producer pushes before it leaves) and every ring is
+        empty."""
+        return ct_load_i32(&self._stopping) and ct_load_i32(&self._space.waiters) == 0 \
+            and self._all_empty()
+
     cdef bint _pay_surplus(self) noexcept nogil:
         """An idle worker leaves in place of a surplus one (_surplus)."""
         cdef int32_t debt = ct_load_i32(&self._surplus)
@@ -1704,7 +1865,7 @@ cdef class Core:
                 w.spin_rounds = max(w.spin_rounds // 2, SPIN_MIN)
             if has_deferred:
                 return NULL
-            if ct_load_i32(&self._stopping):
+            if self._drained():
                 ct_add_i32(&self._live_workers, -1)
                 self._pass_wake_on()
                 return NULL
@@ -1715,7 +1876,7 @@ cdef class Core:
             # push, look again, sleep (protocol: ct_park.h)
             ct_parker_push(&self._parker, &w.park)
             item = self._pop()
-            if item != NULL or ct_load_i32(&self._stopping):
+            if item != NULL or self._drained():
                 woken = not ct_parker_leave(&self._parker, &w.park)
             else:
                 timeout = -1
@@ -2130,6 +2291,15 @@ cdef class Core:
     def _close(self):
         """No more submissions."""
         self._closed = True
+
+    def _abort_space_waiters(self, str why):
+        """Shutdown cancels what is queued: producers blocked on a full level stop
+        waiting and cancel their task with `why`; one whose push landed after the rings
+        were emptied empties them again (see _enqueue).  Final for this engine."""
+        self._abort_why = why
+        ct_store_i32(&self._space_abort, 1)
+        ct_add_i32(<int32_t *>&self._space.seq, 1)
+        ct_futex_wake_all(&self._space.seq)
 
     def _stop_workers(self):
         """Workers exit once every ring is empty."""

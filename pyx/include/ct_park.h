@@ -55,15 +55,19 @@ static inline int64_t ct_now_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-/* Sleep while *addr == expected, at most timeout_ns (< 0: no limit). */
-static inline void ct_futex_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns) {
+/* Sleep while *addr == expected, at most timeout_ns (< 0: no limit).  Returns 1 when
+   a signal handler interrupted the sleep (EINTR), else 0: a caller that must react to
+   signals (the main thread: Ctrl-C) looks at them then, callers that need not ignore
+   the result and simply look again. */
+static inline int ct_futex_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns) {
     struct timespec ts, *tsp = NULL;
     if (timeout_ns >= 0) {
         ts.tv_sec = (time_t)(timeout_ns / 1000000000LL);
         ts.tv_nsec = (long)(timeout_ns % 1000000000LL);
         tsp = &ts;
     }
-    syscall(SYS_futex, addr, FUTEX_WAIT_PRIVATE, expected, tsp, NULL, 0);
+    return syscall(SYS_futex, addr, FUTEX_WAIT_PRIVATE, expected, tsp, NULL, 0) == -1 &&
+           errno == EINTR;
 }
 
 static inline void ct_futex_wake(uint32_t *addr, int count) {
@@ -223,7 +227,8 @@ static inline void ct_waitset_notify(ct_waitset *w) {
 }
 
 /* Wait until *status >= terminal_from or the deadline (CLOCK_MONOTONIC ns, < 0 for
-   none) passes.  Returns 1 when the status is terminal, 0 on time-out.  Call without
+   none) passes.  Returns 1 when the status is terminal, 0 on time-out, -1 when a signal
+   interrupted the wait (the caller checks signals, then calls again).  Call without
    the GIL. */
 static inline int ct_waitset_wait(ct_waitset *w, const int32_t *status, int32_t terminal_from,
                                   int64_t deadline_ns) {
@@ -237,7 +242,7 @@ static inline int ct_waitset_wait(ct_waitset *w, const int32_t *status, int32_t 
             left = deadline_ns - ct_now_ns();
             if (left <= 0) break;
         }
-        ct_futex_wait(&w->seq, s, left);
+        if (ct_futex_wait(&w->seq, s, left)) { done = -1; break; }
     }
     ct_add_seqcst(&w->waiters, -1);
     return done;

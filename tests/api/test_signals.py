@@ -153,3 +153,93 @@ def test_engine_is_closed_after_the_signal() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert proc.stdout.strip() == "exit 143 closed True", proc.stderr
+
+
+# -- every blocking wait in the main thread reacts to signals (Ctrl-C) ---------------
+
+INTERRUPT_SCRIPT = """
+import os, signal, sys, threading, time
+import cytask
+
+what, how = sys.argv[1], sys.argv[2]
+eng = cytask.Engine(workers=1, queue_size=2)
+gate = threading.Event()
+main = threading.main_thread().ident
+sent = []
+
+held = eng.submit(gate.wait)              # never ends until the gate opens
+if what == "submit":
+    while held.status is not cytask.TaskStatus.RUNNING:
+        time.sleep(0.001)
+    eng.submit(int)
+    eng.submit(int)                       # the NORMAL level (2 slots) is full now
+
+def block_here():
+    if what == "result":
+        held.result()
+    elif what == "result_timeout":
+        held.result(timeout=60)
+    elif what == "wait":
+        held.wait()
+    elif what == "exception":
+        held.exception()
+    elif what == "shutdown":
+        eng.shutdown(wait=True)
+    elif what == "submit":
+        eng.submit(int)                   # blocks: the level stays full
+
+def inside_block_here():
+    frame = sys._current_frames().get(main)
+    while frame is not None and frame.f_code is not block_here.__code__:
+        frame = frame.f_back
+    return frame is not None
+
+def shooter():
+    # signal once the main thread is inside block_here (and so inside the wait)
+    while not inside_block_here():
+        time.sleep(0.001)
+    time.sleep(0.05)
+    sent.append(time.monotonic())
+    if how == "process":
+        os.kill(os.getpid(), signal.SIGINT)   # the kernel picks the thread (the main one)
+    else:
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)  # lands on this thread
+
+threading.Thread(target=shooter, daemon=True).start()
+try:
+    block_here()
+except KeyboardInterrupt:
+    print(f"interrupted {time.monotonic() - sent[0]:.4f}", flush=True)
+else:
+    print("not interrupted", flush=True)
+gate.set()
+if what == "submit":
+    blocked = eng.get(4)
+    try:
+        blocked.result(timeout=0)
+    except BaseException as exc:
+        print("blocked submit", blocked.status.value, type(exc).__name__, flush=True)
+eng.shutdown(wait=True)
+print("clean exit", flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["process", "other_thread"])
+@pytest.mark.parametrize(
+    "what", ["result", "result_timeout", "wait", "exception", "shutdown", "submit"]
+)
+def test_ctrl_c_interrupts_a_blocking_wait_promptly(what: str, how: str) -> None:
+    # the task never ends on its own: before the fix every one of these waits hung
+    proc = subprocess.run(
+        [sys.executable, "-c", INTERRUPT_SCRIPT, what, how],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 0, proc.stderr
+    assert lines[0].startswith("interrupted "), (lines, proc.stderr)
+    latency = float(lines[0].split()[1])
+    assert latency < 0.5, f"KeyboardInterrupt took {latency:.3f} s"  # ~1 ms here; slice 50 ms
+    if what == "submit":
+        # the task that never got into the queue ends cancelled, not pending forever
+        assert lines[1] == "blocked submit cancelled CancelledError", lines
+    assert lines[-1] == "clean exit"
