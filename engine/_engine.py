@@ -602,7 +602,7 @@ class Engine(_core.Core):
             p.cancel()
         self._cancel_timed()
         if cancel_pending:
-            self._cancel_queued("cancelled by Engine.shutdown(cancel_pending=True)")
+            self._cancel_everything_queued("cancelled by Engine.shutdown(cancel_pending=True)")
             self._cancel_handed_off("cancelled by Engine.shutdown(cancel_pending=True)")
         if first:
             self._stop_workers()
@@ -618,23 +618,34 @@ class Engine(_core.Core):
                 daemon=True,  # what happens at interpreter exit is unchanged
             ).start()
             return
+        if _core.current_worker_core() is self:
+            # called by one of this engine's tasks (or a done-callback run by its worker):
+            # that worker waits here instead of draining, so a stand-in drains in its place
+            with contextlib.suppress(RuntimeError):  # no thread to be had: the others drain
+                self._spawn_worker()
         self._finish_shutdown(deadline)
 
     def _finish_shutdown(self, deadline: float | None) -> None:
         """The waiting half of shutdown(): drain, stop the event loop, stop the timer."""
         if self._handoff is not None:  # due tasks still waiting for queue space
             self._handoff.join(_remaining(deadline))
-        self._join_workers(deadline)
+        drained = self._join_workers(deadline)
         if self._async is not None:
             self._async.stop(_remaining(deadline))
-        if self._queued():
-            self._cancel_queued("cancelled: Engine.shutdown() timed out before it ran")
+        if not drained or self._queued():
+            self._cancel_everything_queued("cancelled: Engine.shutdown() timed out before it ran")
         self._cancel_handed_off("cancelled: Engine.shutdown() timed out before it ran")
         with self._lock:
             self._timer_closed = True  # time limits of abandoned tasks no longer fire
             timer = self._timer
         if timer is not None:
             timer.stop()
+
+    def _cancel_everything_queued(self, why: str) -> None:
+        # producers blocked on a full level first: they stop waiting and cancel their
+        # own task, so nothing lands in a ring after it was emptied
+        self._abort_space_waiters(why)
+        self._cancel_queued(why)
 
     def _cancel_timed(self) -> None:
         """Cancel the delayed and retrying tasks the timer holds (shutdown)."""
@@ -652,10 +663,10 @@ class Engine(_core.Core):
         if self._handoff is not None:
             self._handoff.cancel_all(why)
 
-    def _join_workers(self, deadline: float | None) -> None:
+    def _join_workers(self, deadline: float | None) -> bool:
         # workers abandoned after a time limit are not waited for: their task
         # already ended (TaskTimeout) and the thread exits whenever it returns
-        self._wait_workers_exit(_remaining(deadline))
+        return bool(self._wait_workers_exit(_remaining(deadline)))
 
     @property
     def closed(self) -> bool:
