@@ -1,12 +1,13 @@
 """The default engine used by ``@task`` functions declared without ``engine=``.
 
-Created on first use and drained at interpreter exit, so ``add.delay(1, 2)`` in a
-script runs before the script ends.
+Created on first use.  Like every engine it drains at interpreter exit (see
+``cytask._lifecycle``), so ``add.delay(1, 2)`` in a script runs before the script
+ends; so does a default that ``set_default_engine()`` replaced, and one a task creates
+while the others drain at exit.
 """
 
 from __future__ import annotations
 
-import atexit
 import threading
 from typing import TYPE_CHECKING
 
@@ -17,12 +18,11 @@ __all__ = ["default_engine", "set_default_engine"]
 
 _default: Engine | None = None
 _lock = threading.Lock()
-_atexit_registered = False
 
 
 def default_engine() -> Engine:
     """The process-wide engine (created lazily with default options)."""
-    global _default, _atexit_registered
+    global _default
     eng = _default
     if eng is not None and not eng.closed:
         return eng
@@ -31,27 +31,24 @@ def default_engine() -> Engine:
             from cytask._engine import Engine
 
             _default = Engine(name="cytask-default")
-            if not _atexit_registered:
-                atexit.register(_drain_at_exit)
-                _atexit_registered = True
         return _default
 
 
 def set_default_engine(engine: Engine | None) -> None:
-    """Make `engine` the default (None: create a fresh one on next use)."""
-    global _default, _atexit_registered
+    """Make `engine` the default (None: create a fresh one on next use).
+
+    The engine replaced keeps running what it holds and still drains at exit.
+    """
+    global _default
     from cytask._engine import Engine
 
     if engine is not None and not isinstance(engine, Engine):
         raise TypeError(f"Expected a cytask.Engine or None for engine, got {type(engine).__name__}")
     with _lock:
         _default = engine
-        if engine is not None and not _atexit_registered:
-            atexit.register(_drain_at_exit)
-            _atexit_registered = True
 
 
-def _drain_at_exit() -> None:
-    eng = _default
-    if eng is not None and not eng.closed:
-        eng.shutdown(wait=True)
+def _after_fork_in_child() -> None:
+    """In a fork() child: a thread of the parent may have held the lock."""
+    global _lock
+    _lock = threading.Lock()

@@ -11,7 +11,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from cytask import _core
+from cytask import _core, _lifecycle
 from cytask._compile import plan_for
 from cytask._core import TaskHandle, TaskOptions
 from cytask._enums import Priority
@@ -159,16 +159,23 @@ class Engine(_core.Core):
         self._async_ids: set[int] = set()
         self._periodics: set[Periodic] = set()  # live schedules; cancel() removes one
         self._supervisor: Supervisor | None = None
+        self._sweeps_results = result_ttl is not None and max_results > 0
+        self._signal_drain: _lifecycle._Drain | None = None  # install_signal_handlers
+        self._exit_drained = False  # a shutdown(wait=True) returned: no drain at exit
         if eager:
             self.submit = self._submit_eager  # type: ignore[method-assign]
-        self._start_workers(workers)
-        if result_ttl is not None and max_results > 0:
+        self._start_threads()
+        _lifecycle.register(self)
+
+    def _start_threads(self) -> None:
+        self._start_workers(self.workers)
+        if self._sweeps_results:
             self._sweep_results_later()
-        if max_workers > workers:
+        if self.max_workers > self.workers:
             from cytask._autoscale import Supervisor
 
             try:
-                self._supervisor = Supervisor(self, max_workers)
+                self._supervisor = Supervisor(self, self.max_workers)
             except RuntimeError as exc:  # no thread for it: a fixed pool of `workers`
                 self._spawn_failed(exc, "the auto-scaler thread (max_workers)")
 
@@ -629,7 +636,8 @@ class Engine(_core.Core):
         """The waiting half of shutdown(): drain, stop the event loop, stop the timer."""
         if self._handoff is not None:  # due tasks still waiting for queue space
             self._handoff.join(_remaining(deadline))
-        drained = self._join_workers(deadline)
+        with _lifecycle.lock_free_wait():  # a signal handler may drain from in here
+            drained = self._join_workers(deadline)
         if self._async is not None:
             self._async.stop(_remaining(deadline))
         if not drained or self._queued():
@@ -640,6 +648,7 @@ class Engine(_core.Core):
             timer = self._timer
         if timer is not None:
             timer.stop()
+        self._exit_drained = True
 
     def _cancel_everything_queued(self, why: str) -> None:
         # producers blocked on a full level first: they stop waiting and cancel their
@@ -663,6 +672,53 @@ class Engine(_core.Core):
         if self._handoff is not None:
             self._handoff.cancel_all(why)
 
+    def _drain_at_exit(self) -> None:
+        """Interpreter exit: drain like shutdown(wait=True), within a signal's deadline."""
+        drain = self._signal_drain
+        self.shutdown(wait=True, timeout=None if drain is None else drain.remaining())
+
+    def _after_fork_in_child(self) -> None:
+        """This process is a fork() child: the parent's threads do not exist here.
+
+        What was queued, running, delayed or retrying belongs to the parent, which runs
+        it: here it is cancelled.  Periodic schedules stay with the parent.  An open
+        engine starts fresh workers (and timer, loop, auto-scaler on demand).
+        """
+        why = "was cancelled in a fork() child: it belongs to the parent process"
+        self._lock = threading.Lock()  # another thread may have held it at the fork
+        self._sampler = StatsSampler()
+        timer, self._timer = self._timer, None
+        handoff, self._handoff = self._handoff, None
+        timed, self._timed = self._timed, {}
+        runner, self._async = self._async, None
+        supervisor, self._supervisor = self._supervisor, None
+        periodics, self._periodics = self._periodics, []
+        self._async_ids = set()
+        self._signal_drain = None
+        _lifecycle.keep_inherited(timer, handoff, runner, supervisor)
+        for p in periodics:
+            p.cancel()
+        # read without their locks: a thread of the parent may have held one
+        doomed = [h for _, h in list(timed.values())]  # delayed, retrying
+        if handoff is not None:  # due, waiting for queue space
+            doomed += [h for q in list(handoff._backlog.values()) for h, _ in list(q)]
+        if runner is not None:  # waiting for an async slot
+            doomed += [h for h, _ in list(runner._waiting)]
+        for h in doomed:
+            h._complete(_CANCELLED, CancelledError(f"task {h.task_id} {why}"))
+        self._reset_after_fork(why)  # the rings, the workers' slots, running tasks
+        if self._shut_down:
+            return
+        try:
+            self._start_threads()
+        except BaseException as exc:
+            self._shut_down = True
+            self._close()
+            self._accept_timed = False
+            _core.report_unraisable(
+                exc, f"restarting engine {self.name} in a fork() child (it is closed there)"
+            )
+
     def _join_workers(self, deadline: float | None) -> bool:
         # workers abandoned after a time limit are not waited for: their task
         # already ended (TaskTimeout) and the thread exits whenever it returns
@@ -684,7 +740,10 @@ class Engine(_core.Core):
         """Turn SIGTERM/SIGINT into a graceful drain (at most `timeout` s), then exit.
 
         Call from the main thread.  After draining, the previous handler runs; with
-        none, SIGINT raises KeyboardInterrupt and SIGTERM exits with status 143.
+        none, SIGINT raises KeyboardInterrupt and SIGTERM exits with status 143.  The
+        handler never blocks on the engine's locks: if the signal interrupts the main
+        thread inside the engine, the drain runs on a helper thread and the handler
+        runs again (and exits) when it is done.
         """
         check_nonneg_number(timeout, "timeout")
         if threading.current_thread() is not threading.main_thread():
@@ -692,17 +751,7 @@ class Engine(_core.Core):
         signals = check_signals(signals, "signals")  # all of them, before installing any
         for sig in signals:
             previous = signal.getsignal(sig)
-
-            def handler(signum: int, frame: Any, previous: Any = previous) -> None:
-                self.shutdown(wait=True, timeout=timeout)
-                if callable(previous) and previous is not signal.default_int_handler:
-                    previous(signum, frame)
-                elif signum == signal.SIGINT:
-                    raise KeyboardInterrupt
-                else:
-                    raise SystemExit(128 + signum)
-
-            signal.signal(sig, handler)
+            signal.signal(sig, _lifecycle.SignalDrain(self, timeout, previous))
 
     def __enter__(self) -> Engine:
         return self

@@ -2346,6 +2346,61 @@ cdef class Core:
             else:
                 Py_DECREF(<object>item)
 
+    # -- fork -------------------------------------------------------------------
+
+    def _reset_after_fork(self, str why):
+        """In a fork() child, where the parent's worker threads do not exist.
+
+        Frees every worker slot (the calling thread's own, if it is one of this
+        engine's workers, is marked abandoned: it exits after its current task), zeroes
+        the counts of sleepers and waiters, rebuilds the rings (a parent thread may
+        have been half-way through a push or a pop) and cancels with `why` every task
+        of the parent: queued ones, and those still unfinished in the result store
+        (running on the parent's workers, or on its event loop).
+        """
+        cdef int slot, lvl
+        cdef int own = -1
+        cdef ct_worker *w
+        cdef ct_ring fresh
+        entry = _worker_slots.get(threading.get_ident())
+        if entry is not None and entry[0] is self:
+            own = entry[1]
+        keep = self._current[own] if own >= 0 else None   # goes on running here
+        running = []
+        for slot in range(MAX_WORKER_SLOTS):
+            if slot == own:
+                if slot != INLINE_SLOT:
+                    ct_store_i32(&self._workers[slot].abandoned, 1)
+                continue
+            if self._current[slot] is not None:
+                running.append(self._current[slot])
+                self._current[slot] = None
+            w = &self._workers[slot]
+            ct_store_i32(&w.alive, 0)
+            ct_store_i32(&w.abandoned, 0)
+            w.task_started_ns = 0
+        ct_store_i32(&self._live_workers, 0)
+        ct_store_i32(&self._retire_debt, 0)
+        ct_store_i32(&self._parker.sleepers, 0)
+        ct_store_i32(&self._parker.wake_pending, 0)
+        ct_store_i32(&self._done.waiters, 0)
+        ct_store_i32(&self._space.waiters, 0)
+        ct_store_i32(&self._grower.waiters, 0)
+        self._signal_producers = []
+        self._spawn_lock = threading.Lock()
+        for lvl in range(N_LEVELS):
+            self._drain_ring(lvl, why)
+            if ct_ring_init(&fresh, self._queue_size) != 0:
+                raise MemoryError(f"cannot allocate a queue of {self._queue_size} slots")
+            ct_ring_free(&self._rings[lvl])
+            self._rings[lvl] = fresh
+        for h in running:
+            (<TaskHandle>h)._complete(ST_CANCELLED, _cancelled_error(h.task_id, why))
+        if self._results is not None:
+            for h in self._results:
+                if h is not None and h is not keep and not h.done():
+                    (<TaskHandle>h)._complete(ST_CANCELLED, _cancelled_error(h.task_id, why))
+
     def _queued(self):
         return sum(ct_ring_size(&self._rings[i]) for i in range(N_LEVELS))
 
@@ -2387,6 +2442,15 @@ def current_handle():
     if entry is None:
         return None
     return (<Core>entry[0])._current[entry[1]]
+
+
+def _after_fork_in_child():
+    """In a fork() child: only the calling thread exists (it is the main thread now)."""
+    _set_main_thread()
+    me = threading.get_ident()
+    for ident in list(_worker_slots):
+        if ident != me:
+            del _worker_slots[ident]
 
 
 def current_worker_core():

@@ -243,3 +243,89 @@ def test_ctrl_c_interrupts_a_blocking_wait_promptly(what: str, how: str) -> None
         # the task that never got into the queue ends cancelled, not pending forever
         assert lines[1] == "blocked submit cancelled CancelledError", lines
     assert lines[-1] == "clean exit"
+
+
+# -- the handler never blocks on the engine's locks ----------------------------------
+
+LOCK_HELD_SCRIPT = """
+import os, signal, sys, time
+import cytask
+from cytask import _timer
+
+eng = cytask.Engine(workers=1)
+eng.install_signal_handlers(timeout=1, signals=(signal.{sig},))
+original = _timer.Timer.call_at
+fired = []
+
+def call_at(self, *args):
+    # runs inside Engine._timer_call_at, with Engine._lock held (as in add_task(delay=))
+    if not fired:
+        fired.append(1)
+        os.kill(os.getpid(), signal.{sig})
+        for _ in range(1000):   # bytecodes: the Python-level handler runs in here
+            pass
+    return original(self, *args)
+
+_timer.Timer.call_at = call_at
+h = eng.add_task(print, "never", delay=30)
+print("added", flush=True)
+try:
+    while True:
+        time.sleep(1)
+finally:
+    print("delayed task", h.status.value, "closed", eng.closed, flush=True)
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_signal_while_the_main_thread_holds_the_engine_lock(sig: str) -> None:
+    # before: the handler called shutdown(), which took the lock the interrupted frame
+    # held, and the process never exited
+    proc = subprocess.run(
+        [sys.executable, "-c", LOCK_HELD_SCRIPT.format(sig=sig)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert proc.stdout.splitlines() == ["added", "delayed task cancelled closed True"]
+    if sig == "SIGTERM":
+        assert proc.returncode == 143, proc.stderr
+    else:
+        assert "KeyboardInterrupt" in proc.stderr and proc.returncode != 0
+
+
+def test_signal_while_the_main_thread_waits_to_submit_drains_without_waiting_for_it() -> None:
+    # the main thread is blocked in submit() on a full level when SIGTERM arrives: the
+    # handler drains what is queued and exits; the task that never got into the queue
+    # ends cancelled (the drain does not wait out its 30 s deadline for it)
+    code = textwrap.dedent(
+        """
+        import os, signal, sys, threading, time
+        import cytask
+
+        eng = cytask.Engine(workers=1, queue_size=2)
+        eng.install_signal_handlers(timeout=30)
+        gate = threading.Event()
+        held = eng.submit(gate.wait, 0.5)
+        while not held.running():
+            time.sleep(0.001)
+        queued = [eng.submit(int, i) for i in range(2)]
+
+        def kill_when_blocked():
+            # task 4 exists once the main thread is inside submit(), waiting for space
+            while eng._core_stats()["submitted"] < 4:
+                time.sleep(0.001)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Thread(target=kill_when_blocked, daemon=True).start()
+        t0 = time.monotonic()
+        try:
+            eng.submit(int, 99)           # blocks until SIGTERM
+        finally:
+            print([h.status.value for h in queued], eng.get(4).status.value, flush=True)
+            print(time.monotonic() - t0 < 10, flush=True)  # not the 30 s deadline
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 143, proc.stderr
+    assert proc.stdout.splitlines() == ["['succeeded', 'succeeded'] cancelled", "True"]
