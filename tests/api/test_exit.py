@@ -6,6 +6,7 @@ without waiting for its tasks, and the test counts what ran.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -140,10 +141,8 @@ def test_ctrl_c_ends_an_exit_drain_stuck_on_a_task() -> None:
     deadline = time.monotonic() + 20
     while proc.poll() is None and time.monotonic() < deadline:
         proc.send_signal(signal.SIGINT)  # the first may land before the drain began
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(0.2)
-        except subprocess.TimeoutExpired:
-            pass
     if proc.poll() is None:
         proc.kill()
         proc.communicate()

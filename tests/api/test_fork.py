@@ -70,7 +70,7 @@ def test_os_fork_child_gets_fresh_workers_and_the_parent_is_untouched() -> None:
         eng.shutdown()
         """
     )
-    child = eval(lines[0])  # noqa: S307 - our own repr
+    child = eval(lines[0])  # our own repr
     assert child[0] == "workers 2 active 0 queued 0 scheduled 0"
     assert child[1] == " ".join(["cancelled"] * 8)
     assert child[2:] == [True, 49, True]
@@ -131,12 +131,12 @@ def test_sys_exit_in_a_fork_child_drains_its_own_tasks() -> None:
         os.close(w)
         _, status = os.waitpid(pid, 0)
         with os.fdopen(r) as f:
-            print(f.read().strip())
+            print(" ".join(sorted(f.read().split("\\n"))).strip())
         print("child exit", os.waitstatus_to_exitcode(status))
         """,
         timeout=30,
     )
-    assert lines == ["child task 0", "child task 1", "child task 2", "child exit 0"]
+    assert lines == ["child task 0 child task 1 child task 2", "child exit 0"]
 
 
 def test_a_closed_engine_stays_closed_in_the_child() -> None:
