@@ -2,8 +2,8 @@
 
 Created on first use.  Like every engine it drains at interpreter exit (see
 ``cytask._lifecycle``), so ``add.delay(1, 2)`` in a script runs before the script
-ends; so does a default that ``set_default_engine()`` replaced, and one a task creates
-while the others drain at exit.
+ends, and so does a default that ``set_default_engine()`` replaced.  It stays open
+while it drains, so tasks queued by its tasks then run on it too.
 """
 
 from __future__ import annotations

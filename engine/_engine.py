@@ -640,8 +640,10 @@ class Engine(_core.Core):
             drained = self._join_workers(deadline)
         if self._async is not None:
             self._async.stop(_remaining(deadline))
-        if not drained or self._queued():
+        if not drained:
             self._cancel_everything_queued("cancelled: Engine.shutdown() timed out before it ran")
+        elif self._queued():  # queued late (a timer's or another engine's task)
+            self._cancel_everything_queued("cancelled: queued after the engine had drained")
         self._cancel_handed_off("cancelled: Engine.shutdown() timed out before it ran")
         with self._lock:
             self._timer_closed = True  # time limits of abandoned tasks no longer fire
@@ -673,9 +675,26 @@ class Engine(_core.Core):
             self._handoff.cancel_all(why)
 
     def _drain_at_exit(self) -> None:
-        """Interpreter exit: drain like shutdown(wait=True), within a signal's deadline."""
+        """Interpreter exit: drain, then shut down (within a signal's deadline, if any).
+
+        The engine stays open while its workers drain, so a task that queues another
+        (a bare ``@task``'s default engine included) queues it here and it runs: no new
+        engine, no new thread (Python 3.12 refuses threads this late).  Delayed tasks
+        not yet due and schedules are cancelled first, as by shutdown().
+        """
         drain = self._signal_drain
-        self.shutdown(wait=True, timeout=None if drain is None else drain.remaining())
+        deadline = None if drain is None else drain.deadline
+        if not self._shut_down:
+            with self._lock:
+                self._accept_timed = False
+                periodics = list(self._periodics)
+            for p in periodics:
+                p.cancel()
+            self._cancel_timed()
+            self._stop_workers()  # they exit once the rings stay empty
+            with _lifecycle.lock_free_wait():
+                self._join_workers(deadline)
+        self.shutdown(wait=True, timeout=_remaining(deadline))
 
     def _after_fork_in_child(self) -> None:
         """This process is a fork() child: the parent's threads do not exist here.

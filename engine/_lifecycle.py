@@ -1,9 +1,11 @@
 """The process around the engines: interpreter exit, ``fork()`` and signals.
 
 * **Exit.**  Every engine drains at interpreter exit, like ``ThreadPoolExecutor``: the
-  hook runs in ``threading``'s shutdown (before non-daemon threads are joined, while
-  threads may still start), so a task queued by another task during the drain runs
-  too, also on a default engine created meanwhile.  An engine whose
+  hook runs in ``threading``'s shutdown, before non-daemon threads are joined.  Each
+  engine stays open while its workers drain (``Engine._drain_at_exit``), so a task
+  queued by another task during the drain lands on the same engine and runs, with no
+  new engine or thread (Python 3.12 refuses new threads that late); engines created
+  meanwhile anyway are drained in a further round.  An engine whose
   ``shutdown(wait=True)`` already returned is left as it is.
 * **Fork.**  In a child of ``os.fork()`` (multiprocessing's "fork", gunicorn
   ``--preload``) the parent's threads do not exist.  Each engine is reset there: what
@@ -60,8 +62,8 @@ def _drain_all_at_exit() -> None:
     global _exiting
     with _exit_lock:
         _exiting = True
-    # tasks may create engines (a bare @task's default) while others drain: repeat
-    # until every engine has drained
+    # a task may create an engine while others drain (a bare @task's default, where
+    # threads may still start): repeat until every engine has drained
     while True:
         pending = [eng for eng in list(_engines) if not eng._exit_drained]
         if not pending:
@@ -72,8 +74,8 @@ def _drain_all_at_exit() -> None:
 
 def _register_exit_hook() -> None:
     try:
-        # the hook concurrent.futures uses: it runs before threads are joined and while
-        # new threads may start (Python 3.12 refuses them in atexit callbacks)
+        # the hook concurrent.futures uses: it runs before threads are joined, ahead of
+        # atexit callbacks
         threading._register_atexit(_drain_all_at_exit)  # type: ignore[attr-defined]
     except (AttributeError, RuntimeError):  # no such hook, or already shutting down
         import atexit
