@@ -1310,7 +1310,10 @@ cdef class Core:
                 self._space_left()
             raise
         finally:
-            self._signal_producers.remove(marker)
+            for i in range(len(self._signal_producers) - 1, -1, -1):
+                if self._signal_producers[i] is marker:   # by identity: [False] == [False]
+                    del self._signal_producers[i]
+                    break
         return SPACE_STOPPED if marker[0] else SPACE_WAIT
 
     cdef void _release_signal_producers(self) noexcept:
