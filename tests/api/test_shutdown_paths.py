@@ -178,3 +178,46 @@ def test_shutdown_called_on_a_worker_drains_the_queue(where: str, workers: int) 
         """
     )
     assert lines == ["shut down" if where == "task" else "first", "True 200", "0"]
+
+
+@pytest.mark.parametrize("cancel_pending", [False, True])
+def test_shutdown_racing_producers_on_a_tiny_queue_loses_nothing(cancel_pending: bool) -> None:
+    # producers fill a 2-slot level while shutdown begins at a random moment: every
+    # task submit() accepted ends terminal; a drain runs every one of them
+    lines = _run(
+        f"""
+        import random
+        seed = random.randrange(2**32)
+        rng = random.Random(seed)
+        bad = []
+        for round in range(40):
+            eng = cytask.Engine(workers=2, queue_size=2)
+            accepted = []
+            start = threading.Barrier(5)
+
+            def produce():
+                start.wait()
+                for i in range(300):
+                    try:
+                        accepted.append(eng.submit(int, i))
+                    except cytask.EngineClosed:
+                        return
+
+            threads = [threading.Thread(target=produce) for _ in range(4)]
+            for t in threads:
+                t.start()
+            start.wait()
+            time.sleep(rng.random() * 0.003)
+            eng.shutdown(wait=True, cancel_pending={cancel_pending})
+            for t in threads:
+                t.join(20)
+                assert not t.is_alive(), "a producer stayed blocked"
+            statuses = {{h.status.value for h in accepted}}
+            allowed = {{"succeeded", "cancelled"}} if {cancel_pending} else {{"succeeded"}}
+            if not statuses <= allowed or eng.stats().total_workers != 0:
+                bad.append((round, statuses))
+        print("seed", seed, "bad", bad)
+        """,
+        timeout=120,
+    )
+    assert lines[0].endswith("bad []"), lines
