@@ -178,12 +178,15 @@ class SignalDrain:
                     try:
                         _thread.start_new_thread(_drain_in_thread, (eng, drain, signum))
                         return
-                    except RuntimeError:  # no thread at all: drain here, deadline-bound
-                        pass
-                try:
-                    eng.shutdown(wait=True, timeout=drain.remaining())
-                finally:
-                    drain.done = True
+                    except RuntimeError:
+                        # no thread to be had (the interpreter is finalizing): draining
+                        # here could wait on a lock this thread holds, so exit undrained
+                        drain.done = True
+                else:
+                    try:
+                        eng.shutdown(wait=True, timeout=drain.remaining())
+                    finally:
+                        drain.done = True
             elif not drain.done:
                 return
         self._exit(signum, frame)
