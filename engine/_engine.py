@@ -711,23 +711,28 @@ class Engine(_core.Core):
         timed, self._timed = self._timed, {}
         runner, self._async = self._async, None
         supervisor, self._supervisor = self._supervisor, None
-        periodics, self._periodics = self._periodics, []
+        periodics = list(self._periodics)
+        self._periodics = set()
         self._async_ids = set()
         self._signal_drain = None
         _lifecycle.keep_inherited(timer, handoff, runner, supervisor)
-        for p in periodics:
-            p.cancel()
-        # read without their locks: a thread of the parent may have held one
-        doomed = [h for _, h in list(timed.values())]  # delayed, retrying
-        if handoff is not None:  # due, waiting for queue space
-            doomed += [h for q in list(handoff._backlog.values()) for h, _ in list(q)]
-        if runner is not None:  # waiting for an async slot
-            doomed += [h for h, _ in list(runner._waiting)]
-        for h in doomed:
-            h._complete(_CANCELLED, CancelledError(f"task {h.task_id} {why}"))
-        self._reset_after_fork(why)  # the rings, the workers' slots, running tasks
-        if self._shut_down:
-            return
+        try:
+            self._reset_after_fork(why)  # the rings, the workers' slots, running tasks
+            for p in periodics:
+                p.cancel()
+            # read without their locks: a thread of the parent may have held one
+            doomed = [h for _, h in list(timed.values())]  # delayed, retrying
+            if handoff is not None:  # due, waiting for queue space
+                doomed += [h for q in list(handoff._backlog.values()) for h, _ in list(q)]
+            if runner is not None:  # waiting for an async slot
+                doomed += [h for h, _ in list(runner._waiting)]
+            for h in doomed:
+                h._complete(_CANCELLED, CancelledError(f"task {h.task_id} {why}"))
+        finally:
+            if not self._shut_down:
+                self._restart_after_fork()
+
+    def _restart_after_fork(self) -> None:
         try:
             self._start_threads()
         except BaseException as exc:
