@@ -705,7 +705,7 @@ class Engine(_core.Core):
         """
         why = "was cancelled in a fork() child: it belongs to the parent process"
         self._lock = threading.Lock()  # another thread may have held it at the fork
-        self._sampler = StatsSampler()
+        self._sampler = None  # its lock may have been held at the fork: a fresh one
         timer, self._timer = self._timer, None
         handoff, self._handoff = self._handoff, None
         timed, self._timed = self._timed, {}

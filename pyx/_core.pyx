@@ -69,8 +69,10 @@ cdef extern from "ct_park.h":
     enum:
         CT_PARK_WOKEN
     ctypedef struct ct_parker:
+        int32_t lock
         int32_t sleepers
         int32_t wake_pending
+        int32_t spinning
     ctypedef struct ct_waitset:
         uint32_t seq
         int32_t waiters
@@ -2382,10 +2384,17 @@ cdef class Core:
             ct_store_i32(&w.alive, 0)
             ct_store_i32(&w.abandoned, 0)
             w.task_started_ns = 0
+            w.lent = 0
         ct_store_i32(&self._live_workers, 0)
         ct_store_i32(&self._retire_debt, 0)
+        ct_store_i32(&self._surplus, 0)
+        ct_store_i32(&self._reserved, 0)
+        # the parker: no sleeper, no spinner, and its spinlock free (a parent thread
+        # may have held it at the fork)
+        ct_store_i32(&self._parker.lock, 0)
         ct_store_i32(&self._parker.sleepers, 0)
         ct_store_i32(&self._parker.wake_pending, 0)
+        ct_store_i32(&self._parker.spinning, 0)
         ct_store_i32(&self._done.waiters, 0)
         ct_store_i32(&self._space.waiters, 0)
         ct_store_i32(&self._grower.waiters, 0)
