@@ -84,6 +84,7 @@ class AsyncRunner:
         from cytask._core import report_unraisable
 
         asyncio.set_event_loop(self._loop)
+        self._engine._own_thread()  # async tasks are the engine's work, not the application's
         self._loop.call_soon(ready.set)
         while True:
             try:

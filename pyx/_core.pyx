@@ -1074,13 +1074,15 @@ cdef class Core:
         self._gil_share = 1.0
         self._own_threads = set()
 
-    def _own_thread(self, bint own=True):
-        """The calling thread is part of the engine: its Python code is not the
-        application's (see _app_moved).  own=False takes that back."""
+    def _own_thread(self, bint own=True, ident=None):
+        """The calling thread (or thread `ident`) is part of the engine: its Python
+        code is not the application's (see _app_moved).  own=False takes that back."""
+        if ident is None:
+            ident = _thread.get_ident()
         if own:
-            self._own_threads.add(_thread.get_ident())
+            self._own_threads.add(ident)
         else:
-            self._own_threads.discard(_thread.get_ident())
+            self._own_threads.discard(ident)
 
     def _set_gil_share(self, double share):
         """Cap Python tasks at `share` of the GIL while other threads want it."""
