@@ -4,7 +4,8 @@ Everything installs as ONE import package, ``cytask``:
 
 * ``engine/``   -> ``cytask``            (the runtime users touch)
 * ``compiler/`` -> ``cytask.compiler``   (the compile stage)
-* ``pyx/_core.pyx`` -> extension ``cytask._core`` (lock-free queues, worker loop)
+* ``pyx/_core.pyx`` (including ``pyx/core/*.pyx``, one file per concern) -> extension
+  ``cytask._core`` (lock-free queues, worker loop)
 
 ``CYTASK_DEBUG=1`` at build time selects the debug build: Cython bounds and
 wrap-around checks, C assertions (``-UNDEBUG``), and the queue's balance counters.

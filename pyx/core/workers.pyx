@@ -1,0 +1,384 @@
+# Worker threads: their slots, spinning, parking, retiring and stand-ins.
+#
+# Included by pyx/_core.pyx (one extension module: every part is compiled
+# together and calls the others directly); not compiled on its own.
+
+cdef int _own_slot(Core self):
+    """The calling thread's worker slot in this engine, or -1."""
+    entry = _worker_slots.get(threading.get_ident())
+    if entry is None or entry[0] is not self or entry[1] == INLINE_SLOT:
+        return -1
+    return entry[1]
+
+
+cdef bint _cancel_retire(Core self) noexcept:
+    """Take back one pending retirement: the surplus worker stays (still reserved,
+    now for a lender).  True if there was one."""
+    cdef int32_t debt = ct_load_i32(&self._surplus)
+    while debt > 0:
+        if ct_cas_i32(&self._surplus, debt, debt - 1):
+            return True
+        debt = ct_load_i32(&self._surplus)
+    return False
+
+
+cdef int _running_workers(Core self, int except_slot) noexcept nogil:
+    cdef int i
+    cdef int n = 0
+    for i in range(INLINE_SLOT):
+        if i != except_slot and ct_load_i32(&self._workers[i].alive) \
+                and not ct_load_i32(&self._workers[i].abandoned):
+            n += 1
+    return n
+
+
+cdef int _running_slot(Core self, TaskHandle h):
+    cdef int slot
+    _check_ready(self)
+    for slot in range(INLINE_SLOT):
+        if self._current[slot] is h and ct_load_i32(&self._workers[slot].alive) \
+                and not ct_load_i32(&self._workers[slot].abandoned):
+            return slot
+    return -1
+
+
+cdef int _stuck_workers(Core self) noexcept:
+    """Threads still inside a task they were abandoned in (time limit)."""
+    cdef int i
+    cdef int n = 0
+    for i in range(INLINE_SLOT):
+        if ct_load_i32(&self._workers[i].alive) and ct_load_i32(&self._workers[i].abandoned):
+            n += 1
+    return n
+
+
+cdef inline bint _drained(Core self) noexcept nogil:
+    """Shutdown: a worker may exit once no producer waits to queue a task it was
+    accepted (read first: a producer pushes before it leaves) and every ring is
+    empty."""
+    return ct_load_i32(&self._stopping) and ct_load_i32(&self._space.waiters) == 0 \
+        and _all_empty(self)
+
+
+cdef bint _pay_surplus(Core self) noexcept nogil:
+    """An idle worker leaves in place of a surplus one (_surplus)."""
+    cdef int32_t debt = ct_load_i32(&self._surplus)
+    while debt > 0:
+        if ct_cas_i32(&self._surplus, debt, debt - 1):
+            # live first: the pool never looks larger than it is to _try_idle_retire
+            ct_add_i32(&self._live_workers, -1)
+            ct_add_i32(&self._reserved, -1)
+            return True
+        debt = ct_load_i32(&self._surplus)
+    return False
+
+
+cdef void *_next_item(Core self, ct_worker *w, bint has_deferred) noexcept nogil:
+    """Pop, spin, then park; NULL means: exit (or flush deferred work first)."""
+    cdef void *item
+    cdef int _spin
+    cdef int64_t timeout
+    cdef int64_t park_start, left
+    cdef bint idle_timeout = False
+    cdef bint woken
+    while True:
+        item = _pop(self)
+        if item != NULL:
+            return item
+        # spin only while fewer than max_spinning workers do (ct_park.h)
+        if ct_parker_spin_begin(&self._parker):
+            for _spin in range(w.spin_rounds):
+                ct_cpu_relax()
+                ct_cpu_relax()
+                ct_cpu_relax()
+                ct_cpu_relax()
+                item = _pop(self)
+                if item != NULL:
+                    break
+            ct_parker_spin_end(&self._parker)
+            if item != NULL:
+                w.spin_rounds = min(w.spin_rounds * 2, SPIN_MAX)
+                return item
+            w.spin_rounds = max(w.spin_rounds // 2, SPIN_MIN)
+        if has_deferred:
+            return NULL
+        if _drained(self):
+            ct_add_i32(&self._live_workers, -1)
+            _pass_wake_on(self)
+            return NULL
+        if idle_timeout and (_pay_surplus(self) or _try_idle_retire(self)):
+            _pass_wake_on(self)
+            return NULL
+        idle_timeout = False
+        # push, look again, sleep (protocol: ct_park.h)
+        ct_parker_push(&self._parker, &w.park)
+        item = _pop(self)
+        if item != NULL or _drained(self):
+            woken = not ct_parker_leave(&self._parker, &w.park)
+        else:
+            timeout = -1
+            if ct_load_i32(&self._live_workers) > self._min_workers:
+                # some worker may be surplus (auto-scaled, a stand-in, surplus)
+                timeout = self._idle_retire_ns
+            park_start = ct_now_ns()
+            left = timeout
+            while True:
+                ct_parker_sleep(&w.park, left)
+                if ct_load_u32(&w.park) == CT_PARK_WOKEN:
+                    woken = not ct_parker_leave(&self._parker, &w.park)
+                    break
+                if timeout >= 0:
+                    left = timeout - (ct_now_ns() - park_start)
+                    if left <= 0:
+                        woken = not ct_parker_leave(&self._parker, &w.park)
+                        idle_timeout = not woken
+                        break
+                # a spurious wake-up (signal): still IDLE, sleep on
+        if woken:
+            # this worker owns the wake token: clear it before looking at the rings,
+            # so an item whose producer found the token taken is seen below
+            ct_xchg_i32(&self._parker.wake_pending, 0)
+            if item == NULL:
+                item = _pop(self)
+        if item != NULL:
+            if woken and not _all_empty(self):
+                ct_parker_notify_one(&self._parker)   # pass the wake on
+            return item
+
+
+cdef inline void _pass_wake_on(Core self) noexcept nogil:
+    """An exiting worker: work still queued goes to a sleeper (ct_park.h)."""
+    if not _all_empty(self):
+        ct_parker_notify_one(&self._parker)
+
+
+cdef bint _try_idle_retire(Core self) noexcept nogil:
+    """An idle worker of the base pool leaves if the pool is above _min_workers."""
+    cdef int32_t live = ct_load_i32(&self._live_workers)
+    while live - ct_load_i32(&self._reserved) > self._min_workers:
+        if ct_cas_i32(&self._live_workers, live, live - 1):
+            return True
+        live = ct_load_i32(&self._live_workers)
+    return False
+
+
+cdef object _wait_workers_exit_impl(Core self, timeout):
+    """Wait (GIL released) until every worker has exited, except the calling
+    thread and workers abandoned after a time limit.  False on time-out."""
+    cdef int64_t deadline = -1
+    cdef int64_t end, now
+    cdef uint32_t s
+    cdef int own = -1
+    cdef bint done = False
+    cdef bint signals = _signals_here()
+    entry = _worker_slots.get(threading.get_ident())
+    if entry is not None and entry[0] is self:
+        own = entry[1]
+    if timeout is not None:
+        deadline = _deadline_ns(timeout)
+    if signals:
+        # called from a signal handler that interrupted this thread's own wait for
+        # queue space: that producer must not keep the workers from exiting
+        _release_signal_producers(self)
+    while True:
+        end = _slice_end(deadline, signals)
+        with nogil:
+            while True:
+                s = ct_load_u32(&self._exited.seq)
+                if _running_workers(self, own) == 0:
+                    done = True
+                    break
+                now = ct_now_ns()
+                if end >= 0 and now >= end:
+                    break
+                if ct_futex_wait(&self._exited.seq, s, end - now if end >= 0 else -1) \
+                        and signals:
+                    break
+        if done:
+            return True
+        if signals:
+            PyErr_CheckSignals()   # Ctrl-C: KeyboardInterrupt from here
+        if deadline >= 0 and ct_now_ns() >= deadline:
+            return False
+
+
+cdef object _replace_stuck_worker_impl(Core self, TaskHandle h, int max_stuck):
+    """After a time limit: start a replacement for the worker stuck in `h`; the stuck
+    thread then leaves the pool when `h` returns.  True if replaced.
+
+    Bounded: at most `max_stuck` stuck threads at a time.  Past that bound, or when
+    no thread can be started, the worker stays in the pool (it rejoins when its
+    task returns) and the engine runs with fewer free workers meanwhile, never
+    with none it could have kept.
+    """
+    cdef int slot = _running_slot(self, h)
+    if slot < 0:
+        return False
+    if self._closed:
+        # shutting down: no replacement, but shutdown does not wait for the thread
+        ct_store_i32(&self._workers[slot].abandoned, 1)
+        ct_add_i32(&self._live_workers, -1)
+        return False
+    if _stuck_workers(self) >= max_stuck:
+        self._warn_once(
+            "the bound on stuck threads",
+            f"cytask engine {getattr(self, 'name', '')}: {max_stuck} threads are already "
+            f"stuck in timed-out tasks, so the worker of task {h.task_id} gets no "
+            f"replacement; it rejoins the pool when its task returns.  Raise "
+            f"max_workers for more replacements; stats().stuck_workers counts them.")
+        return False
+    if not self._try_spawn_worker("a replacement for a worker stuck past a time limit"):
+        return False
+    # the spawn may have let other threads run: is the task still on that worker?
+    slot = _running_slot(self, h)
+    if slot < 0:
+        self._request_retire(1)   # it returned meanwhile: the replacement is surplus
+        return False
+    ct_store_i32(&self._workers[slot].abandoned, 1)
+    # it no longer counts as a worker: not towards the pool size, not towards the
+    # minimum that idle workers retire down to
+    ct_add_i32(&self._live_workers, -1)
+    return True
+
+
+cdef object _worker_loop(Core self, int slot):
+    """A worker thread's whole life: the nogil loop, GIL only at _gil_section."""
+    cdef ct_worker *w = &self._workers[slot]
+    cdef void *item = NULL
+    cdef ct_ncall *call
+    cdef ct_ncall *deferred[NATIVE_DEFER_MAX]
+    cdef int ndeferred = 0
+    cdef int64_t first_deferred_ns = 0
+    cdef int64_t t0, t1
+    cdef int32_t rc
+    try:
+        # inside the try: whatever fails here, the slot is freed and shutdown
+        # does not wait for a worker that never ran
+        _worker_slots[threading.get_ident()] = (self, slot)
+        self._own_thread()
+        with nogil:
+            while True:
+                if item == NULL:
+                    if ndeferred > 0 and (
+                            ndeferred >= NATIVE_DEFER_MAX
+                            or ct_now_ns() - first_deferred_ns > NATIVE_FLUSH_NS
+                            or _all_empty(self)):
+                        # GIL: run callbacks and drop references of finished natives
+                        with gil:
+                            item = _gil_section(self, w, slot, NULL, deferred, ndeferred)
+                        ndeferred = 0
+                        continue
+                    item = _next_item(self, w, ndeferred > 0)
+                    if item == NULL:
+                        if ndeferred > 0:
+                            continue   # idle: flush before parking or exiting
+                        break
+                if _is_native(item):
+                    call = _as_ncall(item)
+                    item = NULL
+                    if CT_DEBUG:
+                        ct_add_i64(&_debug_counters[1], 1)
+                    if not ct_cas_i32(&call.status, ST_PENDING, ST_RUNNING):
+                        # cancelled while queued: only the reference remains to drop
+                        call.rc = -1
+                    else:
+                        t0 = ct_now_ns()
+                        w.task_started_ns = t0
+                        rc = call.fn(&call.args[0], &call.result)
+                        call.rc = rc
+                        t1 = ct_now_ns()
+                        w.task_started_ns = 0
+                        _account(self, w, t1 - t0, rc != CT_RC_OK and rc != CT_RC_PYTHON)
+                        if rc == CT_RC_OK:
+                            ct_bump_i64(&w.succeeded, 1)
+                        if rc != CT_RC_PYTHON:
+                            ct_store_i32(&call.status,
+                                         ST_SUCCEEDED if rc == CT_RC_OK else ST_FAILED)
+                            ct_waitset_notify(&self._done)
+                    if ndeferred == 0:
+                        first_deferred_ns = ct_now_ns()
+                    deferred[ndeferred] = call
+                    ndeferred += 1
+                    continue
+                # the one marked point where a worker takes the GIL for Python tasks
+                if self._gil_share < 1.0:
+                    _polite_pause(self)
+                with gil:
+                    item = _gil_section(self, w, slot, item, deferred, ndeferred)
+                ndeferred = 0
+                if ct_load_i32(&w.abandoned):
+                    # a replacement took this slot's place; hand back any popped item
+                    if item != NULL:
+                        with gil:
+                            _requeue(self, item)
+                    break   # _replace_stuck_worker already took it off _live_workers
+    finally:
+        try:
+            _worker_slots.pop(threading.get_ident(), None)
+            self._own_thread(False)
+            self._current[slot] = None
+        finally:   # the slot is free, and shutdown sees it, whatever happened above
+            ct_store_i32(&w.alive, 0)
+            ct_add_i32(<int32_t *>&self._exited.seq, 1)
+            ct_futex_wake_all(&self._exited.seq)
+
+
+cdef object _reset_after_fork_impl(Core self, str why):
+    """In a fork() child, where the parent's worker threads do not exist.
+
+    Frees every worker slot (the calling thread's own, if it is one of this
+    engine's workers, is marked abandoned: it exits after its current task), zeroes
+    the counts of sleepers and waiters, rebuilds the rings (a parent thread may
+    have been half-way through a push or a pop) and cancels with `why` every task
+    of the parent: queued ones, and those still unfinished in the result store
+    (running on the parent's workers, or on its event loop).
+    """
+    cdef int slot, lvl
+    cdef int own = -1
+    cdef ct_worker *w
+    cdef ct_ring fresh
+    entry = _worker_slots.get(threading.get_ident())
+    if entry is not None and entry[0] is self:
+        own = entry[1]
+    keep = self._current[own] if own >= 0 else None   # goes on running here
+    running = []
+    for slot in range(MAX_WORKER_SLOTS):
+        if slot == own:
+            if slot != INLINE_SLOT:
+                ct_store_i32(&self._workers[slot].abandoned, 1)
+            continue
+        if self._current[slot] is not None:
+            running.append(self._current[slot])
+            self._current[slot] = None
+        w = &self._workers[slot]
+        ct_store_i32(&w.alive, 0)
+        ct_store_i32(&w.abandoned, 0)
+        w.task_started_ns = 0
+        w.lent = 0
+    ct_store_i32(&self._live_workers, 0)
+    ct_store_i32(&self._retire_debt, 0)
+    ct_store_i32(&self._surplus, 0)
+    ct_store_i32(&self._reserved, 0)
+    # the parker: no sleeper, no spinner, and its spinlock free (a parent thread
+    # may have held it at the fork)
+    ct_store_i32(&self._parker.lock, 0)
+    ct_store_i32(&self._parker.sleepers, 0)
+    ct_store_i32(&self._parker.wake_pending, 0)
+    ct_store_i32(&self._parker.spinning, 0)
+    ct_store_i32(&self._done.waiters, 0)
+    ct_store_i32(&self._space.waiters, 0)
+    ct_store_i32(&self._grower.waiters, 0)
+    self._signal_producers = []
+    self._spawn_lock = threading.Lock()
+    for lvl in range(N_LEVELS):
+        _drain_ring(self, lvl, why)
+        if ct_ring_init(&fresh, self._queue_size) != 0:
+            raise MemoryError(f"cannot allocate a queue of {self._queue_size} slots")
+        ct_ring_free(&self._rings[lvl])
+        self._rings[lvl] = fresh
+    for h in running:
+        (<TaskHandle>h)._complete(ST_CANCELLED, _cancelled_error(h.task_id, why))
+    if self._results is not None:
+        for h in self._results:
+            if h is not None and h is not keep and not h.done():
+                (<TaskHandle>h)._complete(ST_CANCELLED, _cancelled_error(h.task_id, why))
