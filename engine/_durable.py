@@ -71,6 +71,10 @@ R = TypeVar("R")
 
 _tls = threading.local()
 
+#: set by ``cytask worker`` while it imports the task modules: engines they create
+#: with a store only produce, the worker's own engine consumes
+PRODUCE_ONLY = False
+
 
 def current_durable() -> DurableHandle[Any] | None:
     """The durable handle of the task the calling worker thread runs, or None."""
@@ -280,7 +284,7 @@ class DurableRuntime:
         self.codec = serializer
         self.lease = float(lease)
         self.result_ttl = result_ttl
-        self.consume = consume
+        self.consume = consume = consume and not PRODUCE_ONLY
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
         self.max_inflight = max(64, 4 * engine.max_workers) if consume else 0
         self._lock = threading.Lock()  # guards _inflight, _held and every _Run.state
