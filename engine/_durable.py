@@ -298,6 +298,7 @@ class DurableRuntime:
         self._batch = _Batch()
         self._results: queue.SimpleQueue[Finish | None] = queue.SimpleQueue()
         self._stopping = threading.Event()
+        self._fd_lock = threading.Lock()  # guards closing the pipe against writes to it
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._sleeping = False
@@ -615,14 +616,23 @@ class DurableRuntime:
 
     def _wake(self) -> None:
         if self._sleeping:
-            with contextlib.suppress(BlockingIOError, OSError):
-                os.write(self._wake_w, b"x")
+            self._ring()
+
+    def _ring(self) -> None:
+        # never write to a closed pipe's number: the OS hands it to the next file
+        # opened (an SQLite file, say), and the byte would land in it
+        with self._fd_lock:
+            if self._wake_w >= 0:
+                with contextlib.suppress(BlockingIOError, OSError):
+                    os.write(self._wake_w, b"x")
 
     def _feed_loop(self) -> None:
-        try:
-            self._feed()
-        except BaseException as exc:
-            report_unraisable(exc, "cytask store feeder (stopped claiming)")
+        while not self._stopping.is_set():
+            try:
+                self._feed()
+            except Exception as exc:  # a locked or full store: report, wait, go on
+                report_unraisable(exc, "cytask store feeder (will retry)")
+                self._stopping.wait(0.5)
 
     def _feed(self) -> None:
         store = self.store
@@ -711,14 +721,13 @@ class DurableRuntime:
     def stop_claiming(self) -> None:
         """Claim nothing more (shutdown began); submits now raise EngineClosed."""
         self._stopping.set()
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
+        self._ring()
         if self._feeder is not None and threading.current_thread() is not self._feeder:
             self._feeder.join()
 
     def close(self) -> None:
         """After the workers stopped: commit the last results, give back tasks never
-        started, close the store."""
+        started."""
         self.stop_claiming()
         if self._writer is not None:
             self._results.put(None)
@@ -729,11 +738,13 @@ class DurableRuntime:
         if unstarted:
             with contextlib.suppress(Exception):
                 self.store.release(self.owner, unstarted)
-        self._watch.close()
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self.store.close()
+        with self._fd_lock:
+            self._watch.close()
+            for fd in (self._wake_r, self._wake_w):
+                if fd >= 0:
+                    os.close(fd)
+            self._wake_r = self._wake_w = -1
+        # the store stays open for reading: handles still answer after shutdown
 
 
 class _Batch:

@@ -208,9 +208,9 @@ class SQLiteStore(Store):
                 check_same_thread=False,  # each connection is used under a lock or per thread
                 timeout=self.busy_timeout,
             )
+            db.execute(f"PRAGMA synchronous = {self.synchronous}")
         except sqlite3.Error as exc:
             self._raise(exc, "open")
-        db.execute(f"PRAGMA synchronous = {self.synchronous}")
         return db
 
     def _raise(self, exc: sqlite3.Error, what: str) -> NoReturn:
