@@ -79,7 +79,12 @@ PRODUCE_ONLY = False
 def current_durable() -> DurableHandle[Any] | None:
     """The durable handle of the task the calling worker thread runs, or None."""
     run: _Run | None = getattr(_tls, "run", None)
-    return None if run is None else run.handle
+    if run is None:
+        return None
+    if run.handle is None:
+        run.handle = DurableHandle(run.rt, run.claimed.id, run.claimed.name)
+        run.handle._attempt = run.claimed.attempts
+    return run.handle
 
 
 class _Run:
@@ -101,8 +106,7 @@ class _Run:
         self.task = fn if isinstance(fn, Task) else None
         self.args = args
         self.kwargs = kwargs
-        self.handle: DurableHandle[Any] = DurableHandle(rt, claimed.id, claimed.name)
-        self.handle._attempt = claimed.attempts
+        self.handle: DurableHandle[Any] | None = None  # made when current_task() asks
         self.native: TaskHandle[Any] | None = None
         self.state = 0  # 0 queued, 1 running, 2 ended (first end wins; changed under rt._lock)
 

@@ -155,9 +155,9 @@ class Store(abc.ABC):
         """Extend the leases ``owner`` still holds on ``ids``; returns how many it holds."""
 
     @abc.abstractmethod
-    def finish(self, owner: str, done: Sequence[Finish], now: float) -> list[str]:
-        """Record the end of runs in one commit; returns the ids recorded (those whose
-        lease ``owner`` still held; a result of a lost lease is dropped)."""
+    def finish(self, owner: str, done: Sequence[Finish], now: float) -> int:
+        """Record the end of runs in one commit; returns how many were recorded (those
+        whose lease ``owner`` still held: a result of a lost lease is dropped)."""
 
     @abc.abstractmethod
     def release(self, owner: str, ids: Sequence[str]) -> int:
@@ -197,6 +197,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def expire(self, finished_before: float) -> int:
         """Delete ended tasks finished before the cutoff (result_ttl); returns how many."""
+
+    @abc.abstractmethod
+    def has_work(self) -> bool:
+        """True while any task is READY, SCHEDULED, RUNNING or RETRYING."""
 
     @abc.abstractmethod
     def counts(self) -> dict[str, int]:

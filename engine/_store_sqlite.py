@@ -104,6 +104,11 @@ _CLAIM = (
     f"WHERE seq IN (SELECT seq FROM tasks WHERE state = {READY} ORDER BY priority, seq LIMIT ?) "
     "RETURNING seq, id, name, codec, payload, priority, attempts, lost"
 )
+_HAS_WORK = (
+    f"SELECT 1 WHERE EXISTS (SELECT 1 FROM tasks WHERE state = {READY}) "
+    f"OR EXISTS (SELECT 1 FROM tasks WHERE state IN ({SCHEDULED}, {RETRYING})) "
+    f"OR EXISTS (SELECT 1 FROM tasks WHERE state = {RUNNING})"
+)
 _ANY_READY = f"SELECT 1 FROM tasks WHERE state = {READY} LIMIT 1"
 _FINISH = (
     "UPDATE tasks SET state = ?, result = ?, error = ?, finished_at = ?, run_at = ?, "
@@ -339,11 +344,20 @@ class SQLiteStore(Store):
                     (t.id, t.name, t.codec, t.payload, t.priority, READY, t.max_lost,
                      t.run_at, now, 0, None, None, None)
                 )  # fmt: skip
+        if len(rows) == 1:
+            # one statement in autocommit: SQLite takes the write lock at its start
+            # (with the busy handler), as BEGIN IMMEDIATE would, in one step instead
+            # of three (each step lets go of the GIL, costly beside busy workers)
+            with self._lock:
+                if self._closed:
+                    raise StoreError(f"store {self.url!r} is closed")
+                try:
+                    self._db.execute(_INSERT, rows[0])
+                except sqlite3.Error as exc:
+                    self._raise(exc, "enqueue")
+            return
         with self._write("enqueue") as db:
-            if len(rows) == 1:
-                db.execute(_INSERT, rows[0])
-            else:
-                db.executemany(_INSERT, rows)
+            db.executemany(_INSERT, rows)
 
     def claim(self, owner: str, n: int, lease_until: float) -> list[Claimed]:
         try:  # a read first: an idle worker's look costs no write transaction
@@ -367,18 +381,15 @@ class SQLiteStore(Store):
                 ).rowcount
         return held
 
-    def finish(self, owner: str, done: Sequence[Finish], now: float) -> list[str]:
-        recorded = []
+    def finish(self, owner: str, done: Sequence[Finish], now: float) -> int:
+        rows = [
+            (f.state, f.result, f.error, None if f.state == RETRYING else now,
+             f.run_at if f.state == RETRYING else 0.0, f.id, owner)
+            for f in done
+        ]  # fmt: skip
         with self._write("finish") as db:
-            for f in done:
-                retry = f.state == RETRYING
-                if db.execute(
-                    _FINISH,
-                    (f.state, f.result, f.error, None if retry else now,
-                     f.run_at if retry else 0.0, f.id, owner),
-                ).rowcount:  # fmt: skip
-                    recorded.append(f.id)
-        return recorded
+            cur = db.executemany(_FINISH, rows)
+        return int(cur.rowcount)
 
     def release(self, owner: str, ids: Sequence[str]) -> int:
         n = 0
@@ -457,6 +468,12 @@ class SQLiteStore(Store):
             ).rowcount
             db.execute("DELETE FROM ticks WHERE tick < ?", (int(finished_before),))
         return n
+
+    def has_work(self) -> bool:
+        try:  # three probes of the partial indexes, no scan
+            return bool(self._reader().execute(_HAS_WORK).fetchall())
+        except sqlite3.Error as exc:
+            self._raise(exc, "has_work")
 
     def counts(self) -> dict[str, int]:
         try:

@@ -123,22 +123,21 @@ def worker_main(argv: Sequence[str]) -> int:
             flush=True,
         )
     last_done, last_t = -1, time.monotonic()
+    next_show = 0.0
     while not stop.is_set():
-        stop.wait(0.05 if args.burst else 1.0)
-        if show or args.burst:
+        stop.wait(0.01 if args.burst else 1.0)
+        if args.burst and not store.has_work():
+            break
+        if show and time.monotonic() >= next_show:
+            next_show = time.monotonic() + 1.0
             counts = store.counts()
             done = counts["succeeded"] + counts["failed"] + counts["cancelled"]
-            if show:
-                now = time.monotonic()
-                rate = 0.0 if last_done < 0 else (done - last_done) / max(now - last_t, 1e-9)
-                last_done, last_t = done, now
-                line = "  ".join(f"{k} {v}" for k, v in counts.items() if v)
-                out.write(f"\r\x1b[K{line}  ({rate:,.0f}/s)")
-                out.flush()
-            if args.burst and not any(
-                counts[k] for k in ("pending", "scheduled", "running", "retrying")
-            ):
-                break
+            now = time.monotonic()
+            rate = 0.0 if last_done < 0 else (done - last_done) / max(now - last_t, 1e-9)
+            last_done, last_t = done, now
+            line = "  ".join(f"{k} {v}" for k, v in counts.items() if v)
+            out.write(f"\r\x1b[K{line}  ({rate:,.0f}/s)")
+            out.flush()
     if show:
         out.write("\n")
     if not args.quiet:

@@ -94,8 +94,8 @@ def test_finish_checks_the_owner(store: SQLiteStore) -> None:
     done = store.finish(
         "a", [Finish("id00001", SUCCEEDED, result="3"), Finish("id00002", FAILED, error="{}")], 1.0
     )
-    assert done == ["id00001", "id00002"]
-    assert store.finish("a", [Finish("id00001", SUCCEEDED, result="4")], 2.0) == []  # once
+    assert done == 2
+    assert store.finish("a", [Finish("id00001", SUCCEEDED, result="4")], 2.0) == 0  # once
     rec = store.get("id00001")
     assert rec is not None and rec.state == SUCCEEDED and rec.result == "3" and rec.terminal
 
@@ -107,8 +107,8 @@ def test_expired_lease_runs_again_and_a_late_result_is_dropped(store: SQLiteStor
     again = store.claim("alive", 1, time.time() + 30)
     assert [(c.id, c.attempts, c.lost) for c in again] == [("id00001", 2, 1)]
     # the dead worker's result (if it was only slow) must not overwrite the new run
-    assert store.finish("dead", [Finish("id00001", SUCCEEDED, result="1")], 1.0) == []
-    assert store.finish("alive", [Finish("id00001", SUCCEEDED, result="2")], 1.0) == ["id00001"]
+    assert store.finish("dead", [Finish("id00001", SUCCEEDED, result="1")], 1.0) == 0
+    assert store.finish("alive", [Finish("id00001", SUCCEEDED, result="2")], 1.0) == 1
     rec = store.get("id00001")
     assert rec is not None and rec.result == "2" and rec.attempts == 2
 
@@ -181,6 +181,9 @@ def test_expire_deletes_finished_rows_and_space_is_reused(store: SQLiteStore) ->
     assert store.expire(2.0) == 500
     assert store.get("id00001") is None and store.get("id01000") is not None
     assert store.counts()["succeeded"] == 0 and store.counts()["pending"] == 1
+    assert store.has_work()
+    store.cancel("id01000", 3.0)
+    assert not store.has_work()
 
 
 def test_a_store_from_a_newer_cytask_is_refused(tmp_path: Path) -> None:
