@@ -24,6 +24,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import hashlib
+import math
 import os
 import queue
 import select
@@ -64,6 +66,7 @@ from cytask._task import Task
 
 if TYPE_CHECKING:
     from cytask._engine import Engine
+    from cytask._periodic import Periodic
 
 __all__ = ["DurableHandle", "DurableRuntime", "current_durable"]
 
@@ -615,6 +618,33 @@ class DurableRuntime:
             return None
         rec = self.store.get(task_id)
         return None if rec is None else DurableHandle(self, task_id, rec.name)
+
+    # -- periodic schedules: one run per tick across the store's processes --------------
+
+    def next_tick(self, p: Periodic) -> tuple[float, int]:
+        """The next due time of ``p`` on the wall clock (monotonic deadline, tick in ms).
+
+        Interval schedules are aligned to multiples of the interval since the epoch, so
+        every process computes the same ticks; cron ticks are the cron's own times.
+        """
+        wall, mono = time.time(), time.monotonic()
+        if p.cron is not None:
+            due = p.cron.next_timestamp(wall)
+        else:
+            assert p.interval is not None
+            due = (math.floor(wall / p.interval) + 1) * p.interval
+        return mono + (due - wall), round(due * 1000)
+
+    def claim_tick(self, p: Periodic, tick: int) -> bool:
+        key = getattr(p, "_tick_key", None)
+        if key is None:
+            fn = p._fn
+            name = self._task_name(fn) if isinstance(fn, Task) else name_for(fn)
+            what = f"cron {p.cron.expression}" if p.cron is not None else f"every {p.interval}"
+            args = encode_args(self.codec, p._args, p._kwargs, fn)
+            digest = hashlib.sha1(args if isinstance(args, bytes) else args.encode()).hexdigest()
+            key = p._tick_key = f"{name} {what} {digest[:16]}"  # type: ignore[attr-defined]
+        return self.store.claim_tick(key, tick)
 
     # -- the feeder -----------------------------------------------------------------------
 

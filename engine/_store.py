@@ -192,7 +192,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def claim_tick(self, key: str, tick: int) -> bool:
         """True for exactly one caller per (key, tick) across all processes: a
-        periodic schedule's run at that tick belongs to it."""
+        periodic schedule's run at that tick (ms since the epoch) belongs to it.
+        ``expire`` forgets ticks older than its cutoff."""
 
     @abc.abstractmethod
     def expire(self, finished_before: float) -> int:

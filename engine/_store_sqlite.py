@@ -466,7 +466,7 @@ class SQLiteStore(Store):
                 f"DELETE FROM tasks WHERE state >= {SUCCEEDED} AND finished_at < ?",
                 (finished_before,),
             ).rowcount
-            db.execute("DELETE FROM ticks WHERE tick < ?", (int(finished_before),))
+            db.execute("DELETE FROM ticks WHERE tick < ?", (int(finished_before * 1000),))
         return n
 
     def has_work(self) -> bool:

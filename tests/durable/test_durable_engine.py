@@ -314,3 +314,29 @@ def test_workers_zero_needs_a_store() -> None:
         Engine(workers=0)
     with pytest.raises(ValueError, match="eager"):
         Engine(store="sqlite:///x.db", eager=True)
+
+
+ticks_run: list[float] = []
+
+
+def tick() -> None:
+    ticks_run.append(time.time())
+
+
+def test_a_periodic_tick_runs_once_across_engines_of_one_store(
+    engines: list[Engine], url: str
+) -> None:
+    ticks_run.clear()
+    a = _engine(engines, url, workers=1)
+    b = _engine(engines, url, workers=1)  # as a second process would
+    pa, pb = a.every(0.1, tick), b.every(0.1, tick)
+    time.sleep(0.75)
+    pa.cancel()
+    pb.cancel()
+    time.sleep(0.2)  # the last submitted ones finish
+    fired = pa.runs + pb.runs
+    assert 5 <= fired <= 8, (pa.runs, pb.runs)  # 7 ticks of 0.1 s, +-1: not 14
+    deadline = time.monotonic() + 10
+    while len(ticks_run) < fired and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(ticks_run) == fired
