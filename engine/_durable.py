@@ -22,6 +22,7 @@ again (after its lease); ``current_task().attempt`` tells it which attempt it is
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import ctypes
 import ctypes.util
 import hashlib
@@ -33,6 +34,7 @@ import socket
 import struct
 import threading
 import time
+import types
 from collections.abc import Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -72,7 +74,10 @@ __all__ = ["DurableHandle", "DurableRuntime", "current_durable"]
 
 R = TypeVar("R")
 
-_tls = threading.local()
+#: the _Run the calling thread (or asyncio task) runs now
+_current: contextvars.ContextVar[_Run | None] = contextvars.ContextVar(
+    "cytask_durable_run", default=None
+)
 
 #: set by ``cytask worker`` while it imports the task modules: engines they create
 #: with a store only produce, the worker's own engine consumes
@@ -81,7 +86,7 @@ PRODUCE_ONLY = False
 
 def current_durable() -> DurableHandle[Any] | None:
     """The durable handle of the task the calling worker thread runs, or None."""
-    run: _Run | None = getattr(_tls, "run", None)
+    run = _current.get()
     if run is None:
         return None
     if run.handle is None:
@@ -119,15 +124,29 @@ class _Run:
             if self.state != 0:
                 return None
             self.state = 1
-        _tls.run = self
+        token = _current.set(self)
         try:
             value = self.fn(*self.args, **self.kwargs)
         except BaseException as exc:
             rt._ended(self, None, exc)
             raise
         finally:
-            _tls.run = None
+            _current.reset(token)
+        if type(value) is types.CoroutineType:  # an async task: it ends on the loop
+            return self._await(value)
         rt._ended(self, value, None)
+        return value
+
+    async def _await(self, coro: Any) -> Any:
+        token = _current.set(self)  # this asyncio task's own context
+        try:
+            value = await coro
+        except BaseException as exc:
+            self.rt._ended(self, None, exc)
+            raise
+        finally:
+            _current.reset(token)
+        self.rt._ended(self, value, None)
         return value
 
     def _native_done(self, h: TaskHandle[Any]) -> None:

@@ -340,3 +340,17 @@ def test_a_periodic_tick_runs_once_across_engines_of_one_store(
     while len(ticks_run) < fired and time.monotonic() < deadline:
         time.sleep(0.01)
     assert len(ticks_run) == fired
+
+
+async def async_add(x: int, y: int) -> list[Any]:
+    import asyncio
+
+    await asyncio.sleep(0.01)
+    return [x + y, current_task().attempt]
+
+
+def test_async_tasks_are_durable_too(engines: list[Engine], url: str) -> None:
+    eng = _engine(engines, url, workers=1)
+    h = task(engine=eng)(async_add).delay(2, 3)
+    assert h.result(timeout=10) == [5, 1]
+    assert h.status is TaskStatus.SUCCEEDED
