@@ -204,10 +204,48 @@ def cytask_wake(folder: Path, samples: int) -> tuple[float, float, float]:
         producer.shutdown()
 
 
+def million(folder: Path, n: int) -> list[tuple[int, float, float, int]]:
+    """n tasks through one worker process, paced: (done, worker RSS MB, file MB, rows)."""
+    path = fresh(folder, "million.db")
+    url = "sqlite:///" + path
+    from durable_tasks import noop
+
+    eng = cytask.Engine(workers=0, store=url)
+    store = eng._durable.store  # type: ignore[union-attr]
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "cytask", "worker", "durable_tasks", "--store", url,
+         "--workers", "8", "--lease", "3", "--result-ttl", "2", "--quiet"],
+        env=ENV,
+    )  # fmt: skip
+    proc = psutil.Process(worker.pid)
+    samples = []
+    try:
+        chunk = 20_000
+        for k in range(0, n, chunk):
+            eng.submit_many(noop, [(i,) for i in range(k, k + chunk)])
+            while store.counts()["pending"] > chunk:  # paced to the worker
+                time.sleep(0.02)
+            if (k // chunk) % max(1, n // chunk // 10) == 0:
+                size = sum(
+                    os.path.getsize(path + s) for s in ("", "-wal") if os.path.exists(path + s)
+                )
+                rows = sum(store.counts().values())
+                samples.append((k + chunk, proc.memory_info().rss / 2**20, size / 2**20, rows))
+                log(f"  {samples[-1]}")
+    finally:
+        worker.terminate()
+        worker.wait(60)
+        eng.shutdown()
+    return samples
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="smaller counts (~1 min)")
     ap.add_argument("--no-huey", action="store_true")
+    ap.add_argument(
+        "--million", action="store_true", help="also 1M tasks: worker memory and file size"
+    )
     args = ap.parse_args()
     have_huey = not args.no_huey and huey_for("/tmp/huey-probe.db").huey is not None
     q = args.quick
@@ -240,6 +278,7 @@ def main() -> None:
                  lambda: cytask_process(folder, 100_000), None)  # fmt: skip
         log("wake ...")
         p50, p90, idle = cytask_wake(folder, 30 if q else 100)
+        big = million(folder, 1_000_000) if args.million else []
     print(f"\nload average {load0:.2f} -> {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs\n")
     print("| durable, SQLite | cytask | Huey (SqliteHuey) | ratio | goal |")
     print("|---|---:|---:|---:|---|")
@@ -248,6 +287,11 @@ def main() -> None:
     print(f"| cross-process wake, idle worker: p50 / p90 | {p50:.2f} / {p90:.2f} ms | - | - "
           f"| p50 <= 2 ms |")  # fmt: skip
     print(f"| idle worker CPU (3 s) | {idle:.2f} % | - | - | ~0 % |")
+    if big:
+        print("\n| tasks done (1M, result_ttl 2 s) | worker RSS MB | file + WAL MB | rows |")
+        print("|---:|---:|---:|---:|")
+        for done, rss, size, rows in big:
+            print(f"| {done:,} | {rss:.0f} | {size:.1f} | {rows:,} |")
 
 
 if __name__ == "__main__":

@@ -59,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
         help="on SIGTERM/SIGINT, seconds running tasks may take to finish (default 30)",
     )
     p.add_argument(
+        "--result-ttl",
+        type=float,
+        default=3600.0,
+        help="seconds finished tasks stay in the store (default 3600)",
+    )
+    p.add_argument(
         "--burst", action="store_true", help="exit once no task is pending, scheduled or running"
     )
     p.add_argument("--quiet", action="store_true", help="no progress line")
@@ -92,6 +98,7 @@ def worker_main(argv: Sequence[str]) -> int:
             store=args.store,
             serializer=args.serializer,
             lease=args.lease,
+            result_ttl=args.result_ttl,
             name="cytask-worker",
         )
     except (TypeError, ValueError) as exc:
