@@ -515,6 +515,7 @@ class DurableRuntime:
             if run.state == 2:
                 return  # a time limit ended it first: a late result is discarded
             run.state = 2
+        run.args, run.kwargs = (), {}  # the native handle keeps the run: keep it small
         claimed = run.claimed
         if exc is None:
             try:

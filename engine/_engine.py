@@ -145,6 +145,8 @@ class Engine(_core.Core):
             raise ValueError(f"Expected gil_share in (0, 1], got {gil_share!r}")
         if eager and store is not None:
             raise ValueError("Expected store=None with eager=True: eager runs tasks inline")
+        if store is not None:
+            max_results = 0  # get() reads the store; native handles are internal
         self._durable: DurableRuntime | None = None
         self._init_core(
             queue_size,
