@@ -273,6 +273,18 @@ class DurableHandle(Generic[R]):
         """Cancel a task no worker has started: True if it will never run."""
         return self._rt._cancel(self.task_id)
 
+    def add_done_callback(self, fn: Callable[[DurableHandle[R]], object]) -> None:
+        """Call ``fn(handle)`` once the task's end is committed (at once if it has).
+
+        It runs on the engine's result writer when this process ran the task, on a
+        watcher thread that looks at the store every 50 ms when another process did,
+        or on the calling thread if the task has already ended; an ``Exception`` it
+        raises goes to ``sys.unraisablehook``.
+        """
+        if not callable(fn):
+            raise TypeError(f"Expected a callable for fn, got {type(fn).__name__}")
+        self._rt._add_callback(self, fn)
+
     def __await__(self) -> Generator[Any, None, R]:
         import asyncio
 
@@ -318,6 +330,9 @@ class DurableRuntime:
         self._held = 0  # leases this process holds or is about to take (<= max_inflight)
         self._waiters: dict[str, list[threading.Event]] = {}
         self._names: dict[int, str] = {}  # id(Task) -> stored name, checked once
+        self._callbacks: dict[str, list[tuple[DurableHandle[Any], Callable[[Any], object]]]] = {}
+        self._watcher: threading.Thread | None = None  # runs while callbacks wait
+        self._closed = threading.Event()
         # group commit: rows wait in _batch; whoever holds _commit_lock commits them all
         self._commit_lock = threading.Lock()
         self._batch_lock = threading.Lock()
@@ -579,6 +594,8 @@ class DurableRuntime:
         for events in waiters:
             for ev in events or ():
                 ev.set()
+        if self._callbacks:
+            self._fire([f.id for f in batch if f.state != RETRYING])
         if not self._stopping.is_set():
             self._wake()  # capacity freed (and a retry may be due soon)
 
@@ -617,6 +634,50 @@ class DurableRuntime:
                         events.remove(ev)
                         if not events:
                             del self._waiters[task_id]
+
+    def _add_callback(self, h: DurableHandle[Any], fn: Callable[[Any], object]) -> None:
+        entry = (h, fn)
+        with self._lock:
+            self._callbacks.setdefault(h.task_id, []).append(entry)
+            start = self._watcher is None
+            if start:
+                self._watcher = threading.Thread(
+                    target=self._watch_loop, name=f"{self.engine.name}-store-watcher", daemon=True
+                )
+        if start:
+            assert self._watcher is not None
+            self._watcher.start()
+        rec = self.store.get(h.task_id)
+        if rec is None or rec.terminal:  # ended already: run it here, unless another did
+            self._fire([h.task_id])
+
+    def _fire(self, ids: Iterable[str]) -> None:
+        """Run the callbacks of ended tasks, each exactly once (whoever pops it runs it)."""
+        with self._lock:
+            due = [e for tid in ids for e in self._callbacks.pop(tid, ())]
+        for h, fn in due:
+            try:
+                fn(h)
+            except Exception as exc:
+                report_unraisable(exc, f"done callback {fn!r} of task {h.task_id}", fn)
+
+    def _watch_loop(self) -> None:
+        """Done callbacks of tasks another process runs: look every 50 ms."""
+        while not self._closed.wait(0.05):
+            with self._lock:
+                ids = list(self._callbacks)
+            ended = []
+            for tid in ids:
+                try:
+                    rec = self.store.get(tid)
+                except Exception:
+                    continue
+                if rec is None or rec.terminal:
+                    ended.append(tid)
+            if ended:
+                self._fire(ended)
+        with self._lock:
+            self._watcher = None
 
     def _cancel(self, task_id: str) -> bool:
         if self.store.cancel(task_id, time.time()):
@@ -792,6 +853,7 @@ class DurableRuntime:
         if unstarted:
             with contextlib.suppress(Exception):
                 self.store.release(self.owner, unstarted)
+        self._closed.set()
         with self._fd_lock:
             self._watch.close()
             for fd in (self._wake_r, self._wake_w):

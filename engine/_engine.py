@@ -630,6 +630,12 @@ class Engine(_core.Core):
 
     def as_executor(self) -> EngineExecutor:
         """A ``concurrent.futures.Executor`` view (real Futures) of this engine."""
+        if self._durable is not None:
+            raise TypeError(
+                "Expected an engine without a store for as_executor(): an Executor takes any "
+                "callable (closures included) and hands back Python objects, which a store "
+                "cannot keep; use eng.submit() and DurableHandle.result() instead"
+            )
         from cytask._executor import EngineExecutor
 
         return EngineExecutor(self)

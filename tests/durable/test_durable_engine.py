@@ -354,3 +354,39 @@ def test_async_tasks_are_durable_too(engines: list[Engine], url: str) -> None:
     h = task(engine=eng)(async_add).delay(2, 3)
     assert h.result(timeout=10) == [5, 1]
     assert h.status is TaskStatus.SUCCEEDED
+
+
+def test_done_callbacks_local_remote_and_already_done(engines: list[Engine], url: str) -> None:
+    seen: list[tuple[str, str]] = []
+    done = threading.Event()
+
+    def record(tag: str) -> Any:
+        def cb(h: Any) -> None:
+            seen.append((tag, h.status.value))
+            if len(seen) == 3:
+                done.set()
+
+        return cb
+
+    local = _engine(engines, url, workers=1)
+    gate.clear()
+    h = local.submit(blocked)
+    h.add_done_callback(record("local"))
+    producer = _engine(engines, url, workers=0)  # another process's view: it runs nothing
+    remote = producer.get(h.task_id)
+    assert remote is not None
+    remote.add_done_callback(record("remote"))  # someone else runs it: the watcher sees it
+    assert seen == []
+    gate.set()
+    h.result(timeout=10)
+    h.add_done_callback(record("after"))  # already ended: at once, here
+    assert done.wait(10)
+    assert sorted(seen) == [("after", "succeeded"), ("local", "succeeded"), ("remote", "succeeded")]
+    with pytest.raises(TypeError, match="callable"):
+        h.add_done_callback(42)  # type: ignore[arg-type]
+
+
+def test_as_executor_needs_the_memory_store(engines: list[Engine], url: str) -> None:
+    eng = _engine(engines, url, workers=0)
+    with pytest.raises(TypeError, match="without a store for as_executor"):
+        eng.as_executor()
