@@ -238,3 +238,16 @@ def test_a_locked_store_is_named_and_stays_usable(tmp_path: Path) -> None:
     s.enqueue([_new(2)])
     assert s.counts()["pending"] == 2
     s.close()
+
+
+def test_commits_are_checkpointed_off_the_commit_path(store: SQLiteStore) -> None:
+    for i in range(300):
+        store.enqueue([_new(i)])
+    deadline = time.monotonic() + 10
+    while store.checkpoints == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert store.checkpoints >= 1
+    db = sqlite3.connect(store.path)
+    busy, frames, done = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    db.close()
+    assert busy == 0 and frames == done  # nothing left behind
