@@ -162,7 +162,8 @@ class DurableHandle(Generic[R]):
     The same questions as a ``TaskHandle`` (``status``, ``result()``, ``cancel()``,
     ``attempts``, ``progress`` ...), answered from the store, so a handle made by
     ``eng.get(task_id)`` in another process, or after a restart, answers alike.
-    ``task_id`` is a 32-digit hex string, unique across processes and machines.
+    ``task_id`` is a 32-digit hex string (48 bits of milliseconds, 80 random bits):
+    unique across processes, machines and restarts.
     Results come back as the serializer stores them (JSON: tuples read as lists).
     """
 
@@ -270,7 +271,9 @@ class DurableHandle(Generic[R]):
         return decode_error(rec.error)
 
     def cancel(self) -> bool:
-        """Cancel a task no worker has started: True if it will never run."""
+        """Cancel a task no worker has started: True if it will never run.  A task
+        running in this process gets ``cancel_requested`` (and False), as without a
+        store; one running in another process is left alone (False)."""
         return self._rt._cancel(self.task_id)
 
     def add_done_callback(self, fn: Callable[[DurableHandle[R]], object]) -> None:
@@ -687,6 +690,8 @@ class DurableRuntime:
             return False
         with self._lock:
             if run.state != 0:
+                if run.state == 1 and run.native is not None:
+                    run.native._request_cancel()  # running here: current_task().cancel_requested
                 return False
             run.state = 2
         if run.native is not None:

@@ -390,3 +390,24 @@ def test_as_executor_needs_the_memory_store(engines: list[Engine], url: str) -> 
     eng = _engine(engines, url, workers=0)
     with pytest.raises(TypeError, match="without a store for as_executor"):
         eng.as_executor()
+
+
+started = threading.Event()
+
+
+def _wait_for_cancel() -> bool:
+    started.set()
+    me = current_task()
+    deadline = time.monotonic() + 10
+    while not me.cancel_requested and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return me.cancel_requested
+
+
+def test_cancel_of_a_task_running_here_requests_it(engines: list[Engine], url: str) -> None:
+    eng = _engine(engines, url, workers=1)
+    started.clear()
+    h = eng.submit(_wait_for_cancel)
+    assert started.wait(10)
+    assert h.cancel() is False
+    assert h.result(timeout=10) is True
