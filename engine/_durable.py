@@ -22,7 +22,6 @@ again (after its lease); ``current_task().attempt`` tells it which attempt it is
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import ctypes
 import ctypes.util
 import hashlib
@@ -38,6 +37,7 @@ import types
 from collections.abc import Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from cytask._context import current_durable_run
 from cytask._core import TaskHandle, TaskOptions, report_unraisable
 from cytask._enums import Priority, TaskStatus
 from cytask._errors import CancelledError, EngineClosed, TaskTimeout
@@ -74,10 +74,9 @@ __all__ = ["DurableHandle", "DurableRuntime", "current_durable"]
 
 R = TypeVar("R")
 
-#: the _Run the calling thread (or asyncio task) runs now
-_current: contextvars.ContextVar[_Run | None] = contextvars.ContextVar(
-    "cytask_durable_run", default=None
-)
+#: the _Run the calling thread (or asyncio task) runs now (defined in _context, so that
+#: current_task() needs no store code)
+_current = current_durable_run
 
 #: set by ``cytask worker`` while it imports the task modules: engines they create
 #: with a store only produce, the worker's own engine consumes
@@ -86,13 +85,8 @@ PRODUCE_ONLY = False
 
 def current_durable() -> DurableHandle[Any] | None:
     """The durable handle of the task the calling worker thread runs, or None."""
-    run = _current.get()
-    if run is None:
-        return None
-    if run.handle is None:
-        run.handle = DurableHandle(run.rt, run.claimed.id, run.claimed.name)
-        run.handle._attempt = run.claimed.attempts
-    return run.handle
+    run: _Run | None = _current.get()
+    return None if run is None else run.current_handle()
 
 
 class _Run:
@@ -148,6 +142,13 @@ class _Run:
             _current.reset(token)
         self.rt._ended(self, value, None)
         return value
+
+    def current_handle(self) -> DurableHandle[Any]:
+        """The handle ``current_task()`` gives inside this run (made on first ask)."""
+        if self.handle is None:
+            self.handle = DurableHandle(self.rt, self.claimed.id, self.claimed.name)
+            self.handle._attempt = self.claimed.attempts
+        return self.handle
 
     def _native_done(self, h: TaskHandle[Any]) -> None:
         """A time limit or a cancellation ended the native handle first."""
