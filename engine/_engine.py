@@ -86,6 +86,10 @@ class Engine(_core.Core):
     again once its ``lease`` (seconds, extended while it runs) expires.
     """
 
+    # the store side (cytask/_durable.py), None for the memory store; a class default
+    # so that a subclass whose __init__ skipped ours still gets the core's own error
+    _durable: DurableRuntime | None = None
+
     def __init__(
         self,
         workers: int | None = None,
@@ -147,7 +151,7 @@ class Engine(_core.Core):
             raise ValueError("Expected store=None with eager=True: eager runs tasks inline")
         if store is not None:
             max_results = 0  # get() reads the store; native handles are internal
-        self._durable: DurableRuntime | None = None
+        self._durable = None
         self._init_core(
             queue_size,
             submit_timeout,
