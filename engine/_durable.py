@@ -837,6 +837,29 @@ class DurableRuntime:
         if self.result_ttl is not None:
             store.expire(now - self.result_ttl)
 
+    # -- fork ---------------------------------------------------------------------------
+
+    def after_fork(self) -> DurableRuntime:
+        """In a fork() child: a runtime of its own on the same store.
+
+        SQLite connections must not cross a fork, and the feeder and writer threads
+        did not: the parent's objects are left alone (never closed here, which could
+        disturb the parent's locks).  The child gets a new owner id; what the parent
+        claimed stays the parent's.  After shutdown the child's runtime only reads.
+        """
+        self._abandoned = (self.store, self._wake_r, self._wake_w, self._watch)
+        store = open_store(self.store.url)
+        rt = DurableRuntime(
+            self.engine,
+            store,
+            self.codec,
+            self.lease,
+            self.consume and not self.engine._shut_down,
+            self.result_ttl,
+        )
+        rt._names = dict(self._names)
+        return rt
+
     # -- stopping -----------------------------------------------------------------------
 
     def stop_claiming(self) -> None:

@@ -189,6 +189,13 @@ class Engine(_core.Core):
         self._exit_drained = False  # a shutdown(wait=True) returned: no drain at exit
         if eager:
             self.submit = self._submit_eager  # type: ignore[method-assign]
+        if store is not None:  # durable tasks (cytask/_durable.py): opened before any thread
+            from cytask._durable import DurableRuntime
+
+            self._durable = DurableRuntime(
+                self, store, serializer, lease, max_workers > 0, result_ttl
+            )
+            self.submit = self._durable.submit  # type: ignore[method-assign,assignment]
         self._start_threads()
         _lifecycle.register(self)
 
@@ -203,13 +210,6 @@ class Engine(_core.Core):
                 self._supervisor = Supervisor(self, self.max_workers)
             except RuntimeError as exc:  # no thread for it: a fixed pool of `workers`
                 self._spawn_failed(exc, "the auto-scaler thread (max_workers)")
-        if store is not None:  # durable tasks: cytask/_durable.py
-            from cytask._durable import DurableRuntime
-
-            self._durable = DurableRuntime(
-                self, store, serializer, lease, max_workers > 0, result_ttl
-            )
-            self.submit = self._durable.submit  # type: ignore[method-assign,assignment]
 
     def _start_workers(self, n: int) -> None:
         """Start the pool, or none of it: a failed start stops what started, then raises."""
@@ -755,6 +755,8 @@ class Engine(_core.Core):
         """
         drain = self._signal_drain
         deadline = None if drain is None else drain.deadline
+        if self._durable is not None:  # drain what it holds; the store keeps the rest
+            self._durable.stop_claiming()
         if not self._shut_down:
             with self._lock:
                 self._accept_timed = False
@@ -800,6 +802,9 @@ class Engine(_core.Core):
             for h in doomed:
                 h._complete(_CANCELLED, CancelledError(f"task {h.task_id} {why}"))
         finally:
+            if self._durable is not None:  # new connections, threads and owner id
+                self._durable = self._durable.after_fork()
+                self.submit = self._durable.submit  # type: ignore[method-assign,assignment]
             if not self._shut_down:
                 self._restart_after_fork()
 

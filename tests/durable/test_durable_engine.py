@@ -411,3 +411,33 @@ def test_cancel_of_a_task_running_here_requests_it(engines: list[Engine], url: s
     assert started.wait(10)
     assert h.cancel() is False
     assert h.result(timeout=10) is True
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="fork()")
+def test_a_fork_child_gets_a_store_runtime_of_its_own(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/tasks.db"
+    code = textwrap.dedent(f"""
+        import os, sys, warnings
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads
+        import cytask
+        from tests_fork_mod import add
+        eng = cytask.Engine(workers=1, store={url!r})
+        assert eng.submit(add, 1, 2).result(timeout=10) == 3
+        pid = os.fork()
+        if pid == 0:
+            h = eng.submit(add, 20, 22)          # committed and run by the child itself
+            ok = h.result(timeout=10) == 42 and eng._durable.owner.split(":")[1] == str(os.getpid())
+            eng.shutdown()
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, status
+        assert eng.submit(add, 2, 2).result(timeout=10) == 4   # the parent goes on
+        eng.shutdown()
+        print("ok")
+    """)
+    (tmp_path / "tests_fork_mod.py").write_text("def add(x, y):\n    return x + y\n")
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+        cwd=tmp_path, env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)},
+    )  # fmt: skip
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
