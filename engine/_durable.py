@@ -557,6 +557,13 @@ class DurableRuntime:
         self._results.put(Finish(claimed.id, FAILED, error=encode_error(exc)))
 
     def _write_loop(self) -> None:
+        self.engine._own_thread()  # the engine's work, not the application's (gil_share)
+        try:
+            self._write_all()
+        finally:
+            self.engine._own_thread(False)  # its ident may be reused by another thread
+
+    def _write_all(self) -> None:
         results = self._results
         stop = False
         while not stop:
@@ -748,12 +755,16 @@ class DurableRuntime:
                     os.write(self._wake_w, b"x")
 
     def _feed_loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                self._feed()
-            except Exception as exc:  # a locked or full store: report, wait, go on
-                report_unraisable(exc, "cytask store feeder (will retry)")
-                self._stopping.wait(0.5)
+        self.engine._own_thread()  # the engine's work, not the application's (gil_share)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    self._feed()
+                except Exception as exc:  # a locked or full store: report, wait, go on
+                    report_unraisable(exc, "cytask store feeder (will retry)")
+                    self._stopping.wait(0.5)
+        finally:
+            self.engine._own_thread(False)  # its ident may be reused by another thread
 
     def _feed(self) -> None:
         store = self.store
