@@ -30,9 +30,12 @@ from cytask._errors import (
 from cytask._task import Task, task
 
 if TYPE_CHECKING:
+    from cytask._durable import DurableHandle
     from cytask._executor import EngineExecutor
     from cytask._periodic import Periodic
+    from cytask._serial import TaskFailed, WorkerLost
     from cytask._stats import EngineStats
+    from cytask._store import StoreError
 
 _core._bind_enums(TaskStatus, Priority, CancelledError)
 _core._bind_errors(EngineClosed, QueueFull, native_error_for)
@@ -47,6 +50,11 @@ _LAZY = {
     "EngineStats": "cytask._stats",
     "Periodic": "cytask._periodic",
     "EngineExecutor": "cytask._executor",
+    # durable tasks (a store): json, pickle, sqlite3 load only when used
+    "DurableHandle": "cytask._durable",
+    "StoreError": "cytask._store",
+    "TaskFailed": "cytask._serial",
+    "WorkerLost": "cytask._serial",
 }
 
 
@@ -64,6 +72,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "CancelledError",
     "CytaskError",
+    "DurableHandle",
     "Engine",
     "EngineClosed",
     "EngineExecutor",
@@ -73,12 +82,15 @@ __all__ = [
     "Periodic",
     "Priority",
     "QueueFull",
+    "StoreError",
     "Task",
+    "TaskFailed",
     "TaskHandle",
     "TaskOptions",
     "TaskPriority",
     "TaskStatus",
     "TaskTimeout",
+    "WorkerLost",
     "current_task",
     "default_engine",
     "set_default_engine",

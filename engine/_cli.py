@@ -424,11 +424,17 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     comp.add_argument("target", metavar="TARGET", help=target_help)
+    sub.add_parser("worker", help="run a store's durable tasks (cytask worker --help)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (see ``EXIT_CODES``)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "worker":  # cytask worker: engine/_worker_cli.py
+        from cytask._worker_cli import worker_main
+
+        return worker_main(argv[1:])
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # argparse has printed the usage (or --help)

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from cytask._aio import AsyncRunner
     from cytask._autoscale import Supervisor
+    from cytask._durable import DurableRuntime
     from cytask._executor import EngineExecutor
     from cytask._periodic import Periodic
     from cytask._stats import EngineStats, StatsSampler
@@ -77,7 +78,17 @@ class Engine(_core.Core):
     non-empty level, so a steady flood of CRITICAL work starves LOW.
     ``starvation_limit=N`` (opt-in aging) serves one task of a waiting level after
     N tasks of higher levels were served while it waited.
+
+    ``store="sqlite:///tasks.db"`` makes tasks durable (see ``cytask._durable``):
+    ``delay()`` returns once the task is committed, handles are ``DurableHandle``s
+    read from the store by any process, ``workers=0`` only produces.  Arguments and
+    results are JSON unless ``serializer="pickle"``; a task whose worker died runs
+    again once its ``lease`` (seconds, extended while it runs) expires.
     """
+
+    # the store side (cytask/_durable.py), None for the memory store; a class default
+    # so that a subclass whose __init__ skipped ours still gets the core's own error
+    _durable: DurableRuntime | None = None
 
     def __init__(
         self,
@@ -94,15 +105,19 @@ class Engine(_core.Core):
         name: str | None = None,
         gil_share: float = 1.0,
         starvation_limit: int | None = None,
+        store: Any = None,
+        serializer: str = "json",
+        lease: float = 30.0,
     ) -> None:
         limits = _core.LIMITS
         if workers is None:
             workers = min(os.cpu_count() or 2, limits["workers"])
         slots = " (worker slots of one engine)"
-        check_int(workers, "workers", minimum=1, maximum=limits["workers"], why=slots)
+        least = 0 if store is not None else 1  # with a store, workers=0 only produces
+        check_int(workers, "workers", minimum=least, maximum=limits["workers"], why=slots)
         if max_workers is None:
             max_workers = workers
-        check_int(max_workers, "max_workers", minimum=1, maximum=limits["workers"], why=slots)
+        check_int(max_workers, "max_workers", minimum=least, maximum=limits["workers"], why=slots)
         if max_workers < workers:
             raise ValueError(f"Expected max_workers >= workers ({workers}), got {max_workers}")
         check_int(
@@ -132,8 +147,18 @@ class Engine(_core.Core):
         share = check_nonneg_number(gil_share, "gil_share", positive=True)
         if share is None or share > 1.0:
             raise ValueError(f"Expected gil_share in (0, 1], got {gil_share!r}")
+        if eager and store is not None:
+            raise ValueError("Expected store=None with eager=True: eager runs tasks inline")
+        if store is not None:
+            max_results = 0  # get() reads the store; native handles are internal
+        self._durable = None
         self._init_core(
-            queue_size, submit_timeout, max_results, workers, worker_idle_timeout, starvation_limit
+            queue_size,
+            submit_timeout,
+            max_results,
+            max(workers, 1),
+            worker_idle_timeout,
+            starvation_limit,
         )
         self._set_gil_share(share)
         self.gil_share = share
@@ -164,6 +189,13 @@ class Engine(_core.Core):
         self._exit_drained = False  # a shutdown(wait=True) returned: no drain at exit
         if eager:
             self.submit = self._submit_eager  # type: ignore[method-assign]
+        if store is not None:  # durable tasks (cytask/_durable.py): opened before any thread
+            from cytask._durable import DurableRuntime
+
+            self._durable = DurableRuntime(
+                self, store, serializer, lease, max_workers > 0, result_ttl
+            )
+            self.submit = self._durable.submit  # type: ignore[method-assign,assignment]
         self._start_threads()
         _lifecycle.register(self)
 
@@ -222,6 +254,28 @@ class Engine(_core.Core):
             return self._submit_task(fn, args, kwargs, prio, wait)
         return self._dispatch(fn, args, kwargs, prio, None, wait)
 
+    def submit_many(
+        self,
+        fn: Callable[..., R],
+        iterable_of_args: Iterable[tuple[Any, ...]],
+        /,
+        *,
+        priority: Priority | None = None,
+    ) -> list[TaskHandle[R]]:
+        """Submit ``fn(*args)`` for each argument tuple; with a store, in one commit."""
+        check_callable(fn, "fn")
+        prio = None if priority is None else int(check_priority(priority))
+        if self._durable is not None:
+            return self._durable.submit_many(fn, iterable_of_args, prio)  # type: ignore[return-value]
+        from cytask._durable import _as_args
+
+        calls = [_as_args(a, i) for i, a in enumerate(iterable_of_args)]
+        if isinstance(fn, Task):
+            p = fn.options.priority if prio is None else prio
+            return [self._submit_task(fn, a, {}, p, None) for a in calls]
+        p = int(Priority.NORMAL) if prio is None else prio
+        return [self._dispatch(fn, a, None, p, None, None) for a in calls]
+
     def _submit_task(
         self,
         t: Task[Any, Any],
@@ -231,6 +285,8 @@ class Engine(_core.Core):
         delay: float | None,
         from_timer: bool = False,
     ) -> TaskHandle[Any]:
+        if self._durable is not None:
+            return self._durable.submit_task(t, args, kwargs, priority, delay)  # type: ignore[return-value]
         fn: Callable[..., Any] = t.fn
         options = t.options
         if t.compile_to_c:
@@ -267,6 +323,8 @@ class Engine(_core.Core):
     ) -> TaskHandle[Any]:
         """Submit now, after `delay` s, or (`from_timer`: a periodic run on the timer
         thread) without ever waiting for queue space."""
+        if self._durable is not None:
+            return self._durable.submit_fn(fn, args, kwargs, priority, delay)  # type: ignore[return-value]
         if self.eager:
             return self._run_eager(fn, args, kwargs, priority, options)
         if not delay and not from_timer:
@@ -547,6 +605,8 @@ class Engine(_core.Core):
 
     def get(self, task_id: object) -> TaskHandle[Any] | None:
         """The handle of a recent task, or None once it left the store (see ``result_ttl``)."""
+        if self._durable is not None:  # from the store: any process, any restart
+            return self._durable.get(task_id)  # type: ignore[return-value]
         h: TaskHandle[Any] | None = super().get(task_id)
         if h is not None and self.result_ttl is not None:
             finished = h._finished_monotonic
@@ -574,6 +634,12 @@ class Engine(_core.Core):
 
     def as_executor(self) -> EngineExecutor:
         """A ``concurrent.futures.Executor`` view (real Futures) of this engine."""
+        if self._durable is not None:
+            raise TypeError(
+                "Expected an engine without a store for as_executor(): an Executor takes any "
+                "callable (closures included) and hands back Python objects, which a store "
+                "cannot keep; use eng.submit() and DurableHandle.result() instead"
+            )
         from cytask._executor import EngineExecutor
 
         return EngineExecutor(self)
@@ -600,6 +666,8 @@ class Engine(_core.Core):
         """
         check_nonneg_number(timeout, "timeout", allow_none=True)
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self._durable is not None:
+            self._durable.stop_claiming()
         with self._lock:
             first = not self._shut_down
             self._shut_down = True
@@ -651,6 +719,8 @@ class Engine(_core.Core):
             timer = self._timer
         if timer is not None:
             timer.stop()
+        if self._durable is not None:  # last results committed, unstarted tasks given back
+            self._durable.close()
         self._exit_drained = True
 
     def _cancel_everything_queued(self, why: str) -> None:
@@ -685,6 +755,8 @@ class Engine(_core.Core):
         """
         drain = self._signal_drain
         deadline = None if drain is None else drain.deadline
+        if self._durable is not None:  # drain what it holds; the store keeps the rest
+            self._durable.stop_claiming()
         if not self._shut_down:
             with self._lock:
                 self._accept_timed = False
@@ -730,6 +802,9 @@ class Engine(_core.Core):
             for h in doomed:
                 h._complete(_CANCELLED, CancelledError(f"task {h.task_id} {why}"))
         finally:
+            if self._durable is not None:  # new connections, threads and owner id
+                self._durable = self._durable.after_fork()
+                self.submit = self._durable.submit  # type: ignore[method-assign,assignment]
             if not self._shut_down:
                 self._restart_after_fork()
 

@@ -62,6 +62,7 @@ class Periodic:
         self._next_due = time.monotonic()
         self._entry: TimerHandle | None = None  # the next firing on the engine's timer
         self._streak = False  # inside a run of drops: only the first one is reported
+        self._tick = 0  # with a store: the due time in ms since the epoch, claimed once
 
     def __repr__(self) -> str:
         what = f"every {self.interval} s" if self.cron is None else self.cron.expression
@@ -82,7 +83,10 @@ class Periodic:
         self._engine._forget_periodic(self)
 
     def _schedule_next(self) -> None:
-        if self.cron is not None:
+        durable = getattr(self._engine, "_durable", None)
+        if durable is not None:  # every process of a store fires the same ticks (wall clock)
+            self._next_due, self._tick = durable.next_tick(self)
+        elif self.cron is not None:
             # absolute times: the next run is found in the schedule's zone (DST rules
             # included), then turned into a monotonic deadline
             wall_now, mono_now = time.time(), time.monotonic()
@@ -122,6 +126,9 @@ class Periodic:
     def _submit_run(self) -> None:
         from cytask._errors import QueueFull
 
+        durable = getattr(self._engine, "_durable", None)
+        if durable is not None and not durable.claim_tick(self, self._tick):
+            return  # another process of the store runs this tick
         last = self.last_handle
         if last is not None and not last.done():
             self.skipped += 1  # the previous run is still queued or running

@@ -51,6 +51,12 @@ EXPECTED: dict[str, list[str]] = {
         "same answer as Python: True",
         "engine drained and shut down",
     ],
+    "durable_demo.py": [
+        "committed 2000 tasks to tasks.db",
+        "worker killed with SIGKILL:",
+        "recovered: 2000/2000 succeeded;",
+        "none lost",
+    ],
     "graceful_shutdown.py": [
         "drained: 20/20 tasks succeeded before exit",
         "new work is refused after shutdown",

@@ -1,0 +1,982 @@
+"""Durable tasks: an ``Engine(store=...)`` commits each task to a store before
+``delay()`` returns, runs it on the engine's native workers, and commits its result.
+
+Three pieces, all in this module, beside the in-process engine:
+
+- **submit**: encode the arguments, commit one row.  A task this process can run
+  soon (it has workers and fewer than ``max_inflight`` tasks leased) is committed
+  already leased to this process and pushed straight onto the native ring: no
+  polling, no second write.  Concurrent producers share commits (group commit:
+  whoever takes the write lock commits every row waiting for it).
+- **the feeder thread** claims READY tasks other processes committed, makes due
+  delayed and retrying tasks READY, puts tasks of dead workers (expired leases)
+  back, extends the leases this process holds, and expires old results.  Idle, it
+  sleeps on inotify (the store's WAL file changes when anyone commits) or on a timer.
+- **the writer thread** commits results in batches; a handle's waiters wake once
+  the result is committed, so a result you saw survives a crash.
+
+Delivery is at least once.  Only a task in flight when its worker died runs
+again (after its lease); ``current_task().attempt`` tells it which attempt it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import hashlib
+import math
+import os
+import queue
+import select
+import socket
+import struct
+import threading
+import time
+import types
+from collections.abc import Callable, Generator, Iterable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from cytask._context import current_durable_run
+from cytask._core import TaskHandle, TaskOptions, report_unraisable
+from cytask._enums import Priority, TaskStatus
+from cytask._errors import CancelledError, EngineClosed, TaskTimeout
+from cytask._serial import (
+    decode_args,
+    decode_error,
+    decode_result,
+    encode_args,
+    encode_error,
+    encode_result,
+    name_for,
+    new_task_id,
+    resolve,
+)
+from cytask._store import (
+    CANCELLED,
+    FAILED,
+    RETRYING,
+    RUNNING,
+    SUCCEEDED,
+    Claimed,
+    Finish,
+    NewTask,
+    Store,
+    open_store,
+)
+from cytask._task import Task
+
+if TYPE_CHECKING:
+    from cytask._engine import Engine
+    from cytask._periodic import Periodic
+
+__all__ = ["DurableHandle", "DurableRuntime", "current_durable"]
+
+R = TypeVar("R")
+
+#: the _Run the calling thread (or asyncio task) runs now (defined in _context, so that
+#: current_task() needs no store code)
+_current = current_durable_run
+
+#: set by ``cytask worker`` while it imports the task modules: engines they create
+#: with a store only produce, the worker's own engine consumes
+PRODUCE_ONLY = False
+
+
+def current_durable() -> DurableHandle[Any] | None:
+    """The durable handle of the task the calling worker thread runs, or None."""
+    run: _Run | None = _current.get()
+    return None if run is None else run.current_handle()
+
+
+class _Run:
+    """One claimed task on its way through the native ring: the callable it runs."""
+
+    __slots__ = ("args", "claimed", "fn", "handle", "kwargs", "native", "rt", "state", "task")
+
+    def __init__(
+        self,
+        rt: DurableRuntime,
+        claimed: Claimed,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self.rt = rt
+        self.claimed = claimed
+        self.fn = fn
+        self.task = fn if isinstance(fn, Task) else None
+        self.args = args
+        self.kwargs = kwargs
+        self.handle: DurableHandle[Any] | None = None  # made when current_task() asks
+        self.native: TaskHandle[Any] | None = None
+        self.state = 0  # 0 queued, 1 running, 2 ended (first end wins; changed under rt._lock)
+
+    def __call__(self) -> Any:
+        rt = self.rt
+        with rt._lock:
+            if self.state != 0:
+                return None
+            self.state = 1
+        token = _current.set(self)
+        try:
+            value = self.fn(*self.args, **self.kwargs)
+        except BaseException as exc:
+            rt._ended(self, None, exc)
+            raise
+        finally:
+            _current.reset(token)
+        if type(value) is types.CoroutineType:  # an async task: it ends on the loop
+            return self._await(value)
+        rt._ended(self, value, None)
+        return value
+
+    async def _await(self, coro: Any) -> Any:
+        token = _current.set(self)  # this asyncio task's own context
+        try:
+            value = await coro
+        except BaseException as exc:
+            self.rt._ended(self, None, exc)
+            raise
+        finally:
+            _current.reset(token)
+        self.rt._ended(self, value, None)
+        return value
+
+    def current_handle(self) -> DurableHandle[Any]:
+        """The handle ``current_task()`` gives inside this run (made on first ask)."""
+        if self.handle is None:
+            self.handle = DurableHandle(self.rt, self.claimed.id, self.claimed.name)
+            self.handle._attempt = self.claimed.attempts
+        return self.handle
+
+    def _native_done(self, h: TaskHandle[Any]) -> None:
+        """A time limit or a cancellation ended the native handle first."""
+        exc = h.exception(0) if h.status == TaskStatus.FAILED else None
+        if isinstance(exc, TaskTimeout):
+            self.rt._ended(self, None, exc)
+
+
+class DurableHandle(Generic[R]):
+    """A task in a store: what ``delay()`` returns with ``Engine(store=...)``.
+
+    The same questions as a ``TaskHandle`` (``status``, ``result()``, ``cancel()``,
+    ``attempts``, ``progress`` ...), answered from the store, so a handle made by
+    ``eng.get(task_id)`` in another process, or after a restart, answers alike.
+    ``task_id`` is a 32-digit hex string (48 bits of milliseconds, 80 random bits):
+    unique across processes, machines and restarts.
+    Results come back as the serializer stores them (JSON: tuples read as lists).
+    """
+
+    __slots__ = ("_attempt", "_name", "_rt", "task_id")
+
+    def __init__(self, rt: DurableRuntime, task_id: str, name: str | None = None) -> None:
+        self._rt = rt
+        self.task_id = task_id
+        self._name = name
+        self._attempt = 0
+
+    def __repr__(self) -> str:
+        return f"<DurableHandle {self.task_id} {self._name or ''} {self.status.value}>"
+
+    def _record(self) -> Any:
+        return self._rt.store.get(self.task_id)
+
+    @property
+    def status(self) -> TaskStatus:
+        rec = self._record()
+        if rec is None:
+            raise LookupError(f"task {self.task_id} is not in the store (expired after result_ttl)")
+        return TaskStatus(rec.status)
+
+    @property
+    def name(self) -> str | None:
+        if self._name is None:
+            rec = self._record()
+            self._name = None if rec is None else rec.name
+        return self._name
+
+    @property
+    def priority(self) -> Priority:
+        rec = self._record()
+        return Priority(rec.priority if rec is not None else Priority.NORMAL)
+
+    @property
+    def attempts(self) -> int:
+        """Runs started so far, including runs whose worker died."""
+        rec = self._record()
+        return 0 if rec is None else int(rec.attempts)
+
+    @property
+    def attempt(self) -> int:
+        """Inside the task: which attempt this is (1 the first time); else ``attempts``."""
+        return self._attempt or self.attempts
+
+    @property
+    def cancel_requested(self) -> bool:
+        run = self._rt._inflight.get(self.task_id)
+        return run is not None and run.native is not None and run.native.cancel_requested
+
+    @property
+    def progress(self) -> float:
+        rec = self._record()
+        return 0.0 if rec is None else float(rec.progress)
+
+    @property
+    def progress_message(self) -> str | None:
+        rec = self._record()
+        return None if rec is None else rec.progress_message
+
+    def set_progress(self, percent: float, message: str | None = None) -> None:
+        if not isinstance(percent, (int, float)) or isinstance(percent, bool):
+            raise TypeError(f"Expected a number for percent, got {type(percent).__name__}")
+        if message is not None and not isinstance(message, str):
+            raise TypeError(f"Expected str or None for message, got {type(message).__name__}")
+        self._rt.store.set_progress(self.task_id, max(0.0, min(100.0, float(percent))), message)
+
+    def done(self) -> bool:
+        rec = self._record()
+        return rec is None or rec.terminal
+
+    def cancelled(self) -> bool:
+        rec = self._record()
+        return rec is not None and rec.state == CANCELLED
+
+    def running(self) -> bool:
+        rec = self._record()
+        return rec is not None and rec.state == RUNNING
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the task ended (its end committed); False if ``timeout`` passed."""
+        return self._rt._wait(self.task_id, timeout) is not None
+
+    def result(self, timeout: float | None = None) -> R:
+        rec = self._rt._wait(self.task_id, timeout)
+        if rec is None:
+            raise TimeoutError(f"task {self.task_id} did not finish within {timeout} s")
+        if rec.state == SUCCEEDED:
+            return decode_result(rec.codec, rec.result)  # type: ignore[no-any-return]
+        raise self._error(rec)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        rec = self._rt._wait(self.task_id, timeout)
+        if rec is None:
+            raise TimeoutError(f"task {self.task_id} did not finish within {timeout} s")
+        return None if rec.state == SUCCEEDED else self._error(rec)
+
+    def _error(self, rec: Any) -> BaseException:
+        if rec.state == CANCELLED:
+            return CancelledError(f"task {self.task_id} was cancelled")
+        if rec.state == 0 and rec.error is None:  # expired: no record
+            return LookupError(f"task {self.task_id} is not in the store")
+        return decode_error(rec.error)
+
+    def cancel(self) -> bool:
+        """Cancel a task no worker has started: True if it will never run.  A task
+        running in this process gets ``cancel_requested`` (and False), as without a
+        store; one running in another process is left alone (False)."""
+        return self._rt._cancel(self.task_id)
+
+    def add_done_callback(self, fn: Callable[[DurableHandle[R]], object]) -> None:
+        """Call ``fn(handle)`` once the task's end is committed (at once if it has).
+
+        It runs on the engine's result writer when this process ran the task, on a
+        watcher thread that looks at the store every 50 ms when another process did,
+        or on the calling thread if the task has already ended; an ``Exception`` it
+        raises goes to ``sys.unraisablehook``.
+        """
+        if not callable(fn):
+            raise TypeError(f"Expected a callable for fn, got {type(fn).__name__}")
+        self._rt._add_callback(self, fn)
+
+    def __await__(self) -> Generator[Any, None, R]:
+        import asyncio
+
+        return asyncio.to_thread(self.result).__await__()
+
+
+class _Expired:
+    """What ``_wait`` returns for a task that left the store (never ran or expired)."""
+
+    state = 0
+    error = None
+    codec = "json"
+    result = None
+    terminal = True
+
+
+class DurableRuntime:
+    """The store side of one engine: submit, feeder thread, result writer thread."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        store: str | Store,
+        serializer: str,
+        lease: float,
+        consume: bool,
+        result_ttl: float | None,
+    ) -> None:
+        if serializer not in ("json", "pickle"):
+            raise ValueError(f"Expected 'json' or 'pickle' for serializer, got {serializer!r}")
+        if not isinstance(lease, (int, float)) or isinstance(lease, bool) or not lease > 0:
+            raise ValueError(f"Expected a number of seconds > 0 for lease, got {lease!r}")
+        self.engine = engine
+        self.store = open_store(store)
+        self.codec = serializer
+        self.lease = float(lease)
+        self.result_ttl = result_ttl
+        self.consume = consume = consume and not PRODUCE_ONLY
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+        self.max_inflight = max(64, 4 * engine.max_workers) if consume else 0
+        self._lock = threading.Lock()  # guards _inflight, _held and every _Run.state
+        self._inflight: dict[str, _Run] = {}  # claimed by this process, result not committed
+        self._held = 0  # leases this process holds or is about to take (<= max_inflight)
+        self._waiters: dict[str, list[threading.Event]] = {}
+        self._names: dict[int, str] = {}  # id(Task) -> stored name, checked once
+        self._callbacks: dict[str, list[tuple[DurableHandle[Any], Callable[[Any], object]]]] = {}
+        self._watcher: threading.Thread | None = None  # runs while callbacks wait
+        self._closed = threading.Event()
+        # group commit: rows wait in _batch; whoever holds _commit_lock commits them all
+        self._commit_lock = threading.Lock()
+        self._batch_lock = threading.Lock()
+        self._batch = _Batch()
+        self._results: queue.SimpleQueue[Finish | None] = queue.SimpleQueue()
+        self._stopping = threading.Event()
+        self._fd_lock = threading.Lock()  # guards closing the pipe against writes to it
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._sleeping = False
+        self._watch = _FileWatch(getattr(self.store, "path", None))
+        self._feeder: threading.Thread | None = None
+        self._writer: threading.Thread | None = None
+        if consume:
+            self._writer = threading.Thread(
+                target=self._write_loop, name=f"{engine.name}-store-writer", daemon=True
+            )
+            self._writer.start()
+            self._feeder = threading.Thread(
+                target=self._feed_loop, name=f"{engine.name}-store-feeder", daemon=True
+            )
+            self._feeder.start()
+
+    # -- submitting ---------------------------------------------------------------------
+
+    def _task_name(self, t: Task[Any, Any]) -> str:
+        name = self._names.get(id(t))
+        if name is None:
+            name_for(t.fn, t.name)  # a lambda or closure cannot be imported by a worker
+            from cytask._serial import register
+
+            register(t.name, t)
+            name = self._names[id(t)] = t.name
+        return name
+
+    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> DurableHandle[R]:
+        """``Engine.submit`` with a store."""
+        if isinstance(fn, Task):
+            return self.submit_task(fn, args, kwargs, fn.options.priority, None)
+        if not callable(fn):
+            raise TypeError(f"Expected a callable for fn, got {type(fn).__name__}: {fn!r}")
+        return self.submit_fn(fn, args, kwargs, int(Priority.NORMAL), None)
+
+    def submit_task(
+        self,
+        t: Task[Any, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+        priority: int,
+        delay: float | None,
+    ) -> DurableHandle[Any]:
+        return self._submit(t, self._task_name(t), [(args, kwargs)], priority, delay)[0]
+
+    def submit_fn(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+        priority: int,
+        delay: float | None,
+    ) -> DurableHandle[Any]:
+        if isinstance(fn, Task):
+            return self.submit_task(fn, args, kwargs, priority, delay)
+        return self._submit(fn, name_for(fn), [(args, kwargs)], priority, delay)[0]
+
+    def submit_many(
+        self, fn: Callable[..., Any], arg_tuples: Iterable[Any], priority: int | None
+    ) -> list[DurableHandle[Any]]:
+        if isinstance(fn, Task):
+            name = self._task_name(fn)
+            prio = fn.options.priority if priority is None else priority
+        else:
+            name, prio = name_for(fn), int(Priority.NORMAL) if priority is None else priority
+        calls: list[tuple[tuple[Any, ...], dict[str, Any] | None]] = [
+            (_as_args(a, i), None) for i, a in enumerate(arg_tuples)
+        ]
+        return self._submit(fn, name, calls, prio, None)
+
+    def _submit(
+        self,
+        fn: Callable[..., Any],
+        name: str,
+        calls: list[tuple[tuple[Any, ...], dict[str, Any] | None]],
+        priority: int,
+        delay: float | None,
+    ) -> list[DurableHandle[Any]]:
+        if self._stopping.is_set():
+            raise EngineClosed(f"engine {self.engine.name} is shut down; create a new Engine")
+        codec = self.codec
+        now = time.time()
+        run_at = now + delay if delay else now
+        max_lost = getattr(self.store, "max_lost", 10)
+        rows = [
+            NewTask(new_task_id(), name, codec, encode_args(codec, a, k, fn), priority, run_at,
+                    max_lost)
+            for a, k in calls
+        ]  # fmt: skip
+        n = len(rows)
+        local = 0
+        if self.consume and not delay:
+            with self._lock:
+                local = min(n, self.max_inflight - self._held)
+                if local > 0:
+                    self._held += local
+                else:
+                    local = 0
+        try:
+            if local:
+                self._commit(rows[:local], True)
+            if local < n:
+                self._commit(rows[local:], False)
+        except BaseException:
+            if local:
+                with self._lock:
+                    self._held -= local
+            raise
+        for row in rows[:local]:
+            claimed = Claimed(row.id, name, codec, row.payload, priority, 1, 0)
+            self._start(claimed, fn)
+        if local < n and self.consume:
+            self._wake()
+        return [DurableHandle(self, row.id, name) for row in rows]
+
+    def _commit(self, rows: list[NewTask], claimed: bool) -> None:
+        """Commit rows, sharing the commit with every producer waiting for the lock."""
+        with self._batch_lock:
+            batch = self._batch
+            (batch.claimed if claimed else batch.ready).extend(rows)
+        with self._commit_lock:
+            if not batch.done:
+                with self._batch_lock:
+                    self._batch = _Batch()
+                try:
+                    if batch.claimed:
+                        self.store.enqueue(
+                            batch.claimed, owner=self.owner, lease_until=time.time() + self.lease
+                        )
+                    if batch.ready:
+                        self.store.enqueue(batch.ready)
+                except BaseException as exc:
+                    batch.error = exc
+                batch.done = True
+        if batch.error is not None:
+            raise batch.error
+
+    def _start(self, claimed: Claimed, fn: Callable[..., Any] | None) -> None:
+        """Push a task this process holds onto the native ring."""
+        if fn is None:
+            fn = resolve(claimed.name)
+        try:
+            if fn is None:
+                raise LookupError(
+                    f"no task named {claimed.name!r} in this worker: start it with the module "
+                    f"that defines the task (cytask worker MODULE ...)"
+                )
+            if claimed.codec != self.codec:
+                raise ValueError(
+                    f"task {claimed.id} was stored with serializer {claimed.codec!r}; this "
+                    f"engine uses {self.codec!r} and will not decode it (pickle runs code: "
+                    f"start the worker with serializer='pickle' only if you trust the store)"
+                )
+            args, kwargs = decode_args(claimed.codec, claimed.payload)
+        except Exception as exc:
+            run = _Run(self, claimed, _never, (), {})
+            with self._lock:
+                self._inflight[claimed.id] = run
+                run.state = 2
+            self._results.put(Finish(claimed.id, FAILED, error=encode_error(exc)))
+            return
+        run = _Run(self, claimed, fn, args, kwargs)
+        with self._lock:
+            self._inflight[claimed.id] = run
+        task = run.task
+        options = None
+        if task is not None and task.options.timeout:
+            options = TaskOptions(task.name, claimed.priority, timeout=task.options.timeout)
+        try:
+            nh = self.engine._submit_handle(run, (), None, claimed.priority, options, False)
+        except BaseException:
+            with self._lock:
+                run.state = 2
+                self._inflight.pop(claimed.id, None)
+                self._held -= 1
+            with contextlib.suppress(Exception):
+                self.store.release(self.owner, [claimed.id])
+            raise
+        run.native = nh
+        if options is not None:
+            nh.add_done_callback(run._native_done)
+
+    # -- the end of a run -----------------------------------------------------------------
+
+    def _ended(self, run: _Run, value: Any, exc: BaseException | None) -> None:
+        with self._lock:
+            if run.state == 2:
+                return  # a time limit ended it first: a late result is discarded
+            run.state = 2
+        run.args, run.kwargs = (), {}  # the native handle keeps the run: keep it small
+        claimed = run.claimed
+        if exc is None:
+            try:
+                data = encode_result(claimed.codec, value)
+            except TypeError as bad:
+                self._results.put(Finish(claimed.id, FAILED, error=encode_error(bad)))
+                return
+            self._results.put(Finish(claimed.id, SUCCEEDED, result=data))
+            return
+        task = run.task
+        if task is not None and not isinstance(exc, TaskTimeout):
+            options = task.options
+            tries = claimed.attempts - claimed.lost
+            if tries <= options.retries and isinstance(exc, options.retry_on):
+                from cytask._engine import _backoff
+
+                at = time.time() + _backoff(options, tries)
+                self._results.put(Finish(claimed.id, RETRYING, error=encode_error(exc), run_at=at))
+                return
+        self._results.put(Finish(claimed.id, FAILED, error=encode_error(exc)))
+
+    def _write_loop(self) -> None:
+        self.engine._own_thread()  # the engine's work, not the application's (gil_share)
+        try:
+            self._write_all()
+        finally:
+            self.engine._own_thread(False)  # its ident may be reused by another thread
+
+    def _write_all(self) -> None:
+        results = self._results
+        stop = False
+        while not stop:
+            item = results.get()
+            batch: list[Finish] = []
+            while True:
+                if item is None:
+                    stop = True
+                else:
+                    batch.append(item)
+                if len(batch) >= 1024:
+                    break
+                try:
+                    item = results.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._write(batch)
+
+    def _write(self, batch: list[Finish]) -> None:
+        delay = 0.01
+        while True:
+            try:
+                self.store.finish(self.owner, batch, time.time())
+                break
+            except Exception as exc:  # a full disk or a long lock: keep the results, retry
+                report_unraisable(exc, "cytask store writer (will retry)")
+                if self._stopping.is_set() and delay > 1.0:
+                    return  # shutting down: the leases expire and the tasks run again
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        retried = False
+        with self._lock:
+            for f in batch:
+                if self._inflight.pop(f.id, None) is not None:
+                    self._held -= 1
+                retried = retried or f.state == RETRYING
+            waiters = [self._waiters.pop(f.id, None) for f in batch] if self._waiters else []
+        for events in waiters:
+            for ev in events or ():
+                ev.set()
+        if self._callbacks:
+            self._fire([f.id for f in batch if f.state != RETRYING])
+        if not self._stopping.is_set():
+            self._wake()  # capacity freed (and a retry may be due soon)
+
+    # -- waiting, cancelling --------------------------------------------------------------
+
+    def _wait(self, task_id: str, timeout: float | None) -> Any:
+        """The task's record once it ended, or None if ``timeout`` passed first."""
+        if timeout is not None:
+            if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
+                raise TypeError(
+                    f"Expected a number or None for timeout, got {type(timeout).__name__}"
+                )
+            if timeout < 0:
+                raise ValueError(f"Expected timeout >= 0 or None, got {timeout!r}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        poll = 0.001
+        while True:
+            ev = threading.Event()
+            with self._lock:
+                self._waiters.setdefault(task_id, []).append(ev)
+            try:
+                rec = self.store.get(task_id)
+                if rec is None:
+                    return _Expired()
+                if rec.terminal:
+                    return rec
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return None
+                ev.wait(poll if left is None else min(poll, left))
+                poll = min(poll * 2, 0.05)  # another process may finish it: look again
+            finally:
+                with self._lock:
+                    events = self._waiters.get(task_id)
+                    if events is not None and ev in events:
+                        events.remove(ev)
+                        if not events:
+                            del self._waiters[task_id]
+
+    def _add_callback(self, h: DurableHandle[Any], fn: Callable[[Any], object]) -> None:
+        entry = (h, fn)
+        with self._lock:
+            self._callbacks.setdefault(h.task_id, []).append(entry)
+            start = self._watcher is None
+            if start:
+                self._watcher = threading.Thread(
+                    target=self._watch_loop, name=f"{self.engine.name}-store-watcher", daemon=True
+                )
+        if start:
+            assert self._watcher is not None
+            self._watcher.start()
+        rec = self.store.get(h.task_id)
+        if rec is None or rec.terminal:  # ended already: run it here, unless another did
+            self._fire([h.task_id])
+
+    def _fire(self, ids: Iterable[str]) -> None:
+        """Run the callbacks of ended tasks, each exactly once (whoever pops it runs it)."""
+        with self._lock:
+            due = [e for tid in ids for e in self._callbacks.pop(tid, ())]
+        for h, fn in due:
+            try:
+                fn(h)
+            except Exception as exc:
+                report_unraisable(exc, f"done callback {fn!r} of task {h.task_id}", fn)
+
+    def _watch_loop(self) -> None:
+        """Done callbacks of tasks another process runs: look every 50 ms."""
+        while not self._closed.wait(0.05):
+            with self._lock:
+                ids = list(self._callbacks)
+            ended = []
+            for tid in ids:
+                try:
+                    rec = self.store.get(tid)
+                except Exception:
+                    continue
+                if rec is None or rec.terminal:
+                    ended.append(tid)
+            if ended:
+                self._fire(ended)
+        with self._lock:
+            self._watcher = None
+
+    def _cancel(self, task_id: str) -> bool:
+        if self.store.cancel(task_id, time.time()):
+            return True
+        run = self._inflight.get(task_id)
+        if run is None:
+            return False
+        with self._lock:
+            if run.state != 0:
+                if run.state == 1 and run.native is not None:
+                    run.native._request_cancel()  # running here: current_task().cancel_requested
+                return False
+            run.state = 2
+        if run.native is not None:
+            run.native.cancel()
+        self._results.put(Finish(task_id, CANCELLED))
+        return True
+
+    def get(self, task_id: object) -> DurableHandle[Any] | None:
+        if not isinstance(task_id, str):
+            return None
+        rec = self.store.get(task_id)
+        return None if rec is None else DurableHandle(self, task_id, rec.name)
+
+    # -- periodic schedules: one run per tick across the store's processes --------------
+
+    def next_tick(self, p: Periodic) -> tuple[float, int]:
+        """The next due time of ``p`` on the wall clock (monotonic deadline, tick in ms).
+
+        Interval schedules are aligned to multiples of the interval since the epoch, so
+        every process computes the same ticks; cron ticks are the cron's own times.
+        """
+        wall, mono = time.time(), time.monotonic()
+        if p.cron is not None:
+            due = p.cron.next_timestamp(wall)
+        else:
+            assert p.interval is not None
+            due = (math.floor(wall / p.interval) + 1) * p.interval
+        return mono + (due - wall), round(due * 1000)
+
+    def claim_tick(self, p: Periodic, tick: int) -> bool:
+        key = getattr(p, "_tick_key", None)
+        if key is None:
+            fn = p._fn
+            name = self._task_name(fn) if isinstance(fn, Task) else name_for(fn)
+            what = f"cron {p.cron.expression}" if p.cron is not None else f"every {p.interval}"
+            args = encode_args(self.codec, p._args, p._kwargs, fn)
+            digest = hashlib.sha1(args if isinstance(args, bytes) else args.encode()).hexdigest()
+            key = p._tick_key = f"{name} {what} {digest[:16]}"  # type: ignore[attr-defined]
+        return self.store.claim_tick(key, tick)
+
+    # -- the feeder -----------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        if self._sleeping:
+            self._ring()
+
+    def _ring(self) -> None:
+        # never write to a closed pipe's number: the OS hands it to the next file
+        # opened (an SQLite file, say), and the byte would land in it
+        with self._fd_lock:
+            if self._wake_w >= 0:
+                with contextlib.suppress(BlockingIOError, OSError):
+                    os.write(self._wake_w, b"x")
+
+    def _feed_loop(self) -> None:
+        self.engine._own_thread()  # the engine's work, not the application's (gil_share)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    self._feed()
+                except Exception as exc:  # a locked or full store: report, wait, go on
+                    report_unraisable(exc, "cytask store feeder (will retry)")
+                    self._stopping.wait(0.5)
+        finally:
+            self.engine._own_thread(False)  # its ident may be reused by another thread
+
+    def _feed(self) -> None:
+        store = self.store
+        maint_every = max(0.05, self.lease / 3)
+        next_maint = 0.0
+        next_due: float | None = 0.0
+        look = True  # claim at once on start: the store may hold work
+        while not self._stopping.is_set():
+            now = time.time()
+            if now >= next_maint:
+                next_maint = now + maint_every
+                try:
+                    self._maintain(now)
+                except Exception as exc:
+                    report_unraisable(exc, "cytask store maintenance (will retry)")
+                look = True
+            if next_due is not None and next_due <= now:
+                with contextlib.suppress(Exception):
+                    if store.promote_due(now):
+                        look = True
+                    next_due = store.next_due()
+            got = 0
+            if look or store.changed():
+                look = False
+                with self._lock:
+                    room = self.max_inflight - self._held
+                    n = min(room, 256)
+                    self._held += max(n, 0)
+                if n > 0:
+                    try:
+                        claimed = store.claim(self.owner, n, time.time() + self.lease)
+                    except Exception as exc:
+                        claimed = []
+                        report_unraisable(exc, "cytask store claim (will retry)")
+                    got = len(claimed)
+                    with self._lock:
+                        self._held -= n - got
+                    for c in claimed:
+                        try:
+                            self._start(c, None)
+                        except Exception as exc:
+                            report_unraisable(exc, f"cytask could not queue task {c.id}")
+                    if got == n:
+                        look = True  # maybe more
+                        continue
+                    with contextlib.suppress(Exception):
+                        next_due = store.next_due()
+                elif n <= 0:
+                    look = True  # full: look again once a result frees room
+            wait = next_maint - time.time()
+            if next_due is not None:
+                wait = min(wait, next_due - time.time())
+            self._sleep(max(0.0, wait))
+
+    def _sleep(self, timeout: float) -> None:
+        self._sleeping = True
+        try:
+            if self._stopping.is_set():
+                return
+            fds = [self._wake_r]
+            if self._watch.fd >= 0:
+                fds.append(self._watch.fd)
+            else:
+                timeout = min(timeout, 0.05)  # no inotify: look at data_version 20 times/s
+            ready, _, _ = select.select(fds, [], [], timeout)
+            if self._wake_r in ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
+            if self._watch.fd in ready:
+                self._watch.drain()
+        finally:
+            self._sleeping = False
+
+    def _maintain(self, now: float) -> None:
+        store = self.store
+        store.recover_expired(now)
+        with self._lock:
+            held = [tid for tid, run in self._inflight.items() if run.state != 2]
+        if held:
+            store.extend(self.owner, held, now + self.lease)
+        if self.result_ttl is not None:
+            store.expire(now - self.result_ttl)
+
+    # -- fork ---------------------------------------------------------------------------
+
+    def after_fork(self) -> DurableRuntime:
+        """In a fork() child: a runtime of its own on the same store.
+
+        SQLite connections must not cross a fork, and the feeder and writer threads
+        did not: the parent's objects are left alone (never closed here, which could
+        disturb the parent's locks).  The child gets a new owner id; what the parent
+        claimed stays the parent's.  After shutdown the child's runtime only reads.
+        """
+        self._abandoned = (self.store, self._wake_r, self._wake_w, self._watch)
+        store = open_store(self.store.url)
+        rt = DurableRuntime(
+            self.engine,
+            store,
+            self.codec,
+            self.lease,
+            self.consume and not self.engine._shut_down,
+            self.result_ttl,
+        )
+        rt._names = dict(self._names)
+        return rt
+
+    # -- stopping -----------------------------------------------------------------------
+
+    def stop_claiming(self) -> None:
+        """Claim nothing more (shutdown began); submits now raise EngineClosed."""
+        self._stopping.set()
+        self._ring()
+        if self._feeder is not None and threading.current_thread() is not self._feeder:
+            self._feeder.join()
+
+    def close(self) -> None:
+        """After the workers stopped: commit the last results, give back tasks never
+        started."""
+        self.stop_claiming()
+        if self._writer is not None:
+            self._results.put(None)
+            self._writer.join()
+            self._writer = None
+        with self._lock:
+            unstarted = [tid for tid, run in self._inflight.items() if run.state == 0]
+        if unstarted:
+            with contextlib.suppress(Exception):
+                self.store.release(self.owner, unstarted)
+        self._closed.set()
+        with self._fd_lock:
+            self._watch.close()
+            for fd in (self._wake_r, self._wake_w):
+                if fd >= 0:
+                    os.close(fd)
+            self._wake_r = self._wake_w = -1
+        # the store stays open for reading: handles still answer after shutdown
+
+
+class _Batch:
+    __slots__ = ("claimed", "done", "error", "ready")
+
+    def __init__(self) -> None:
+        self.claimed: list[NewTask] = []
+        self.ready: list[NewTask] = []
+        self.done = False
+        self.error: BaseException | None = None
+
+
+def _never() -> None:  # the callable of a task that failed before it could run
+    return None
+
+
+def _as_args(a: Any, i: int) -> tuple[Any, ...]:
+    if isinstance(a, tuple):
+        return a
+    if isinstance(a, list):
+        return tuple(a)
+    raise TypeError(
+        f"Expected a tuple of arguments for each item of iterable_of_args, got "
+        f"{type(a).__name__} at index {i}: use ({a!r},) for a single argument"
+    )
+
+
+class _FileWatch:
+    """inotify on the store's folder (Linux): wakes when any process writes the WAL.
+
+    ``fd`` is -1 where inotify is missing; the feeder then looks at the store's
+    ``data_version`` 20 times a second instead.
+    """
+
+    IN_MODIFY = 0x2
+    IN_CREATE = 0x100
+
+    def __init__(self, path: str | None) -> None:
+        self.fd = -1
+        self._names: set[bytes] = set()
+        if path is None or not hasattr(os, "O_CLOEXEC"):
+            return
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+            init = libc.inotify_init1
+            add = libc.inotify_add_watch
+        except (OSError, AttributeError):
+            return
+        fd = init(os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            return
+        folder = os.path.dirname(os.path.abspath(path)) or "."
+        if add(fd, os.fsencode(folder), self.IN_MODIFY | self.IN_CREATE) < 0:
+            os.close(fd)
+            return
+        base = os.fsencode(os.path.basename(path))
+        self._names = {base, base + b"-wal"}
+        self.fd = fd
+
+    def drain(self) -> bool:
+        """Read the pending events; True if one was about the store's files."""
+        hit = False
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except (BlockingIOError, OSError):
+                return hit
+            pos = 0
+            while pos + 16 <= len(data):
+                _, _, _, length = struct.unpack_from("iIII", data, pos)
+                name = data[pos + 16 : pos + 16 + length].rstrip(b"\0")
+                hit = hit or name in self._names
+                pos += 16 + length
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1

@@ -1,0 +1,233 @@
+"""The store interface: what a durable engine needs from SQLite, Redis or anything else.
+
+A store keeps one record per task.  A task goes::
+
+    SCHEDULED --due--> READY --claim--> RUNNING --complete--> SUCCEEDED
+        ^                ^                 |  \\--fail-----> FAILED
+        |                |                 |
+        +----retry-------+---lease expired-+ (a worker died: the task runs again)
+    READY/SCHEDULED/RETRYING --cancel--> CANCELLED
+
+A claim leases a task to one owner (a process) until ``lease_until``; the owner
+extends its leases while it runs them.  A lease that expires (the owner was
+killed) puts the task back to READY: delivery is at least once, and only tasks in
+flight at a crash can run twice.  Completing checks the owner, so a result from a
+worker that lost its lease is dropped rather than written over a newer run.
+
+Every time is wall-clock seconds (``time.time()``): several processes, and after a
+restart several boots, share one store.  A Redis Streams store maps claim to
+XREADGROUP/XAUTOCLAIM, extend to XCLAIM, complete to XACK plus a result hash,
+schedule to a sorted set moved by ``promote_due``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cytask._errors import CytaskError
+
+__all__ = [
+    "CANCELLED",
+    "FAILED",
+    "READY",
+    "RETRYING",
+    "RUNNING",
+    "SCHEDULED",
+    "STATE_NAMES",
+    "SUCCEEDED",
+    "Claimed",
+    "Finish",
+    "NewTask",
+    "Store",
+    "StoreError",
+    "TaskRecord",
+    "open_store",
+]
+
+# states as stored (the numbers are part of the on-disk format: never renumber)
+READY, SCHEDULED, RUNNING, RETRYING, SUCCEEDED, FAILED, CANCELLED = 0, 1, 2, 3, 4, 5, 6
+STATE_NAMES = ("pending", "scheduled", "running", "retrying", "succeeded", "failed", "cancelled")
+
+
+class StoreError(CytaskError):
+    """The store cannot do what was asked: cannot open, locked, corrupt, full, too new.
+
+    The message names the store and the problem; the store object stays usable
+    (a failed write was rolled back).
+    """
+
+
+@dataclass(slots=True)
+class NewTask:
+    """A task to enqueue.  ``run_at`` > now makes it SCHEDULED."""
+
+    id: str
+    name: str
+    codec: str  # "json" or "pickle": how payload and result are encoded
+    payload: str | bytes  # the encoded [args, kwargs] (JSON text or pickle bytes)
+    priority: int
+    run_at: float
+    max_lost: int  # a task whose worker died this many times fails (a poison pill)
+
+
+@dataclass(slots=True)
+class Claimed:
+    """A task leased to this owner: what a worker needs to run it."""
+
+    id: str
+    name: str
+    codec: str
+    payload: str | bytes
+    priority: int
+    attempts: int  # claims so far, this one included (the task's attempt number)
+    lost: int  # how many of those claims ended with the worker dead
+
+
+@dataclass(slots=True)
+class Finish:
+    """The end of one run: SUCCEEDED/FAILED with a result or error, or a retry at run_at."""
+
+    id: str
+    state: int  # SUCCEEDED, FAILED or RETRYING
+    result: str | bytes | None = None
+    error: str | None = None  # JSON: {"type": "module.Class", "message": ..., "traceback": ...}
+    run_at: float = 0.0  # RETRYING: when it is due again
+
+
+@dataclass(slots=True)
+class TaskRecord:
+    """Everything the store knows about one task (``Store.get``)."""
+
+    id: str
+    name: str
+    codec: str
+    priority: int
+    state: int
+    attempts: int
+    lost: int
+    run_at: float
+    enqueued_at: float
+    started_at: float | None
+    finished_at: float | None
+    result: str | bytes | None
+    error: str | None
+    progress: float
+    progress_message: str | None
+    owner: str | None
+
+    @property
+    def status(self) -> str:
+        return STATE_NAMES[self.state]
+
+    @property
+    def terminal(self) -> bool:
+        return self.state >= SUCCEEDED
+
+
+class Store(abc.ABC):
+    """One durable task store, shared by every process that opens the same URL.
+
+    Thread-safe: producers, the claiming thread and the result writer of one
+    engine call it concurrently.  Each method is one atomic step (one
+    transaction): after it returned, its effect survives a ``kill -9`` of the
+    process (and an OS crash too when the store says so, see ``durable_on_power_loss``).
+    """
+
+    url: str
+    durable_on_power_loss: bool
+
+    @abc.abstractmethod
+    def enqueue(
+        self, tasks: Sequence[NewTask], *, owner: str | None = None, lease_until: float = 0.0
+    ) -> None:
+        """Add tasks in one commit.  With ``owner``, due ones are claimed by it at once
+        (attempt 1, leased until ``lease_until``): the producer runs them itself."""
+
+    @abc.abstractmethod
+    def claim(self, owner: str, n: int, lease_until: float) -> list[Claimed]:
+        """Lease up to ``n`` READY tasks, highest priority (lowest number) first, FIFO."""
+
+    @abc.abstractmethod
+    def extend(self, owner: str, ids: Sequence[str], lease_until: float) -> int:
+        """Extend the leases ``owner`` still holds on ``ids``; returns how many it holds."""
+
+    @abc.abstractmethod
+    def finish(self, owner: str, done: Sequence[Finish], now: float) -> int:
+        """Record the end of runs in one commit; returns how many were recorded (those
+        whose lease ``owner`` still held: a result of a lost lease is dropped)."""
+
+    @abc.abstractmethod
+    def release(self, owner: str, ids: Sequence[str]) -> int:
+        """Give back claimed tasks that never started (shutdown): READY again, the
+        claim not counted as an attempt."""
+
+    @abc.abstractmethod
+    def cancel(self, task_id: str, now: float) -> bool:
+        """Cancel a task that no worker holds; False if it is running or ended."""
+
+    @abc.abstractmethod
+    def get(self, task_id: str) -> TaskRecord | None:
+        """The task's record, or None (never enqueued, or expired after result_ttl)."""
+
+    @abc.abstractmethod
+    def set_progress(self, task_id: str, percent: float, message: str | None) -> None:
+        """Store a running task's progress."""
+
+    @abc.abstractmethod
+    def promote_due(self, now: float) -> int:
+        """Make SCHEDULED and RETRYING tasks whose time came READY; returns how many."""
+
+    @abc.abstractmethod
+    def next_due(self) -> float | None:
+        """The earliest ``run_at`` of a SCHEDULED or RETRYING task, or None."""
+
+    @abc.abstractmethod
+    def recover_expired(self, now: float) -> int:
+        """Put RUNNING tasks whose lease expired back to READY (their worker died),
+        or FAILED once lost ``max_lost`` times; returns how many."""
+
+    @abc.abstractmethod
+    def claim_tick(self, key: str, tick: int) -> bool:
+        """True for exactly one caller per (key, tick) across all processes: a
+        periodic schedule's run at that tick (ms since the epoch) belongs to it.
+        ``expire`` forgets ticks older than its cutoff."""
+
+    @abc.abstractmethod
+    def expire(self, finished_before: float) -> int:
+        """Delete ended tasks finished before the cutoff (result_ttl); returns how many."""
+
+    @abc.abstractmethod
+    def has_work(self) -> bool:
+        """True while any task is READY, SCHEDULED, RUNNING or RETRYING."""
+
+    @abc.abstractmethod
+    def counts(self) -> dict[str, int]:
+        """Tasks per state name (for progress displays)."""
+
+    @abc.abstractmethod
+    def changed(self) -> bool:
+        """True if another connection committed since the last call: a cheap check
+        an idle worker makes before it asks for work."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close connections; the store is unusable afterwards."""
+
+
+def open_store(url: Any, **options: Any) -> Store:
+    """A store from a URL: ``sqlite:///relative/path.db``, ``sqlite:////abs/path.db``."""
+    if isinstance(url, Store):
+        return url
+    if not isinstance(url, str):
+        raise TypeError(f"Expected a store URL (str) for store, got {type(url).__name__}")
+    scheme, sep, _ = url.partition("://")
+    if scheme == "sqlite" and sep:
+        from cytask._store_sqlite import SQLiteStore
+
+        return SQLiteStore(url, **options)
+    raise ValueError(
+        f"Expected a store URL like 'sqlite:///path/to/tasks.db' for store, got {url!r}"
+    )

@@ -1,0 +1,570 @@
+"""The SQLite store: one file, no server, shared by every process on the machine.
+
+``sqlite:///relative/tasks.db`` or ``sqlite:////absolute/tasks.db`` (SQLAlchemy's
+convention), with options in the query string::
+
+    sqlite:////var/app/tasks.db?synchronous=full&lease=30&busy_timeout=5&max_lost=10
+
+What survives what (``synchronous``, SQLite's own setting):
+
+- ``normal`` (default): WAL with no fsync per commit.  A committed task survives a
+  ``kill -9`` or an OOM kill of any process (the WAL is in the OS page cache); an OS
+  crash or power loss may lose the last commits (never corrupts the file).
+- ``full``: an fsync per commit (about 7x slower here): commits also survive power loss.
+- ``off``: no fsyncs at all; an OS crash may corrupt the file.  Tests only.
+
+Every write is one transaction begun with ``BEGIN IMMEDIATE`` (the write lock up
+front, so a busy store waits ``busy_timeout`` seconds instead of failing on a stale
+snapshot); a claim is one ``UPDATE ... RETURNING``.  A leased task whose worker
+died (its lease passed) goes back to READY (``recover_expired``): opening a store a
+crashed process left needs no repair step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from typing import Any, NoReturn
+
+from cytask._store import (
+    CANCELLED,
+    FAILED,
+    READY,
+    RETRYING,
+    RUNNING,
+    SCHEDULED,
+    STATE_NAMES,
+    SUCCEEDED,
+    Claimed,
+    Finish,
+    NewTask,
+    Store,
+    StoreError,
+    TaskRecord,
+)
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+
+#: bump with a migration in _MIGRATIONS when the schema changes
+SCHEMA_VERSION = 1
+#: PRAGMA application_id of a cytask store ("cyta"): another program's file is refused
+APPLICATION_ID = 0x63797461
+
+_SCHEMA = f"""
+CREATE TABLE cytask_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE tasks (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    codec TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    priority INTEGER NOT NULL,
+    state INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    lost INTEGER NOT NULL DEFAULT 0,
+    max_lost INTEGER NOT NULL,
+    run_at REAL NOT NULL,
+    enqueued_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    owner TEXT,
+    lease_until REAL,
+    result BLOB,
+    error TEXT,
+    progress REAL NOT NULL DEFAULT 0,
+    progress_message TEXT
+);
+CREATE INDEX tasks_ready ON tasks (priority, seq) WHERE state = {READY};
+CREATE INDEX tasks_due ON tasks (run_at) WHERE state IN ({SCHEDULED}, {RETRYING});
+CREATE INDEX tasks_lease ON tasks (lease_until) WHERE state = {RUNNING};
+CREATE INDEX tasks_finished ON tasks (finished_at) WHERE state >= {SUCCEEDED};
+CREATE TABLE ticks (key TEXT NOT NULL, tick INTEGER NOT NULL, PRIMARY KEY (key, tick))
+    WITHOUT ROWID;
+"""
+
+#: from version -> function upgrading the open transaction to version + 1
+_MIGRATIONS: dict[int, Any] = {}
+
+_SYNC = {"off": 0, "normal": 1, "full": 2, "extra": 3}
+#: SQLite's own threshold (pages of 4 KiB), a fallback when the checkpointer lags
+_AUTOCHECKPOINT_PAGES = 10_000
+#: seconds between background checkpoints while commits come
+_CHECKPOINT_EVERY = 0.2
+
+_INSERT = (
+    "INSERT INTO tasks (id, name, codec, payload, priority, state, max_lost, run_at, "
+    "enqueued_at, attempts, owner, lease_until, started_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_CLAIM = (
+    f"UPDATE tasks SET state = {RUNNING}, owner = ?, lease_until = ?, "
+    "attempts = attempts + 1, started_at = ? "
+    f"WHERE seq IN (SELECT seq FROM tasks WHERE state = {READY} ORDER BY priority, seq LIMIT ?) "
+    "RETURNING seq, id, name, codec, payload, priority, attempts, lost"
+)
+_HAS_WORK = (
+    f"SELECT 1 WHERE EXISTS (SELECT 1 FROM tasks WHERE state = {READY}) "
+    f"OR EXISTS (SELECT 1 FROM tasks WHERE state IN ({SCHEDULED}, {RETRYING})) "
+    f"OR EXISTS (SELECT 1 FROM tasks WHERE state = {RUNNING})"
+)
+_ANY_READY = f"SELECT 1 FROM tasks WHERE state = {READY} LIMIT 1"
+_FINISH = (
+    "UPDATE tasks SET state = ?, result = ?, error = ?, finished_at = ?, run_at = ?, "
+    f"owner = NULL, lease_until = NULL WHERE id = ? AND owner = ? AND state = {RUNNING}"
+)
+_LOST_ERROR = (
+    '\'{"type": "cytask.WorkerLost", "message": "its worker died (lease expired) \' '
+    '|| (lost + 1) || \' times while running it", "traceback": ""}\''
+)
+_RECOVER = (
+    f"UPDATE tasks SET state = CASE WHEN lost + 1 >= max_lost THEN {FAILED} ELSE {READY} END, "
+    f"error = CASE WHEN lost + 1 >= max_lost THEN {_LOST_ERROR} ELSE error END, "
+    "finished_at = CASE WHEN lost + 1 >= max_lost THEN ? ELSE NULL END, "
+    "lost = lost + 1, owner = NULL, lease_until = NULL "
+    f"WHERE state = {RUNNING} AND lease_until < ?"
+)
+_COLUMNS = (
+    "id, name, codec, priority, state, attempts, lost, run_at, enqueued_at, started_at, "
+    "finished_at, result, error, progress, progress_message, owner"
+)
+
+
+def parse_url(url: str) -> tuple[str, dict[str, str]]:
+    """``sqlite:///rel.db?x=1`` -> ("rel.db", {"x": "1"}); ``sqlite:////abs.db`` -> "/abs.db"."""
+    if not url.startswith("sqlite:///"):
+        raise ValueError(
+            f"Expected 'sqlite:///relative.db' or 'sqlite:////absolute/path.db' for store, "
+            f"got {url!r}"
+        )
+    rest = url[len("sqlite:///") :]
+    path, _, query = rest.partition("?")
+    if not path:
+        raise ValueError(f"Expected a file path after 'sqlite:///' in store, got {url!r}")
+    options = dict(urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=False))
+    return urllib.parse.unquote(path), options
+
+
+class SQLiteStore(Store):
+    """A ``Store`` in one SQLite file (WAL).  See the module docstring for the URL."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        synchronous: str | None = None,
+        busy_timeout: float | None = None,
+        max_lost: int | None = None,
+    ) -> None:
+        path, options = parse_url(url)
+        unknown = sorted(set(options) - {"synchronous", "busy_timeout", "max_lost"})
+        if unknown:
+            raise ValueError(
+                f"Unknown store option(s) {', '.join(unknown)} in {url!r}; valid options are: "
+                f"synchronous, busy_timeout, max_lost"
+            )
+        sync = (synchronous or options.get("synchronous", "normal")).lower()
+        if sync not in _SYNC:
+            raise ValueError(
+                f"Expected one of {', '.join(_SYNC)} for synchronous, got {sync!r} (in {url!r})"
+            )
+        self.url = url
+        self.path = path
+        self.synchronous = sync
+        self.durable_on_power_loss = _SYNC[sync] >= 2
+        self.busy_timeout = float(
+            busy_timeout if busy_timeout is not None else options.get("busy_timeout", 5.0)
+        )
+        self.max_lost = int(max_lost if max_lost is not None else options.get("max_lost", 10))
+        if self.max_lost < 1:
+            raise ValueError(f"Expected max_lost >= 1, got {self.max_lost}")
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise StoreError(f"cannot open store {url!r}: folder {folder!r} does not exist")
+        self._lock = threading.Lock()  # guards self._db (the one writing connection)
+        self._local = threading.local()  # per-thread reading connections
+        self._readers: list[sqlite3.Connection] = []
+        self._closed = False
+        self._dirty = threading.Event()  # set by commits, cleared by the checkpointer
+        self._checkpointer: threading.Thread | None = None
+        self._start_lock = threading.Lock()  # guards starting the checkpointer
+        self.checkpoints = 0  # background checkpoints done (for tests)
+        self._db = self._connect()
+        self._watch = self._connect()  # only for changed(): PRAGMA data_version
+        self._data_version = -1
+        self._changes = 0  # the writing connection's total_changes at its last commit
+        try:
+            self._db.execute(f"PRAGMA synchronous = {sync}")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._ensure_schema()
+        except sqlite3.Error as exc:
+            self._close_all()
+            self._raise(exc, "open")
+        except StoreError:
+            self._close_all()
+            raise
+
+    def __repr__(self) -> str:
+        return f"<SQLiteStore {self.path!r} synchronous={self.synchronous}>"
+
+    # -- connections and errors ----------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(
+                self.path,
+                isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
+                check_same_thread=False,  # each connection is used under a lock or per thread
+                timeout=self.busy_timeout,
+            )
+            db.execute(f"PRAGMA synchronous = {self.synchronous}")
+            # commits rarely checkpoint themselves: the checkpointer thread does it
+            db.execute(f"PRAGMA wal_autocheckpoint = {_AUTOCHECKPOINT_PAGES}")
+        except sqlite3.Error as exc:
+            self._raise(exc, "open")
+        return db
+
+    def _wrote(self) -> None:
+        """A commit happened: the checkpointer copies the WAL into the file soon after."""
+        if not self._dirty.is_set():
+            self._dirty.set()
+            if self._checkpointer is None:
+                with self._start_lock:  # not self._lock: _write() calls this holding it
+                    if self._checkpointer is None and not self._closed:
+                        self._checkpointer = threading.Thread(
+                            target=self._checkpoint_loop, name="cytask-sqlite-checkpoint",
+                            daemon=True,
+                        )  # fmt: skip
+                        self._checkpointer.start()
+
+    def _checkpoint_loop(self) -> None:
+        """Checkpoint the WAL off the commit path: a commit that crosses SQLite's
+        threshold would otherwise pay the checkpoint's fsyncs (here: half of each
+        single-row commit's time).  Idle, it waits on an event: no CPU."""
+        try:
+            db = self._connect()
+        except StoreError:
+            return
+        try:
+            while True:
+                self._dirty.wait()
+                if self._closed:
+                    return
+                time.sleep(_CHECKPOINT_EVERY)  # let commits gather
+                self._dirty.clear()
+                if self._closed:  # close() set closed before the event this clear erased
+                    return
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    self.checkpoints += 1
+                except sqlite3.Error:
+                    pass  # busy or gone: the next round, or SQLite's own threshold
+        finally:
+            db.close()
+
+    def _raise(self, exc: sqlite3.Error, what: str) -> NoReturn:
+        text = str(exc)
+        low = text.lower()
+        if "locked" in low or "busy" in low:
+            why = (
+                f"the database is locked: another process held its write lock for more than "
+                f"busy_timeout={self.busy_timeout} s ({text})"
+            )
+        elif "not a database" in low or "malformed" in low or "corrupt" in low:
+            why = f"the file is not a cytask store or is corrupt ({text})"
+        elif "full" in low:
+            why = f"the disk is full ({text}); free space and retry"
+        elif "unable to open" in low or "readonly" in low or "read-only" in low:
+            why = f"the file cannot be opened for writing ({text})"
+        else:
+            why = text
+        raise StoreError(f"store {self.url!r}: {what} failed: {why}") from exc
+
+    @contextmanager
+    def _write(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the connection lock, rolled back on any error."""
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"store {self.url!r} is closed")
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                yield db
+                db.execute("COMMIT")
+                if db.total_changes != self._changes:
+                    self._changes = db.total_changes
+                    self._wrote()
+            except BaseException as exc:
+                if db.in_transaction:
+                    with suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    self._raise(exc, what)
+                raise
+
+    def _reader(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            if self._closed:
+                raise StoreError(f"store {self.url!r} is closed")
+            db = self._connect()
+            self._local.db = db
+            with self._lock:
+                self._readers.append(db)
+        return db
+
+    # -- schema ------------------------------------------------------------------------
+
+    def _ensure_schema(self) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            tables = {
+                row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+            app_id = db.execute("PRAGMA application_id").fetchone()[0]
+            if not tables and app_id == 0:
+                db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(
+                    "INSERT INTO cytask_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                )
+            else:
+                if app_id != APPLICATION_ID or "cytask_meta" not in tables:
+                    raise StoreError(
+                        f"store {self.url!r}: {self.path!r} is an SQLite database of another "
+                        f"program (tables: {', '.join(sorted(tables)) or 'none'}), not a cytask "
+                        f"store; give cytask a file of its own"
+                    )
+                row = db.execute(
+                    "SELECT value FROM cytask_meta WHERE key = 'schema_version'"
+                ).fetchone()
+                version = int(row[0]) if row else 0
+                if version > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"store {self.url!r} has schema version {version}, written by a newer "
+                        f"cytask; this cytask reads version {SCHEMA_VERSION}: upgrade cytask "
+                        f"(the file was left untouched)"
+                    )
+                while version < SCHEMA_VERSION:
+                    migrate = _MIGRATIONS.get(version)
+                    if migrate is None:
+                        raise StoreError(
+                            f"store {self.url!r} has schema version {version}, which this cytask "
+                            f"cannot migrate (it reads version {SCHEMA_VERSION}); drain it with "
+                            f"the cytask that wrote it, then start a new file"
+                        )
+                    migrate(db)
+                    version += 1
+                    db.execute(
+                        "UPDATE cytask_meta SET value = ? WHERE key = 'schema_version'",
+                        (str(version),),
+                    )
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    # -- the Store interface -----------------------------------------------------------
+
+    def enqueue(
+        self, tasks: Sequence[NewTask], *, owner: str | None = None, lease_until: float = 0.0
+    ) -> None:
+        now = time.time()
+        rows: list[tuple[Any, ...]] = []
+        for t in tasks:
+            if t.run_at > now:
+                rows.append(
+                    (t.id, t.name, t.codec, t.payload, t.priority, SCHEDULED, t.max_lost,
+                     t.run_at, now, 0, None, None, None)
+                )  # fmt: skip
+            elif owner is not None:
+                rows.append(
+                    (t.id, t.name, t.codec, t.payload, t.priority, RUNNING, t.max_lost,
+                     t.run_at, now, 1, owner, lease_until, now)
+                )  # fmt: skip
+            else:
+                rows.append(
+                    (t.id, t.name, t.codec, t.payload, t.priority, READY, t.max_lost,
+                     t.run_at, now, 0, None, None, None)
+                )  # fmt: skip
+        if len(rows) == 1:
+            # one statement in autocommit: SQLite takes the write lock at its start
+            # (with the busy handler), as BEGIN IMMEDIATE would, in one step instead
+            # of three (each step lets go of the GIL, costly beside busy workers)
+            with self._lock:
+                if self._closed:
+                    raise StoreError(f"store {self.url!r} is closed")
+                try:
+                    self._db.execute(_INSERT, rows[0])
+                except sqlite3.Error as exc:
+                    self._raise(exc, "enqueue")
+            self._wrote()
+            return
+        with self._write("enqueue") as db:
+            db.executemany(_INSERT, rows)
+
+    def claim(self, owner: str, n: int, lease_until: float) -> list[Claimed]:
+        try:  # a read first: an idle worker's look costs no write transaction
+            if not self._reader().execute(_ANY_READY).fetchall():
+                return []
+        except sqlite3.Error as exc:
+            self._raise(exc, "claim")
+        with self._write("claim") as db:
+            rows = db.execute(_CLAIM, (owner, lease_until, time.time(), n)).fetchall()
+        rows.sort(key=lambda r: (r[5], r[0]))  # priority, then FIFO
+        return [Claimed(r[1], r[2], r[3], r[4], r[5], r[6], r[7]) for r in rows]
+
+    def extend(self, owner: str, ids: Sequence[str], lease_until: float) -> int:
+        held = 0
+        with self._write("extend") as db:
+            for task_id in ids:
+                held += db.execute(
+                    f"UPDATE tasks SET lease_until = ? WHERE id = ? AND owner = ? "
+                    f"AND state = {RUNNING}",
+                    (lease_until, task_id, owner),
+                ).rowcount
+        return held
+
+    def finish(self, owner: str, done: Sequence[Finish], now: float) -> int:
+        rows = [
+            (f.state, f.result, f.error, None if f.state == RETRYING else now,
+             f.run_at if f.state == RETRYING else 0.0, f.id, owner)
+            for f in done
+        ]  # fmt: skip
+        with self._write("finish") as db:
+            cur = db.executemany(_FINISH, rows)
+        return int(cur.rowcount)
+
+    def release(self, owner: str, ids: Sequence[str]) -> int:
+        n = 0
+        with self._write("release") as db:
+            for task_id in ids:
+                n += db.execute(
+                    f"UPDATE tasks SET state = {READY}, owner = NULL, lease_until = NULL, "
+                    f"started_at = NULL, attempts = attempts - 1 "
+                    f"WHERE id = ? AND owner = ? AND state = {RUNNING}",
+                    (task_id, owner),
+                ).rowcount
+        return n
+
+    def cancel(self, task_id: str, now: float) -> bool:
+        with self._write("cancel") as db:
+            n = db.execute(
+                f"UPDATE tasks SET state = {CANCELLED}, finished_at = ? "
+                f"WHERE id = ? AND state IN ({READY}, {SCHEDULED}, {RETRYING})",
+                (now, task_id),
+            ).rowcount
+        return n > 0
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        try:
+            rows = (
+                self._reader()
+                .execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (task_id,))
+                .fetchall()  # to the end: a half-read statement would pin a snapshot
+            )
+        except sqlite3.Error as exc:
+            self._raise(exc, "get")
+        return TaskRecord(*rows[0]) if rows else None
+
+    def set_progress(self, task_id: str, percent: float, message: str | None) -> None:
+        with self._write("set_progress") as db:
+            db.execute(
+                f"UPDATE tasks SET progress = ?, progress_message = ? "
+                f"WHERE id = ? AND state = {RUNNING}",
+                (percent, message, task_id),
+            )
+
+    def promote_due(self, now: float) -> int:
+        with self._write("promote_due") as db:
+            return db.execute(
+                f"UPDATE tasks SET state = {READY} "
+                f"WHERE state IN ({SCHEDULED}, {RETRYING}) AND run_at <= ?",
+                (now,),
+            ).rowcount
+
+    def next_due(self) -> float | None:
+        try:
+            row = (
+                self._reader()
+                .execute(f"SELECT min(run_at) FROM tasks WHERE state IN ({SCHEDULED}, {RETRYING})")
+                .fetchall()[0]
+            )
+        except sqlite3.Error as exc:
+            self._raise(exc, "next_due")
+        return None if row[0] is None else float(row[0])
+
+    def recover_expired(self, now: float) -> int:
+        with self._write("recover_expired") as db:
+            return db.execute(_RECOVER, (now, now)).rowcount
+
+    def claim_tick(self, key: str, tick: int) -> bool:
+        with self._write("claim_tick") as db:
+            return (
+                db.execute("INSERT OR IGNORE INTO ticks VALUES (?, ?)", (key, tick)).rowcount == 1
+            )
+
+    def expire(self, finished_before: float) -> int:
+        with self._write("expire") as db:
+            n = db.execute(
+                f"DELETE FROM tasks WHERE state >= {SUCCEEDED} AND finished_at < ?",
+                (finished_before,),
+            ).rowcount
+            db.execute("DELETE FROM ticks WHERE tick < ?", (int(finished_before * 1000),))
+        return n
+
+    def has_work(self) -> bool:
+        try:  # three probes of the partial indexes, no scan
+            return bool(self._reader().execute(_HAS_WORK).fetchall())
+        except sqlite3.Error as exc:
+            self._raise(exc, "has_work")
+
+    def counts(self) -> dict[str, int]:
+        try:
+            rows = self._reader().execute("SELECT state, count(*) FROM tasks GROUP BY state")
+            found = dict(rows.fetchall())
+        except sqlite3.Error as exc:
+            self._raise(exc, "counts")
+        return {name: int(found.get(i, 0)) for i, name in enumerate(STATE_NAMES)}
+
+    def changed(self) -> bool:
+        try:
+            version = self._watch.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error as exc:
+            self._raise(exc, "changed")
+        if version != self._data_version:
+            self._data_version = version
+            return True
+        return False
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._dirty.set()  # the checkpointer wakes, sees closed, leaves
+        with self._start_lock:
+            checkpointer = self._checkpointer
+        if checkpointer is not None and checkpointer is not threading.current_thread():
+            checkpointer.join()
+        self._close_all()
+
+    def _close_all(self) -> None:
+        for db in [self._db, getattr(self, "_watch", None), *self._readers]:
+            if db is not None:
+                with suppress(sqlite3.Error):
+                    db.close()
+        self._readers.clear()
+
+
+def error_json(type_path: str, message: str, tb: str) -> str:
+    return json.dumps({"type": type_path, "message": message, "traceback": tb})
