@@ -40,11 +40,9 @@ gunicorn worker) for at most ``CYTASK_DRAIN_TIMEOUT`` seconds, or when you call
 
 from __future__ import annotations
 
-import atexit
 import functools
 import inspect
 import logging
-import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -57,23 +55,12 @@ from cytask._engine import Engine
 from cytask._enums import Priority
 from cytask._task import Task
 from cytask._validate import check_duration, check_nonneg_number, check_priority
+from cytask.contrib._process import at_exit, generation
 
 __all__ = ["Cytask", "CytaskState"]
 
 R = TypeVar("R")
 log = logging.getLogger("cytask.contrib.flask")
-
-# bumped in a fork() child: engines made by the parent (whose threads the child lacks)
-# are replaced on their next use there
-_generation = 0
-
-
-def _forked() -> None:
-    global _generation
-    _generation += 1
-
-
-os.register_at_fork(after_in_child=_forked)
 
 
 class CytaskState:
@@ -93,7 +80,7 @@ class CytaskState:
         self.app_context = app_context
         self._shared = engine is not None  # an engine of the user's: never replaced
         self._engine = engine
-        self._generation = _generation
+        self._generation = generation()
         self._lock = threading.Lock()
         _states.add(self)
 
@@ -101,18 +88,18 @@ class CytaskState:
     def engine(self) -> Engine:
         """This app's engine in this process, made on first use."""
         eng = self._engine
-        if eng is not None and self._generation == _generation:
+        if eng is not None and (self._shared or self._generation == generation()):
             return eng
         with self._lock:
-            if self._engine is None or (self._generation != _generation and not self._shared):
+            if self._engine is None or (self._generation != generation() and not self._shared):
                 self._engine = Engine(name=f"cytask-flask-{self.app_name}", **self.engine_options)
-                self._generation = _generation
+                self._generation = generation()
             return self._engine
 
     @property
     def started(self) -> bool:
         """True once this process made (or was given) the engine."""
-        return self._engine is not None and (self._shared or self._generation == _generation)
+        return self._engine is not None and (self._shared or self._generation == generation())
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Drain the engine, if this process has one, for at most `timeout` seconds."""
@@ -144,10 +131,7 @@ def _drain_at_exit() -> None:
             log.exception("draining the cytask engine of app %r failed", state.app_name)
 
 
-# Before the interpreter joins non-daemon threads (as concurrent.futures does): the
-# drain takes its deadline here, ahead of any drain without one.
-_register = getattr(threading, "_register_atexit", atexit.register)
-_register(_drain_at_exit)
+at_exit(_drain_at_exit)
 
 
 class Cytask:
