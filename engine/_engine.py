@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from cytask import _core, _lifecycle
 from cytask._compile import plan_for
+from cytask._contextcopy import in_context
 from cytask._core import TaskHandle, TaskOptions
 from cytask._enums import Priority
 from cytask._errors import CancelledError, EngineClosed, QueueFull, TaskTimeout
@@ -73,6 +74,10 @@ class Engine(_core.Core):
     threads, like ``ThreadPoolExecutor``, which lets a busy pool convoy an event
     loop (see the README).  Compiled (native) tasks need no GIL and are not paced.
 
+    ``copy_context=True`` runs each task in a copy of the submitter's ``contextvars``
+    context taken at submit, as asyncio does (request ids, tracing spans); it is off by
+    default because it makes ``submit`` several times dearer (see the README).
+
     Priority is strict by default: a worker takes the oldest task of the highest
     non-empty level, so a steady flood of CRITICAL work starves LOW.
     ``starvation_limit=N`` (opt-in aging) serves one task of a waiting level after
@@ -94,6 +99,7 @@ class Engine(_core.Core):
         name: str | None = None,
         gil_share: float = 1.0,
         starvation_limit: int | None = None,
+        copy_context: bool = False,
     ) -> None:
         limits = _core.LIMITS
         if workers is None:
@@ -127,6 +133,8 @@ class Engine(_core.Core):
         if not isinstance(eager, bool):
             raise TypeError(f"Expected bool for eager, got {type(eager).__name__}")
         check_nonneg_number(worker_idle_timeout, "worker_idle_timeout", positive=True)
+        if not isinstance(copy_context, bool):
+            raise TypeError(f"Expected bool for copy_context, got {type(copy_context).__name__}")
         if name is not None and not isinstance(name, str):
             raise TypeError(f"Expected str or None for name, got {type(name).__name__}")
         share = check_nonneg_number(gil_share, "gil_share", positive=True)
@@ -143,6 +151,7 @@ class Engine(_core.Core):
         self.result_ttl = result_ttl
         self.async_concurrency = async_concurrency
         self.eager = eager
+        self.copy_context = copy_context
         self._lock = threading.Lock()
         self._shut_down = False
         self._accept_timed = True  # timer-held work is still accepted
@@ -164,6 +173,8 @@ class Engine(_core.Core):
         self._exit_drained = False  # a shutdown(wait=True) returned: no drain at exit
         if eager:
             self.submit = self._submit_eager  # type: ignore[method-assign]
+        elif copy_context:
+            self.submit = self._submit_in_context  # type: ignore[method-assign]
         self._start_threads()
         _lifecycle.register(self)
 
@@ -267,6 +278,8 @@ class Engine(_core.Core):
     ) -> TaskHandle[Any]:
         """Submit now, after `delay` s, or (`from_timer`: a periodic run on the timer
         thread) without ever waiting for queue space."""
+        if self.copy_context:
+            fn = in_context(fn)
         if self.eager:
             return self._run_eager(fn, args, kwargs, priority, options)
         if not delay and not from_timer:
@@ -321,6 +334,16 @@ class Engine(_core.Core):
         except BaseException as exc:  # no hand-off thread: the handle must still end
             h._complete(_FAILED, exc, _PENDING)
             raise
+
+    def _submit_in_context(
+        self, fn: Callable[..., R], /, *args: Any, **kwargs: Any
+    ) -> TaskHandle[R]:
+        """submit() of an engine with copy_context=True: the task runs in a copy of
+        the caller's contextvars context."""
+        if isinstance(fn, Task):  # through _dispatch, which copies the context
+            return self._submit_task(fn, args, kwargs, fn.options.priority, None)
+        check_callable(fn, "fn")
+        return self._submit_handle(in_context(fn), args, kwargs, 2, None, False)
 
     def _submit_eager(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> TaskHandle[R]:
         if isinstance(fn, Task):  # keeps its retries, time limit and priority, as submit() does

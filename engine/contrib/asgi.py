@@ -39,9 +39,11 @@ tasks start at once on the engine's workers (not after the response), independen
 each other, with a handle an endpoint can return and another can ``await``, and the
 engine's retries, priorities, delays and shutdown drain.
 
-The default engine here is ``Engine(gil_share=0.2)``: the workers leave the event loop
-the GIL whenever it has Python to run (see the README, "Sharing the GIL with your
-application"); pass ``gil_share=1.0`` for full task throughput instead.
+The default engine here is ``Engine(gil_share=0.2, copy_context=True)``: the workers
+leave the event loop the GIL whenever it has Python to run (see the README, "Sharing the
+GIL with your application"; pass ``gil_share=1.0`` for full task throughput instead), and
+each task runs in a copy of its endpoint's ``contextvars`` (request ids, tracing spans),
+taken at submit as asyncio does.
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ async def running(
 
     `engine`: an ``Engine``, a function that makes one (called on entry, so each
     run of the lifespan gets a fresh engine), or None for
-    ``Engine(gil_share=0.2, **engine_options)``.
+    ``Engine(gil_share=0.2, copy_context=True, **engine_options)``.
     """
     check_nonneg_number(drain_timeout, "drain_timeout", allow_none=True)
     eng = _make(engine, engine_options)
@@ -162,6 +164,7 @@ def _make(engine: EngineSource, options: dict[str, Any]) -> Engine:
     _check_source(engine)
     if engine is None:
         options.setdefault("gil_share", 0.2)
+        options.setdefault("copy_context", True)
         return Engine(**options)
     if isinstance(engine, Engine):
         return engine

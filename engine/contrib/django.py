@@ -38,8 +38,11 @@ of one backend shares its engine (an alias with its own ``OPTIONS`` is a separat
 **Options** (``OPTIONS``): ``WORKERS`` (default: ``Engine``'s), ``GIL_SHARE`` (default
 0.2: the workers leave request threads the GIL, see the README), ``MAX_RESULTS``
 (default 100,000), ``DRAIN_TIMEOUT`` (seconds the drain at interpreter exit may take,
-default 30).  The engine is made on first enqueue in each process (Django makes a
-backend per thread; they share one engine per alias) and drains at exit.
+default 30), ``COPY_CONTEXT`` (default True: each task runs in a copy of the enqueuing
+code's ``contextvars``, as asyncio does, so request ids, tracing spans and Django's
+per-request state such as the active language are there).  The engine is made on first
+enqueue in each process (Django makes a backend per thread; they share one engine per
+alias) and drains at exit.
 
 Each run sends ``task_started`` then ``task_finished`` (``task_enqueued`` at enqueue),
 with the backend class as sender, so Django logs the lines it logs for any backend (a
@@ -116,7 +119,10 @@ class _Alias:
 
     def __init__(self, alias: str, options: dict[str, Any]) -> None:
         self.alias = alias
-        engine_options: dict[str, Any] = {"gil_share": options.get("GIL_SHARE", 0.2)}
+        engine_options: dict[str, Any] = {
+            "gil_share": options.get("GIL_SHARE", 0.2),
+            "copy_context": options.get("COPY_CONTEXT", True),
+        }
         if options.get("WORKERS") is not None:
             engine_options["workers"] = options["WORKERS"]
         self.engine_options = engine_options
@@ -217,7 +223,7 @@ class CytaskBackend(BaseTaskBackend):
         super().__init__(alias, params)
         if not isinstance(self.options, dict):
             raise TypeError(f"Expected a dict for OPTIONS, got {type(self.options).__name__}")
-        known = {"WORKERS", "GIL_SHARE", "MAX_RESULTS", "DRAIN_TIMEOUT"}
+        known = {"WORKERS", "GIL_SHARE", "MAX_RESULTS", "DRAIN_TIMEOUT", "COPY_CONTEXT"}
         unknown = set(self.options) - known
         if unknown:
             raise ValueError(

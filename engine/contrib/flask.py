@@ -31,7 +31,11 @@ workers leave request threads the GIL, see the README), ``CYTASK_DRAIN_TIMEOUT``
 (seconds the drain at exit may take, default 30), ``CYTASK_APP_CONTEXT`` (default
 False: run every task submitted through the extension inside ``app.app_context()``, so
 ``current_app``, ``flask.g`` and extensions such as Flask-SQLAlchemy work in it; pass
-``app_context=True`` per call to ``submit`` instead).
+``app_context=True`` per call to ``submit`` instead), ``CYTASK_COPY_CONTEXT`` (default
+False: when True each task runs in a copy of the submitter's ``contextvars``, tracing
+spans and request ids included; off by default because Flask keeps its request and app
+contexts in context variables too, so a task would get the request's ``request`` and
+``g`` after the request has ended; ``app_context=True`` gives it a fresh app context).
 
 The engine drains when the process exits (Ctrl-C on ``flask run``, SIGTERM to a
 gunicorn worker) for at most ``CYTASK_DRAIN_TIMEOUT`` seconds, or when you call
@@ -150,6 +154,7 @@ class Cytask:
         gil_share: float = 0.2,
         drain_timeout: float | None = 30.0,
         app_context: bool = False,
+        copy_context: bool = False,
     ) -> None:
         if engine is not None and not isinstance(engine, Engine):
             raise TypeError(f"Expected a cytask.Engine or None for engine, got {engine!r}")
@@ -162,6 +167,7 @@ class Cytask:
             "CYTASK_GIL_SHARE": gil_share,
             "CYTASK_DRAIN_TIMEOUT": drain_timeout,
             "CYTASK_APP_CONTEXT": app_context,
+            "CYTASK_COPY_CONTEXT": copy_context,
         }
         if app is not None:
             self.init_app(app)
@@ -175,17 +181,18 @@ class Cytask:
         for key, value in self._defaults.items():
             app.config.setdefault(key, value)
         cfg = app.config
-        options: dict[str, Any] = {"gil_share": cfg["CYTASK_GIL_SHARE"]}
+        options: dict[str, Any] = {
+            "gil_share": cfg["CYTASK_GIL_SHARE"],
+            "copy_context": cfg["CYTASK_COPY_CONTEXT"],
+        }
         if cfg["CYTASK_WORKERS"] is not None:
             options["workers"] = cfg["CYTASK_WORKERS"]
         drain = check_nonneg_number(
             cfg["CYTASK_DRAIN_TIMEOUT"], "CYTASK_DRAIN_TIMEOUT", allow_none=True
         )
-        if not isinstance(cfg["CYTASK_APP_CONTEXT"], bool):
-            raise TypeError(
-                f"Expected bool for CYTASK_APP_CONTEXT, got "
-                f"{type(cfg['CYTASK_APP_CONTEXT']).__name__}"
-            )
+        for key in ("CYTASK_APP_CONTEXT", "CYTASK_COPY_CONTEXT"):
+            if not isinstance(cfg[key], bool):
+                raise TypeError(f"Expected bool for {key}, got {type(cfg[key]).__name__}")
         if self._engine is None:
             _check_engine_options(options)
         app.extensions["cytask"] = CytaskState(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from typing import Any
 
@@ -76,3 +77,17 @@ def wait_gate() -> bool:
 def record(name: str) -> str:
     order.append(name)
     return name
+
+
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+
+
+@task
+def read_request_id() -> str | None:
+    return request_id.get()
+
+
+@task
+async def aread_request_id() -> str | None:
+    await asyncio.sleep(0)
+    return request_id.get()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import signal
 import threading
 import time
@@ -121,13 +122,17 @@ def test_lifespan_makes_a_fresh_engine_per_run() -> None:
     assert all(e.closed for e in made)
 
 
-def test_default_engine_is_polite_to_the_loop() -> None:
-    async def main() -> float:
-        async with lifespan(workers=1)(object()) as state:
-            share: float = state["cytask"].gil_share
-            return share
+def test_default_engine_is_polite_and_copies_the_context() -> None:
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id")
 
-    assert asyncio.run(main()) == 0.2
+    async def main() -> tuple[float, str]:
+        async with lifespan(workers=1)(object()) as state:
+            eng = state["cytask"]
+            request_id.set("req-7")  # as a middleware would, per request
+            seen: str = await eng.submit(request_id.get)
+            return eng.gil_share, seen
+
+    assert asyncio.run(main()) == (0.2, "req-7")
 
 
 @pytest.mark.parametrize(

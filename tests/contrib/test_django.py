@@ -6,6 +6,7 @@ test_tasks) that apply to a backend that supports everything."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import datetime as dt
 import logging
 import signal
@@ -373,6 +374,17 @@ def test_a_task_that_never_runs_ends_failed() -> None:
     assert result.status == Status.FAILED
     assert result.errors[0].exception_class is cytask.CancelledError
     assert wait_finished(blocker).status == Status.SUCCESSFUL
+
+
+@pytest.mark.parametrize("task", [djtasks.read_request_id, djtasks.aread_request_id])
+def test_the_enqueuers_contextvars_reach_the_task(task: Any) -> None:
+    def in_request() -> Any:
+        djtasks.request_id.set("req-42")
+        return task.enqueue()
+
+    result = contextvars.copy_context().run(in_request)
+    assert wait_finished(result).return_value == "req-42"
+    assert djtasks.request_id.get() is None
 
 
 def test_options_are_checked() -> None:

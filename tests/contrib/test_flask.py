@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import signal
 import subprocess
 import sys
@@ -108,6 +109,22 @@ def test_app_context_for_async_tasks_and_task_options(ext: Cytask) -> None:
         assert h.attempts == 3
 
 
+def test_contextvars_are_copied_when_asked(ext: Cytask) -> None:
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id")
+    plain = make_app(ext, "plain")
+    copying = make_app(ext, "copying", CYTASK_COPY_CONTEXT=True)
+
+    def read() -> str:
+        return request_id.get("unset")
+
+    request_id.set("req-9")
+    with plain.app_context():
+        assert ext.submit(read).result(timeout=10) == "unset"
+    with copying.app_context():
+        assert ext.submit(read).result(timeout=10) == "req-9"
+        assert ext.submit(site).result(timeout=10) == "copying"  # Flask's own context too
+
+
 def test_request_submits_to_its_app(ext: Cytask) -> None:
     app = make_app(ext, "req", CYTASK_APP_CONTEXT=True)
 
@@ -133,6 +150,7 @@ def test_config_overrides_the_defaults(ext: Cytask) -> None:
         ({"CYTASK_GIL_SHARE": 2}, ValueError, "CYTASK_GIL_SHARE"),
         ({"CYTASK_DRAIN_TIMEOUT": -1}, ValueError, "CYTASK_DRAIN_TIMEOUT"),
         ({"CYTASK_APP_CONTEXT": "yes"}, TypeError, "CYTASK_APP_CONTEXT"),
+        ({"CYTASK_COPY_CONTEXT": 1}, TypeError, "CYTASK_COPY_CONTEXT"),
     ],
 )
 def test_bad_config_fails_at_init_app(config: dict[str, Any], error: type, match: str) -> None:
