@@ -65,6 +65,11 @@ from typing import Any
 from django.utils import timezone
 from django.utils.crypto import get_random_string
 
+try:  # Django >= 6 has it here, the backport in its own utils
+    from django.utils.json import normalize_json as _normalize_json
+except ImportError:
+    from django_tasks.utils import normalize_json as _normalize_json
+
 try:  # Django >= 6
     from django.tasks.backends.base import BaseTaskBackend
     from django.tasks.base import (
@@ -372,12 +377,13 @@ async def _run_async(sender: type, state: _Alias, result: TaskResult[Any]) -> No
 
 
 def _never_ran(sender: type, state: _Alias, result: TaskResult[Any], h: TaskHandle[Any]) -> None:
-    """The engine ended the task without running it (a shutdown's deadline, QueueFull):
-    the Django result must end too, not stay READY forever."""
+    """The engine ended the task without running it (a shutdown's deadline, QueueFull)
+    or without finishing its bookkeeping (a ``task_started`` receiver raised): the
+    Django result must end too, not stay READY or RUNNING forever."""
     if h.status is TaskStatus.SUCCEEDED:
         return
     with state.lock:
-        if result.status != TaskResultStatus.READY:
+        if result.status not in (TaskResultStatus.READY, TaskResultStatus.RUNNING):
             return
     try:
         exc = h.exception(timeout=0)  # a cancelled handle raises its CancelledError here
@@ -392,12 +398,3 @@ def _never_ran(sender: type, state: _Alias, result: TaskResult[Any], h: TaskHand
             _fail(sender, state, result, err)
         except Exception as bad:  # a receiver's error: reported, never raised here
             report_unraisable(bad, f"task_finished receivers for Django task {result.id}")
-
-
-def _normalize_json(obj: Any) -> Any:
-    """As Django normalises return values: JSON types only (tuples become lists)."""
-    try:
-        from django.tasks.utils import normalize_json
-    except ImportError:
-        from django_tasks.utils import normalize_json
-    return normalize_json(obj)

@@ -400,7 +400,7 @@ def test_options_are_checked() -> None:
 def django_runserver(env: dict[str, str]) -> Server:
     return Server(
         [sys.executable, str(WEB / "django_app.py"), "runserver", "--noreload", "127.0.0.1:0"],
-        ready=r"Starting development server at http://127\.0\.0\.1:(\d+)/",
+        ready=r"Starting (?:WSGI )?development server at http://127\.0\.0\.1:(\d+)/",
         env=env,
     )
 
