@@ -53,10 +53,11 @@ whose deadline passed) ends FAILED with a ``cytask.CancelledError`` in ``errors`
 from __future__ import annotations
 
 import asyncio
-import copy
+import dataclasses
 import datetime as dt
 import inspect
 import logging
+import secrets
 import threading
 import traceback
 from collections import OrderedDict
@@ -199,12 +200,25 @@ def _drain_all() -> None:
 at_exit(_drain_all)
 
 
+# every field, _return_value included; copied one by one (copy.copy goes through the
+# dataclass's __getstate__/__setstate__, several times slower on the enqueue path)
+_FIELDS = tuple(f.name for f in dataclasses.fields(TaskResult))
+
+
 def _copy(result: TaskResult[Any]) -> TaskResult[Any]:
     """A snapshot the caller may keep: later changes of the live result do not show."""
-    out = copy.copy(result)
+    out = object.__new__(type(result))
+    for name in _FIELDS:
+        object.__setattr__(out, name, getattr(result, name))
     object.__setattr__(out, "errors", list(result.errors))
     object.__setattr__(out, "worker_ids", list(result.worker_ids))
     return out
+
+
+def _new_id() -> str:
+    """32 random URL-safe characters, as Django's backends use, from one urandom call
+    (``get_random_string(32)`` draws each character apart: 25 us, 40% of an enqueue)."""
+    return secrets.token_urlsafe(24)
 
 
 def _set(result: TaskResult[Any], **fields: Any) -> None:
@@ -252,7 +266,7 @@ class CytaskBackend(BaseTaskBackend):
         state = self._state
         result: TaskResult[Any] = TaskResult(
             task=task,
-            id=get_random_string(32),
+            id=_new_id(),
             status=TaskResultStatus.READY,
             enqueued_at=None,
             started_at=None,
