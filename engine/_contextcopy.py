@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine
 from types import CoroutineType, FunctionType
 from typing import Any
 
-from cytask._aio import _current, _current_runner
+from cytask import _aio
 
 __all__ = ["in_context"]
 
@@ -50,6 +50,10 @@ class _Bound(functools.partial[Any]):
     def __repr__(self) -> str:
         return f"<{self.args[-1]!r} in a copied context>"
 
+
+# the async runner's private per-task variables (outside _aio's public names)
+_current = _aio._current  # type: ignore[attr-defined]
+_current_runner = _aio._current_runner
 
 # the engine's own per-task variables: never carried from a submitter to its task
 _INTERNAL: frozenset[contextvars.ContextVar[Any]] = frozenset({_current, _current_runner})

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from cytask import _core, _lifecycle
 from cytask._compile import plan_for
-from cytask._contextcopy import in_context
 from cytask._core import TaskHandle, TaskOptions
 from cytask._enums import Priority
 from cytask._errors import CancelledError, EngineClosed, QueueFull, TaskTimeout
@@ -175,6 +174,10 @@ class Engine(_core.Core):
             self.submit = self._submit_eager  # type: ignore[method-assign]
         elif copy_context:
             self.submit = self._submit_in_context  # type: ignore[method-assign]
+        if copy_context:  # imported here: it needs asyncio, which `import cytask` avoids
+            from cytask._contextcopy import in_context
+
+            self._in_context = in_context
         self._start_threads()
         _lifecycle.register(self)
 
@@ -279,7 +282,7 @@ class Engine(_core.Core):
         """Submit now, after `delay` s, or (`from_timer`: a periodic run on the timer
         thread) without ever waiting for queue space."""
         if self.copy_context:
-            fn = in_context(fn)
+            fn = self._in_context(fn)
         if self.eager:
             return self._run_eager(fn, args, kwargs, priority, options)
         if not delay and not from_timer:
@@ -343,7 +346,7 @@ class Engine(_core.Core):
         if isinstance(fn, Task):  # through _dispatch, which copies the context
             return self._submit_task(fn, args, kwargs, fn.options.priority, None)
         check_callable(fn, "fn")
-        return self._submit_handle(in_context(fn), args, kwargs, 2, None, False)
+        return self._submit_handle(self._in_context(fn), args, kwargs, 2, None, False)
 
     def _submit_eager(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> TaskHandle[R]:
         if isinstance(fn, Task):  # keeps its retries, time limit and priority, as submit() does
