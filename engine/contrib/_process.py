@@ -13,8 +13,12 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-__all__ = ["at_exit", "generation"]
+if TYPE_CHECKING:
+    from cytask._engine import Engine
+
+__all__ = ["at_exit", "generation", "retire"]
 
 log = logging.getLogger("cytask.contrib")
 
@@ -31,6 +35,17 @@ def generation() -> int:
 def _forked() -> None:
     global _generation
     _generation += 1
+
+
+def retire(inherited: Engine | None) -> None:
+    """Stop an engine a fork() child inherited and is replacing with its own.
+
+    The engine's own fork handling restarts its workers in the child and cancels what
+    the parent had queued; the child's integration makes a fresh engine (with fresh
+    results) instead, so the inherited one is closed at once, without waiting.
+    """
+    if inherited is not None and not inherited.closed:
+        inherited.shutdown(wait=False, cancel_pending=True)
 
 
 def at_exit(callback: Callable[[], None]) -> None:

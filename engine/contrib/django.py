@@ -102,7 +102,7 @@ from cytask._core import TaskHandle, report_unraisable
 from cytask._engine import Engine
 from cytask._enums import Priority, TaskStatus
 from cytask._validate import check_int, check_nonneg_number
-from cytask.contrib._process import at_exit, generation
+from cytask.contrib._process import at_exit, generation, retire
 
 __all__ = ["CytaskBackend", "django_priority_to_cytask"]
 
@@ -151,6 +151,7 @@ class _Alias:
             return eng
         with self.lock:
             if self._engine is None or self._generation != generation():
+                retire(self._engine)
                 self._engine = Engine(name=f"cytask-django-{self.alias}", **self.engine_options)
                 self._generation = generation()
                 # a fork child's results belong to the parent

@@ -59,7 +59,7 @@ from cytask._engine import Engine
 from cytask._enums import Priority
 from cytask._task import Task
 from cytask._validate import check_duration, check_nonneg_number, check_priority
-from cytask.contrib._process import at_exit, generation
+from cytask.contrib._process import at_exit, generation, retire
 
 __all__ = ["Cytask", "CytaskState"]
 
@@ -96,6 +96,7 @@ class CytaskState:
             return eng
         with self._lock:
             if self._engine is None or (self._generation != generation() and not self._shared):
+                retire(self._engine)
                 self._engine = Engine(name=f"cytask-flask-{self.app_name}", **self.engine_options)
                 self._generation = generation()
             return self._engine

@@ -215,6 +215,7 @@ def test_fork_child_makes_its_own_engine() -> None:
         if pid == 0:
             with app.app_context():
                 ok = ext.engine is not parent and ext.submit(int, "2").result(timeout=10) == 2
+                ok = ok and parent.closed  # the inherited engine does not linger
             os._exit(0 if ok else 1)
         _, status = os.waitpid(pid, 0)
         with app.app_context():
