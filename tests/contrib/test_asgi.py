@@ -233,3 +233,28 @@ def test_example_drain_stops_at_its_deadline(server: Server) -> None:
     # be stopped (Python threads), so they end with the process
     assert failed == 0 and cancelled > 0 and 36 <= succeeded + cancelled <= 40
     assert took < 0.5 + 0.3 + 2.0, f"took {took:.2f} s to exit"
+
+
+def test_fastapi_example_under_uvicorn() -> None:
+    pytest.importorskip("fastapi")
+    server = uvicorn("fastapi_app:app", env={"TASK_SECONDS": "0.1"})
+    try:
+        status, body = server.request("POST", "/emails?to=ann@example.org")
+        assert status == 200
+        tid = body["id"]
+        done = server.request("GET", f"/emails/{tid}/wait")[1]
+        assert done == {
+            "id": tid,
+            "status": "succeeded",
+            "attempts": 1,
+            "result": "sent to ann@example.org",
+        }
+        assert server.request("GET", "/emails/424242")[0] == 404
+        queued = [server.request("POST", f"/emails?to=u{i}")[1]["id"] for i in range(12)]
+        assert len(set(queued)) == 12
+        rc, took = server.stop(signal.SIGTERM)
+        assert rc in (0, -signal.SIGTERM), server.output
+        assert "Application shutdown complete" in server.output
+        assert took < 20
+    finally:
+        server.close()
