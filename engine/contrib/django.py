@@ -53,6 +53,7 @@ whose deadline passed) ends FAILED with a ``cytask.CancelledError`` in ``errors`
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import datetime as dt
 import inspect
@@ -97,6 +98,13 @@ except ImportError:  # the django-tasks backport
         task_finished,
         task_started,
     )
+
+try:  # newer asgiref tags Local storage with its thread (see _adopt_request_locals)
+    from asgiref.local import _rehome, _Storage
+
+    _THREAD_TAGGED_LOCALS = True
+except ImportError:  # older asgiref: a copied context carries Local data as it is
+    _THREAD_TAGGED_LOCALS = False
 
 from cytask._core import TaskHandle, report_unraisable
 from cytask._engine import Engine
@@ -356,6 +364,22 @@ def _fail(sender: type, state: _Alias, result: TaskResult[Any], exc: BaseExcepti
     task_finished.send(sender, task_result=result)
 
 
+def _adopt_request_locals() -> None:
+    """Make the enqueuing request's asgiref ``Local`` data (Django's active language,
+    ``set_urlconf``, ...) visible on this thread, as ``sync_to_async`` does.
+
+    With ``COPY_CONTEXT`` the task runs in a copy of the enqueuer's context, but asgiref
+    ignores Local data that a context carried into another thread unless it is moved
+    there on purpose; a task enqueued by a request is such a move.
+    """
+    if not _THREAD_TAGGED_LOCALS:
+        return
+    me = threading.get_ident()
+    for var, value in contextvars.copy_context().items():
+        if isinstance(value, _Storage) and value.thread_id != me:
+            var.set(_rehome(value))
+
+
 def _call_args(result: TaskResult[Any]) -> tuple[list[Any], dict[str, Any]]:
     args = list(result.args)
     if result.task.takes_context:
@@ -365,6 +389,7 @@ def _call_args(result: TaskResult[Any]) -> tuple[list[Any], dict[str, Any]]:
 
 def _run(sender: type, state: _Alias, result: TaskResult[Any]) -> None:
     """One run of a sync task on a worker thread, with Django's bookkeeping."""
+    _adopt_request_locals()
     _start(sender, state, result)
     args, kwargs = _call_args(result)
     try:
@@ -379,6 +404,7 @@ def _run(sender: type, state: _Alias, result: TaskResult[Any]) -> None:
 
 async def _run_async(sender: type, state: _Alias, result: TaskResult[Any]) -> None:
     """One run of an ``async def`` task on the engine's event loop."""
+    _adopt_request_locals()
     _start(sender, state, result)
     args, kwargs = _call_args(result)
     try:

@@ -91,3 +91,10 @@ def read_request_id() -> str | None:
 async def aread_request_id() -> str | None:
     await asyncio.sleep(0)
     return request_id.get()
+
+
+@task
+def active_language() -> str | None:
+    from django.utils import translation
+
+    return translation.get_language()

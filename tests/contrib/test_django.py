@@ -387,6 +387,16 @@ def test_the_enqueuers_contextvars_reach_the_task(task: Any) -> None:
     assert djtasks.request_id.get() is None
 
 
+def test_the_requests_language_reaches_the_task() -> None:
+    """Django's per-request state (here the active language, an asgiref Local) is
+    where the task's author expects it."""
+    from django.utils import translation
+
+    with translation.override("fr"):
+        result = djtasks.active_language.enqueue()
+    assert wait_finished(result).return_value == "fr"
+
+
 def test_options_are_checked() -> None:
     with pytest.raises(ValueError, match=r"Unknown OPTIONS \['WORKRES'\].*valid: "):
         CytaskBackend("bad", {"OPTIONS": {"WORKRES": 2}})
