@@ -42,8 +42,12 @@ extensions = [
 
 setup(
     package_dir={"cytask": "engine", "cytask.compiler": "compiler"},
-    packages=["cytask", "cytask.compiler"],
-    package_data={"cytask": ["py.typed", "_core.pyi"], "cytask.compiler": ["py.typed"]},
+    packages=["cytask", "cytask.compiler", "cytask.contrib"],
+    package_data={
+        "cytask": ["py.typed", "_core.pyi"],
+        "cytask.compiler": ["py.typed"],
+        "cytask.contrib": ["py.typed"],
+    },
     ext_modules=cythonize(
         extensions,
         # separate generated C per build mode: a debug build never reuses release C

@@ -131,8 +131,8 @@ class System:
     wake_p99_us: float = float("nan")
 
 
-def cytask_pool(workers: int) -> Pool:
-    eng = cytask.Engine(workers=workers, **CYTASK_KWARGS)
+def cytask_pool(workers: int, **options: Any) -> Pool:
+    eng = cytask.Engine(workers=workers, **CYTASK_KWARGS, **options)
 
     def drain(_: list[Any]) -> int:
         eng.shutdown(wait=True)
@@ -185,6 +185,21 @@ def build_systems(sizes: Sizes, with_catzilla: bool) -> list[System]:
     systems = [
         System("cytask Engine", "1", lambda: cytask_pool(1), sizes.cytask, "cy1"),
         System("cytask Engine", "2", lambda: cytask_pool(2), sizes.cytask, "cy2"),
+        # the submitter's contextvars copied to each task (Engine(copy_context=True))
+        System(
+            "cytask copy_context=True",
+            "1",
+            lambda: cytask_pool(1, copy_context=True),
+            sizes.cytask,
+            "cyctx1",
+        ),
+        System(
+            "cytask copy_context=True",
+            "2",
+            lambda: cytask_pool(2, copy_context=True),
+            sizes.cytask,
+            "cyctx2",
+        ),
         System("ThreadPoolExecutor", "1", lambda: executor_pool(1), sizes.executor, "tpe1"),
         System("ThreadPoolExecutor", "2", lambda: executor_pool(2), sizes.executor, "tpe2"),
     ]

@@ -74,6 +74,10 @@ class Engine(_core.Core):
     threads, like ``ThreadPoolExecutor``, which lets a busy pool convoy an event
     loop (see the README).  Compiled (native) tasks need no GIL and are not paced.
 
+    ``copy_context=True`` runs each task in a copy of the submitter's ``contextvars``
+    context taken at submit, as asyncio does (request ids, tracing spans); it is off by
+    default because it makes ``submit`` several times dearer (see the README).
+
     Priority is strict by default: a worker takes the oldest task of the highest
     non-empty level, so a steady flood of CRITICAL work starves LOW.
     ``starvation_limit=N`` (opt-in aging) serves one task of a waiting level after
@@ -108,6 +112,7 @@ class Engine(_core.Core):
         store: Any = None,
         serializer: str = "json",
         lease: float = 30.0,
+        copy_context: bool = False,
     ) -> None:
         limits = _core.LIMITS
         if workers is None:
@@ -142,6 +147,13 @@ class Engine(_core.Core):
         if not isinstance(eager, bool):
             raise TypeError(f"Expected bool for eager, got {type(eager).__name__}")
         check_nonneg_number(worker_idle_timeout, "worker_idle_timeout", positive=True)
+        if not isinstance(copy_context, bool):
+            raise TypeError(f"Expected bool for copy_context, got {type(copy_context).__name__}")
+        if copy_context and store is not None:
+            raise ValueError(
+                "copy_context=True needs the memory store: a stored task may run in another "
+                "process, where the submitter's context does not exist; pass copy_context=False"
+            )
         if name is not None and not isinstance(name, str):
             raise TypeError(f"Expected str or None for name, got {type(name).__name__}")
         share = check_nonneg_number(gil_share, "gil_share", positive=True)
@@ -168,6 +180,7 @@ class Engine(_core.Core):
         self.result_ttl = result_ttl
         self.async_concurrency = async_concurrency
         self.eager = eager
+        self.copy_context = copy_context
         self._lock = threading.Lock()
         self._shut_down = False
         self._accept_timed = True  # timer-held work is still accepted
@@ -189,6 +202,12 @@ class Engine(_core.Core):
         self._exit_drained = False  # a shutdown(wait=True) returned: no drain at exit
         if eager:
             self.submit = self._submit_eager  # type: ignore[method-assign]
+        elif copy_context:
+            self.submit = self._submit_in_context  # type: ignore[method-assign]
+        if copy_context:  # imported here: it needs asyncio, which `import cytask` avoids
+            from cytask._contextcopy import in_context
+
+            self._in_context = in_context
         if store is not None:  # durable tasks (cytask/_durable.py): opened before any thread
             from cytask._durable import DurableRuntime
 
@@ -325,6 +344,8 @@ class Engine(_core.Core):
         thread) without ever waiting for queue space."""
         if self._durable is not None:
             return self._durable.submit_fn(fn, args, kwargs, priority, delay)  # type: ignore[return-value]
+        if self.copy_context:
+            fn = self._in_context(fn)
         if self.eager:
             return self._run_eager(fn, args, kwargs, priority, options)
         if not delay and not from_timer:
@@ -379,6 +400,16 @@ class Engine(_core.Core):
         except BaseException as exc:  # no hand-off thread: the handle must still end
             h._complete(_FAILED, exc, _PENDING)
             raise
+
+    def _submit_in_context(
+        self, fn: Callable[..., R], /, *args: Any, **kwargs: Any
+    ) -> TaskHandle[R]:
+        """submit() of an engine with copy_context=True: the task runs in a copy of
+        the caller's contextvars context."""
+        if isinstance(fn, Task):  # through _dispatch, which copies the context
+            return self._submit_task(fn, args, kwargs, fn.options.priority, None)
+        check_callable(fn, "fn")
+        return self._submit_handle(self._in_context(fn), args, kwargs, 2, None, False)
 
     def _submit_eager(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> TaskHandle[R]:
         if isinstance(fn, Task):  # keeps its retries, time limit and priority, as submit() does

@@ -441,3 +441,8 @@ def test_a_fork_child_gets_a_store_runtime_of_its_own(tmp_path: Path) -> None:
         cwd=tmp_path, env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)},
     )  # fmt: skip
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_copy_context_with_a_store_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="copy_context"):
+        Engine(workers=1, store=f"sqlite:///{tmp_path / 'tasks.db'}", copy_context=True)

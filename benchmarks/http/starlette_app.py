@@ -1,0 +1,109 @@
+"""Starlette endpoints of benchmarks/http/run.py: each answers with an id, and counts.
+
+/ceiling enqueues nothing; /cytask submits a no-op to cytask (the engine of
+``cytask.contrib.asgi.lifespan``: ``gil_share=0.2``, ``copy_context=True``);
+/cytask-plain submits to ``Engine(gil_share=1.0, copy_context=False)`` (the engine's
+own defaults); /cytask-native submits a compiled (Numba) no-op, which its worker runs
+without the GIL; /background adds the no-op to Starlette's ``BackgroundTasks``.
+/count says how many tasks each endpoint accepted and how many ran.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.background import BackgroundTasks
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+import cytask
+from cytask.contrib.asgi import running
+
+WORKERS = int(os.environ.get("BENCH_WORKERS", "1"))
+ids = itertools.count(1)
+KINDS = ("cytask", "cytask-plain", "cytask-native", "background")
+accepted = {k: itertools.count() for k in KINDS}
+ran = {k: itertools.count() for k in KINDS}
+
+
+def noop(kind: str) -> None:
+    next(ran[kind])  # next() on itertools.count is atomic under the GIL
+
+
+def value(counter: itertools.count[int]) -> int:
+    return int(repr(counter)[6:-1])  # count(N): the next value, i.e. how many so far
+
+
+# compiled tasks need no GIL, and count themselves in their engine's stats
+native = cytask.Engine(workers=WORKERS, name="native")
+
+
+@cytask.task(compile_to_c=True, engine=native)
+def native_noop(x: int) -> int:
+    return x + 1
+
+
+native.warmup()
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[Mapping[str, Any]]:
+    plain = cytask.Engine(workers=WORKERS, name="plain")
+    async with running(workers=WORKERS, drain_timeout=30) as eng:
+        yield {"cytask": eng, "plain": plain}
+    plain.shutdown(wait=True, timeout=30)
+    native.shutdown(wait=True, timeout=30)
+
+
+async def ceiling(request: Request) -> JSONResponse:
+    return JSONResponse({"id": next(ids)})
+
+
+async def with_cytask(request: Request) -> JSONResponse:
+    next(accepted["cytask"])
+    h = request.state.cytask.submit(noop, "cytask")
+    return JSONResponse({"id": h.task_id})
+
+
+async def with_cytask_plain(request: Request) -> JSONResponse:
+    next(accepted["cytask-plain"])
+    h = request.state.plain.submit(noop, "cytask-plain")
+    return JSONResponse({"id": h.task_id})
+
+
+async def with_cytask_native(request: Request) -> JSONResponse:
+    next(accepted["cytask-native"])
+    h = native.submit(native_noop, 1)
+    return JSONResponse({"id": h.task_id})
+
+
+async def with_background(request: Request) -> JSONResponse:
+    next(accepted["background"])
+    tasks = BackgroundTasks()
+    tasks.add_task(noop, "background")
+    return JSONResponse({"id": next(ids)}, background=tasks)
+
+
+async def count(request: Request) -> JSONResponse:
+    counts = {k: {"accepted": value(accepted[k]), "ran": value(ran[k])} for k in accepted}
+    counts["cytask-native"]["ran"] = native.stats().succeeded_tasks
+    return JSONResponse(counts)
+
+
+app = Starlette(
+    routes=[
+        Route("/ceiling", ceiling),
+        Route("/cytask", with_cytask),
+        Route("/cytask-plain", with_cytask_plain),
+        Route("/cytask-native", with_cytask_native),
+        Route("/background", with_background),
+        Route("/count", count),
+    ],
+    lifespan=lifespan,
+)

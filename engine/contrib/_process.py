@@ -1,0 +1,67 @@
+"""Per-process bookkeeping shared by the integrations: fork generations and exit drains.
+
+An integration makes its engine lazily, once per process: a server that imports the
+app and then forks (gunicorn ``--preload``, multiprocessing "fork") starts no engine
+thread before the fork, and an engine made by a parent is replaced in the child (whose
+copy has none of the parent's threads) on its next use there.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cytask._engine import Engine
+
+__all__ = ["at_exit", "generation", "retire"]
+
+log = logging.getLogger("cytask.contrib")
+
+# bumped in each fork() child; an engine remembers the generation it was made in
+_generation = 0
+_exit_callbacks: list[Callable[[], None]] = []
+
+
+def generation() -> int:
+    """Changes in a fork() child: compare with the value saved when an engine was made."""
+    return _generation
+
+
+def _forked() -> None:
+    global _generation
+    _generation += 1
+
+
+def retire(inherited: Engine | None) -> None:
+    """Stop an engine a fork() child inherited and is replacing with its own.
+
+    The engine's own fork handling restarts its workers in the child and cancels what
+    the parent had queued; the child's integration makes a fresh engine (with fresh
+    results) instead, so the inherited one is closed at once, without waiting.
+    """
+    if inherited is not None and not inherited.closed:
+        inherited.shutdown(wait=False, cancel_pending=True)
+
+
+def at_exit(callback: Callable[[], None]) -> None:
+    """Run `callback` (a drain with its own deadline) when the interpreter exits."""
+    _exit_callbacks.append(callback)
+
+
+def _run_exit_callbacks() -> None:
+    for callback in reversed(_exit_callbacks):
+        try:
+            callback()
+        except Exception:  # one integration's failure must not keep the others from draining
+            log.exception("cytask: draining at exit failed in %r", callback)
+
+
+os.register_at_fork(after_in_child=_forked)
+# Run before the interpreter joins non-daemon threads, as concurrent.futures does, so
+# that these drains (with their deadlines) come ahead of any drain without one.
+getattr(threading, "_register_atexit", atexit.register)(_run_exit_callbacks)

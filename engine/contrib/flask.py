@@ -1,0 +1,291 @@
+"""cytask as a Flask extension, in Flask's conventions.
+
+```python
+from flask import Flask, current_app
+from cytask.contrib.flask import Cytask
+
+tasks = Cytask()                       # no app kept on the extension
+
+def create_app() -> Flask:
+    app = Flask(__name__)
+    app.config["CYTASK_WORKERS"] = 4
+    tasks.init_app(app)                # state in app.extensions["cytask"]
+    return app
+
+@app.post("/emails")
+def send():
+    h = tasks.submit(send_email, "a@b.c")   # the current app's engine; answers at once
+    return {"id": h.task_id}
+```
+
+Each app gets its own engine (several apps, app factories and tests that make an app per
+test all work), made on first use in each process: a server that imports the app and
+then forks workers (gunicorn ``--preload``) starts no thread before the fork, and each
+worker process makes its own engine.  Results live in that process's memory, so with
+several worker processes read a task's result in the process that ran it (or use a
+durable store).  ``Cytask(engine=eng)`` shares one engine of yours between apps instead.
+
+Configuration (``app.config``; keywords of ``Cytask(...)`` give the defaults):
+``CYTASK_WORKERS`` (default: ``Engine``'s), ``CYTASK_GIL_SHARE`` (default 0.2: the
+workers leave request threads the GIL, see the README), ``CYTASK_DRAIN_TIMEOUT``
+(seconds the drain at exit may take, default 30), ``CYTASK_APP_CONTEXT`` (default
+False: run every task submitted through the extension inside ``app.app_context()``, so
+``current_app``, ``flask.g`` and extensions such as Flask-SQLAlchemy work in it; pass
+``app_context=True`` per call to ``submit`` instead), ``CYTASK_COPY_CONTEXT`` (default
+False: when True each task runs in a copy of the submitter's ``contextvars``, tracing
+spans and request ids included; off by default because Flask keeps its request and app
+contexts in context variables too, so a task would get the request's ``request`` and
+``g`` after the request has ended; ``app_context=True`` gives it a fresh app context).
+
+The engine drains when the process exits (Ctrl-C on ``flask run``, SIGTERM to a
+gunicorn worker) for at most ``CYTASK_DRAIN_TIMEOUT`` seconds, or when you call
+``shutdown()``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import Flask, current_app
+
+from cytask._core import TaskHandle
+from cytask._engine import Engine
+from cytask._enums import Priority
+from cytask._task import Task
+from cytask._validate import check_duration, check_nonneg_number, check_priority
+from cytask.contrib._process import at_exit, generation, retire
+
+__all__ = ["Cytask", "CytaskState"]
+
+R = TypeVar("R")
+log = logging.getLogger("cytask.contrib.flask")
+
+
+class CytaskState:
+    """What the extension keeps for one app, in ``app.extensions["cytask"]``."""
+
+    def __init__(
+        self,
+        app_name: str,
+        engine: Engine | None,
+        engine_options: dict[str, Any],
+        drain_timeout: float | None,
+        app_context: bool,
+    ) -> None:
+        self.app_name = app_name
+        self.engine_options = engine_options
+        self.drain_timeout = drain_timeout
+        self.app_context = app_context
+        self._shared = engine is not None  # an engine of the user's: never replaced
+        self._engine = engine
+        self._generation = generation()
+        self._lock = threading.Lock()
+        _states.add(self)
+
+    @property
+    def engine(self) -> Engine:
+        """This app's engine in this process, made on first use."""
+        eng = self._engine
+        if eng is not None and (self._shared or self._generation == generation()):
+            return eng
+        with self._lock:
+            if self._engine is None or (self._generation != generation() and not self._shared):
+                retire(self._engine)
+                self._engine = Engine(name=f"cytask-flask-{self.app_name}", **self.engine_options)
+                self._generation = generation()
+            return self._engine
+
+    @property
+    def started(self) -> bool:
+        """True once this process made (or was given) the engine."""
+        return self._engine is not None and (self._shared or self._generation == generation())
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Drain the engine, if this process has one, for at most `timeout` seconds."""
+        if not self.started:
+            return
+        eng = self.engine
+        if eng.closed:
+            return
+        eng.shutdown(wait=True, timeout=timeout)
+        s = eng.stats()
+        log.info(
+            "cytask engine of app %r drained: %d succeeded, %d failed, %d cancelled",
+            self.app_name,
+            s.succeeded_tasks,
+            s.failed_tasks,
+            s.cancelled_tasks,
+        )
+
+
+# every app's state, drained at exit (weakly held: an app dropped in a test goes away)
+_states: weakref.WeakSet[CytaskState] = weakref.WeakSet()
+
+
+def _drain_at_exit() -> None:
+    for state in list(_states):
+        try:
+            state.shutdown(state.drain_timeout)
+        except Exception:  # one app's failure must not keep the others from draining
+            log.exception("draining the cytask engine of app %r failed", state.app_name)
+
+
+at_exit(_drain_at_exit)
+
+
+class Cytask:
+    """The Flask extension: ``Cytask(app)`` or ``Cytask()`` then ``init_app(app)``.
+
+    Keywords give the defaults that each app's ``CYTASK_*`` config overrides;
+    `engine` shares one engine of yours between every app instead of one per app.
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        engine: Engine | None = None,
+        workers: int | None = None,
+        gil_share: float = 0.2,
+        drain_timeout: float | None = 30.0,
+        app_context: bool = False,
+        copy_context: bool = False,
+    ) -> None:
+        if engine is not None and not isinstance(engine, Engine):
+            raise TypeError(f"Expected a cytask.Engine or None for engine, got {engine!r}")
+        check_nonneg_number(drain_timeout, "drain_timeout", allow_none=True)
+        if not isinstance(app_context, bool):
+            raise TypeError(f"Expected bool for app_context, got {type(app_context).__name__}")
+        self._engine = engine
+        self._defaults: dict[str, Any] = {
+            "CYTASK_WORKERS": workers,
+            "CYTASK_GIL_SHARE": gil_share,
+            "CYTASK_DRAIN_TIMEOUT": drain_timeout,
+            "CYTASK_APP_CONTEXT": app_context,
+            "CYTASK_COPY_CONTEXT": copy_context,
+        }
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Register with `app`; its engine starts on first use in each process."""
+        if not isinstance(app, Flask):
+            raise TypeError(f"Expected a flask.Flask for app, got {type(app).__name__}")
+        if "cytask" in app.extensions:
+            raise RuntimeError(f"cytask is already registered on app {app.name!r}")
+        for key, value in self._defaults.items():
+            app.config.setdefault(key, value)
+        cfg = app.config
+        options: dict[str, Any] = {
+            "gil_share": cfg["CYTASK_GIL_SHARE"],
+            "copy_context": cfg["CYTASK_COPY_CONTEXT"],
+        }
+        if cfg["CYTASK_WORKERS"] is not None:
+            options["workers"] = cfg["CYTASK_WORKERS"]
+        drain = check_nonneg_number(
+            cfg["CYTASK_DRAIN_TIMEOUT"], "CYTASK_DRAIN_TIMEOUT", allow_none=True
+        )
+        for key in ("CYTASK_APP_CONTEXT", "CYTASK_COPY_CONTEXT"):
+            if not isinstance(cfg[key], bool):
+                raise TypeError(f"Expected bool for {key}, got {type(cfg[key]).__name__}")
+        if self._engine is None:
+            _check_engine_options(options)
+        app.extensions["cytask"] = CytaskState(
+            app.name, self._engine, options, drain, cfg["CYTASK_APP_CONTEXT"]
+        )
+
+    # -- for code running in an app context (requests, CLI commands, tasks) -----------
+
+    @staticmethod
+    def state(app: Flask | None = None) -> CytaskState:
+        """The extension's state of `app` (default: ``current_app``)."""
+        target = current_app if app is None else app
+        try:
+            st: CytaskState = target.extensions["cytask"]
+        except KeyError:
+            raise RuntimeError(
+                f"cytask is not registered on app {target.name!r}: call Cytask().init_app(app)"
+            ) from None
+        return st
+
+    @property
+    def engine(self) -> Engine:
+        """The current app's engine (made on first use in this process)."""
+        return self.state().engine
+
+    def submit(
+        self,
+        fn: Callable[..., R],
+        /,
+        *args: Any,
+        app_context: bool | None = None,
+        priority: Priority = Priority.NORMAL,
+        delay: float | None = None,
+        **kwargs: Any,
+    ) -> TaskHandle[R]:
+        """Run ``fn(*args, **kwargs)`` on the current app's engine; return its handle.
+
+        With `app_context` (default: the app's ``CYTASK_APP_CONTEXT``) the task runs
+        inside ``app.app_context()`` of the app that submitted it.
+        """
+        st = self.state()
+        use_ctx = st.app_context if app_context is None else app_context
+        if not isinstance(use_ctx, bool):
+            raise TypeError(f"Expected bool or None for app_context, got {app_context!r}")
+        if not use_ctx:
+            return st.engine.add_task(fn, *args, priority=priority, delay=delay, **kwargs)
+        app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+        if isinstance(fn, Task):  # keeps its retries and time limit, in the app context
+            prio = int(check_priority(priority))
+            wait = check_duration(delay, "delay", allow_none=True, none_means="no delay")
+            wrapped = in_app_context(app, fn.fn)
+            return st.engine._dispatch(wrapped, args, kwargs, prio, fn.options, wait)
+        return st.engine.add_task(
+            in_app_context(app, fn), *args, priority=priority, delay=delay, **kwargs
+        )
+
+    def get(self, task_id: int) -> TaskHandle[Any] | None:
+        """A recent task of the current app's engine in this process (see ``Engine.get``)."""
+        return self.engine.get(task_id)
+
+    def shutdown(self, app: Flask | None = None, timeout: float | None = None) -> None:
+        """Drain the engine of `app` (default: the current app) now."""
+        self.state(app).shutdown(timeout)
+
+
+def in_app_context(app: Flask, fn: Callable[..., R]) -> Callable[..., R]:
+    """`fn` wrapped to run inside ``app.app_context()`` (async functions too)."""
+    if not callable(fn):
+        raise TypeError(f"Expected a callable for fn, got {type(fn).__name__}: {fn!r}")
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def run_async(*args: Any, **kwargs: Any) -> Any:
+            with app.app_context():
+                return await fn(*args, **kwargs)
+
+        return run_async  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> R:
+        with app.app_context():
+            return fn(*args, **kwargs)
+
+    return run
+
+
+def _check_engine_options(options: dict[str, Any]) -> None:
+    """Bad CYTASK_* values fail at init_app, not at the first request."""
+    from cytask._validate import check_int
+
+    if "workers" in options:
+        check_int(options["workers"], "CYTASK_WORKERS", minimum=1)
+    share = check_nonneg_number(options["gil_share"], "CYTASK_GIL_SHARE", positive=True)
+    if share is None or share > 1.0:
+        raise ValueError(f"Expected CYTASK_GIL_SHARE in (0, 1], got {options['gil_share']!r}")
