@@ -24,6 +24,7 @@ import pickle
 import sys
 import time
 import traceback
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -119,8 +120,11 @@ def resolve(name: str) -> Callable[..., Any] | None:
     from cytask._task import Task
 
     for mod in list(sys.modules.values()):  # @task objects of imported modules
-        for obj in list(getattr(mod, "__dict__", {}).values()):
-            if isinstance(obj, Task):
+        # type(), not isinstance(): a lazy proxy (Django's admin.site, say) answers
+        # isinstance through its __class__, which imports and configures things
+        namespace = mod.__dict__ if type(mod) is types.ModuleType else {}
+        for obj in list(namespace.values()):
+            if issubclass(type(obj), Task):
                 _registry.setdefault(obj.name, obj)
     fn = _registry.get(name)
     if fn is not None:
