@@ -15,7 +15,7 @@ test:
 lint:
 	ruff check engine compiler tests benchmarks examples
 	ruff format --check engine compiler tests benchmarks examples
-	PATH="$$(dirname $$(command -v $(PY))):$$PATH" cython-lint pyx
+	cython-lint pyx
 
 bench:
 	$(PY) benchmarks/core.py
