@@ -317,7 +317,7 @@ class Engine(_core.Core):
                     # and the globals guard are checked in C; None: plan() decides
                     h = self._submit_native_exact(fast[0], args, priority)
                     if h is not None:
-                        return h  # type: ignore[no-any-return]
+                        return h
             plan = plan_for(t, args, kwargs)
             if plan is not None:
                 if callable(plan):

@@ -59,7 +59,7 @@ _SCALE = 3
 def _python_outcome(fn: object, args: tuple[object, ...]) -> tuple[str, object, type]:
     try:
         v = fn(*args)  # type: ignore[operator]
-    except Exception as exc:  # noqa: BLE001  (the outcome is compared, not handled)
+    except Exception as exc:  # the outcome is compared, not handled
         return ("raise", type(exc), type(exc))
     return ("value", v, type(v))
 
@@ -67,7 +67,7 @@ def _python_outcome(fn: object, args: tuple[object, ...]) -> tuple[str, object, 
 def _task_outcome(h: object) -> tuple[str, object, type]:
     try:
         v = h.result(timeout=30)  # type: ignore[attr-defined]
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return ("raise", type(exc), type(exc))
     return ("value", v, type(v))
 
