@@ -124,6 +124,12 @@ class CompiledTask:
         self._guard: Any = None
         #: (native, the exact type of each argument) for plan(); rebuilt if native changes
         self._native_types: tuple[NativeEntry, tuple[type, ...]] | None = None
+        #: ((address, arg_kinds, result_kind, guard cell or 0, python_fn), options) once
+        #: a call of a task with these options (no retries, no time limit) planned
+        #: native: the engine's submit path then checks the arguments and the globals
+        #: in C (``Core._submit_native_exact``) without calling plan().  None where
+        #: plan() must run; cleared whenever ``native`` or ``backend`` changes.
+        self._fast: tuple[tuple[int, bytes, int, int, Callable[..., Any]], Any] | None = None
         self._cython_globals: list[str] = []
         self._cython_module: Any = None
         self._lock = threading.Lock()
@@ -209,6 +215,27 @@ class CompiledTask:
             return caller if all(_fits_dispatcher(v) for v in args) else None
         return caller
 
+    def enable_fast(self, options: Any) -> None:
+        """Let submissions with ``options`` skip plan() (see ``_fast``) if they may.
+
+        Called after plan() returned ``native`` for a call; a task whose module
+        constants have no guard is left to plan(), which compares them every call.
+        """
+        native = self.native
+        guard = self._guard
+        if native is None or (self._constants and guard is None):
+            return
+        if options is not None and (options.retries or options.timeout):
+            return  # the Python task machinery runs those
+        entry = (
+            native.address,
+            native.arg_kinds,
+            native.result_kind[0],
+            guard.address if guard is not None else 0,
+            self.python_fn,
+        )
+        self._fast = (entry, options)
+
     def _constants_unchanged(self) -> bool:
         """Whether the globals frozen into the compiled code still hold their values.
 
@@ -247,6 +274,7 @@ class CompiledTask:
 
     def _disable_dispatcher(self, why: str, reasons: list[Reason]) -> None:
         with self._lock:
+            self._fast = None  # submissions plan again (and warn once)
             self._callable = None
             self.backend = "python"
             self.fallback_reason = why
@@ -434,6 +462,7 @@ def compile_task(fn: Callable[..., Any], *, strict: bool = False) -> CompiledTas
 def _numba_failed(ct: CompiledTask, analysis: Analysis, exc: CompileError) -> None:
     """Record why Numba did not compile it; the task is back to plain Python."""
     ct.native = None
+    ct._fast = None
     ct._callable = None
     ct.backend = "python"
     ct.errors.append(exc)

@@ -102,7 +102,10 @@ def plan_for(t: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -
         from cytask.compiler import warn_cache
 
         warn_cache(ct, stacklevel=5)
-    return ct.plan(args, kwargs)
+    plan = ct.plan(args, kwargs)
+    if plan is not None and plan is ct.native and ct._fast is None:
+        ct.enable_fast(t.options)  # later submissions try Core._submit_native_exact first
+    return plan
 
 
 def compile_stats() -> dict[str, Any]:

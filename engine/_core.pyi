@@ -101,6 +101,12 @@ class Core:
         priority: int = 2,
         fallback: Callable[..., Any] | None = None,
     ) -> TaskHandle[Any]: ...
+    def _submit_native_exact(
+        self,
+        entry: tuple[int, bytes, int, int, Callable[..., Any]],
+        args: tuple[Any, ...],
+        priority: int,
+    ) -> TaskHandle[Any] | None: ...
     def get(self, task_id: object) -> TaskHandle[Any] | None: ...
     def _init_core(
         self,

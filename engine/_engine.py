@@ -309,6 +309,15 @@ class Engine(_core.Core):
         fn: Callable[..., Any] = t.fn
         options = t.options
         if t.compile_to_c:
+            ct = t._compiled
+            if ct is not None and not kwargs and not delay and not from_timer:
+                fast = ct._fast
+                if fast is not None and fast[1] is options and not self.eager:
+                    # this task planned native before: the exact type of each argument
+                    # and the globals guard are checked in C; None: plan() decides
+                    h = self._submit_native_exact(fast[0], args, priority)
+                    if h is not None:
+                        return h
             plan = plan_for(t, args, kwargs)
             if plan is not None:
                 if callable(plan):

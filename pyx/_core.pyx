@@ -42,7 +42,7 @@ from cpython.object cimport PyObject
 from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uintptr_t
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport calloc, free, malloc
 from cpython.version cimport PY_VERSION_HEX
 from libc.string cimport memcpy, memset
 
@@ -314,7 +314,6 @@ cdef class Core:
         cdef Py_ssize_t n = len(args)
         cdef Py_ssize_t i
         cdef char kind
-        cdef ct_ncall *call
         cdef ct_slot packed[CT_MAX_NATIVE_ARGS]
         if address == 0:
             raise ValueError("Expected a non-null function address for address, got 0")
@@ -340,23 +339,56 @@ cdef class Core:
                 packed[i].i = a
             else:
                 raise ValueError(f"Expected b'i', b'd' or b'b' in arg_kinds, got {arg_kinds!r}")
-        call = <ct_ncall *>calloc(1, sizeof(ct_ncall))
-        if call == NULL:
-            raise MemoryError()
-        call.fn = <ct_native_fn>address
-        call.nargs = <int32_t>n
-        call.status = ST_PENDING
-        memcpy(call.args, packed, n * sizeof(ct_slot))
-        try:
-            h = _new_handle(self, fallback, args, None, priority, None)
-        except BaseException:
-            free(call)
-            raise
-        h._ncall = call
-        h._result_kind = result_kind[0]
-        call.owner = <PyObject *>h
-        _enqueue(self, h)
-        return h
+        return _push_native(self, address, packed, n, args, result_kind[0], priority, fallback)
+
+    def _submit_native_exact(self, tuple entry, tuple args, int priority):
+        """``submit_native`` for a compiled task's checked entry, or None: run it in Python.
+
+        `entry` is ``(address, arg_kinds, result_kind, guard, fallback)``, already
+        validated (``CompiledTask.enable_fast``); `guard` is the address of the compiled
+        code's globals cell (``compiler/_guard.py``: the address of the dict's version
+        tag, then the version verified), or 0.  Returns None, creating nothing, unless
+        every argument is exactly its kind's type (``int`` within int64, ``float``,
+        ``bool``) and the globals are unchanged since verified: ``CompiledTask.plan()``'s
+        test, without a Python-level loop.
+        """
+        cdef uintptr_t address = entry[0]
+        cdef bytes arg_kinds = entry[1]
+        cdef char rkind = entry[2]
+        cdef uintptr_t guard = entry[3]
+        fallback = entry[4]
+        cdef const uint64_t *cell
+        cdef Py_ssize_t n = len(args)
+        cdef Py_ssize_t i
+        cdef char kind
+        cdef int overflow
+        cdef ct_slot packed[CT_MAX_NATIVE_ARGS]
+        if n != len(arg_kinds):
+            return None
+        if guard != 0:
+            cell = <const uint64_t *>guard
+            if (<const uint64_t *><uintptr_t>cell[0])[0] != cell[1]:
+                return None   # the module's globals changed: plan() verifies them again
+        for i in range(n):
+            kind = arg_kinds[i]
+            a = <object>PyTuple_GET_ITEM(args, i)
+            if kind == b'i':
+                if not PyLong_CheckExact(a):
+                    return None
+                packed[i].i = PyLong_AsLongLongAndOverflow(a, &overflow)
+                if overflow:
+                    return None   # past int64
+            elif kind == b'd':
+                if not PyFloat_CheckExact(a):
+                    return None
+                packed[i].d = PyFloat_AS_DOUBLE(a)
+            elif a is True:
+                packed[i].i = 1
+            elif a is False:
+                packed[i].i = 0
+            else:
+                return None
+        return _push_native(self, address, packed, n, args, rkind, priority, fallback)
 
     # -- workers ----------------------------------------------------------------
 

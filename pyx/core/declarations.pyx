@@ -9,6 +9,11 @@ cdef extern from "Python.h":
     void PyObject_GC_Track(void *op)
     void PyObject_GC_UnTrack(void *op)
     int PyObject_GC_IsTracked(object op)
+    bint PyLong_CheckExact(object op)
+    bint PyFloat_CheckExact(object op)
+    double PyFloat_AS_DOUBLE(object op)
+    long long PyLong_AsLongLongAndOverflow(object op, int *overflow) except? -1
+    PyObject *PyTuple_GET_ITEM(object op, Py_ssize_t i)
 
 cdef extern from "ct_atomic.h":
     void ct_cpu_relax() noexcept nogil
@@ -95,6 +100,15 @@ cdef extern from *:
     """
     const bint CT_DEBUG
     const uintptr_t CT_TAG_NATIVE
+
+
+# Native calls freed by TaskHandle.__dealloc__, kept for _push_native to reuse (a
+# release build): both run under the GIL (this module is not free-threading
+# compatible), which guards the stack; no atomics.
+cdef enum:
+    NCALL_FREE_MAX = 256
+cdef ct_ncall *_ncall_free[NCALL_FREE_MAX]
+cdef int _ncall_nfree = 0
 
 
 # ---------------------------------------------------------------------------

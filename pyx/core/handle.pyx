@@ -111,8 +111,13 @@ cdef class TaskHandle:
             "return one")
 
     def __dealloc__(self):
+        global _ncall_nfree
         if self._ncall != NULL:
-            free(self._ncall)
+            if not CT_DEBUG and _ncall_nfree < NCALL_FREE_MAX:
+                _ncall_free[_ncall_nfree] = self._ncall
+                _ncall_nfree += 1
+            else:
+                free(self._ncall)
             self._ncall = NULL
         if CT_DEBUG:
             ct_add_i64(&_debug_counters[2], -1)

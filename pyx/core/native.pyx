@@ -3,6 +3,38 @@
 # Included by pyx/_core.pyx (one extension module: every part is compiled
 # together and calls the others directly); not compiled on its own.
 
+cdef TaskHandle _push_native(Core self, uintptr_t address, const ct_slot *packed,
+                             Py_ssize_t n, tuple args, char result_kind, int priority,
+                             fallback):
+    """Create and queue a native task for packed, validated arguments."""
+    global _ncall_nfree
+    cdef ct_ncall *call
+    if _ncall_nfree > 0:
+        _ncall_nfree -= 1
+        call = _ncall_free[_ncall_nfree]
+    else:
+        call = <ct_ncall *>malloc(sizeof(ct_ncall))
+        if call == NULL:
+            raise MemoryError()
+    call.owner = NULL
+    call.fn = <ct_native_fn>address
+    call.status = ST_PENDING
+    call.rc = 0
+    call.nargs = <int32_t>n
+    call.result.i = 0
+    memcpy(call.args, packed, n * sizeof(ct_slot))
+    try:
+        h = _new_handle(self, fallback, args, None, priority, None)
+    except BaseException:
+        free(call)
+        raise
+    h._ncall = call
+    h._result_kind = result_kind
+    call.owner = <PyObject *>h
+    _enqueue(self, h)
+    return h
+
+
 cdef void _finish_native(Core self, TaskHandle h, int slot) noexcept:
     cdef ct_ncall *call = h._ncall
     if call.rc == CT_RC_PYTHON and ct_load_i32(&call.status) == ST_RUNNING:

@@ -439,12 +439,20 @@ def test_a_queued_native_task_reads_the_global_when_it_runs(
     assert t._compiled is not None and t._compiled.native is not None
     native_calls = []
     submit_native = eng.submit_native
+    submit_exact = eng._submit_native_exact
 
     def spy(*args: object, **kwargs: object) -> object:
         native_calls.append(args[1])
         return submit_native(*args, **kwargs)  # type: ignore[arg-type]
 
+    def spy_exact(*args: object) -> object:
+        h = submit_exact(*args)  # type: ignore[arg-type]
+        if h is not None:  # None: the arguments or the globals did not fit
+            native_calls.append(args[1])
+        return h
+
     eng.submit_native = spy  # type: ignore[method-assign]
+    eng._submit_native_exact = spy_exact  # type: ignore[method-assign]  # after the first plan
     assert t.delay(5).result(timeout=30) == 10
     gate = hold(eng)
     try:
