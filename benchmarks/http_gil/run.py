@@ -93,7 +93,7 @@ def run_scenario(env_extra: dict[str, str], args: argparse.Namespace) -> dict[st
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
-    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.M))
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if len(lat) != 2 or rps is None:
         raise RuntimeError(f"cannot read wrk's output:\n{out}")
