@@ -143,12 +143,15 @@ cdef class Core:
     # the GIL.
     cdef uint64_t _app_fingerprint
     cdef set _own_threads
-    # when a worker last took the fingerprint (under the GIL): one look per APP_LOOK_NS serves all
-    # workers (many workers finishing I/O tasks would otherwise look all the time)
+    # when a worker last took the fingerprint (under the GIL): one look per
+    # APP_LOOK_NS serves all workers (many workers finishing I/O tasks would
+    # otherwise look all the time)
     cdef int64_t _app_looked_ns
     # polite workers start no Python task before then: each slice of Python work
-    # pushes it later by slice * (1 - share) / share.  Written under the GIL only
-    # (so no lost update), read without it by workers about to take the GIL.
+    # pushes it later by slice * (1 - share) / share (a relaxed store under the
+    # GIL); a pause that finds the process quiet waives the debt (a relaxed store of
+    # 0 without the GIL).  Read without the GIL.  The two writers may race: the lost
+    # update moves one pause, which the next slice's charge corrects.
     cdef int64_t _polite_next_ns
     # (last, so that the fields above keep their places and cache lines)
     # Anti-starvation (aging), off when 0: written once by _init_core before any
