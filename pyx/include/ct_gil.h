@@ -10,19 +10,18 @@
 #include <stdint.h>
 #include <time.h>
 
-/* CPU time of the calling thread, in ns (a vDSO-less syscall: ~0.3 us). */
-static inline int64_t ct_thread_cpu_ns(void) {
+/* A clock's reading in ns. */
+static inline int64_t ct_clock_ns(clockid_t clock) {
     struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    clock_gettime(clock, &ts);
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-/* CPU time of the whole process, in ns: all threads, with or without the GIL. */
-static inline int64_t ct_process_cpu_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
+/* CPU time of the calling thread (a vDSO-less syscall: ~0.3 us). */
+static inline int64_t ct_thread_cpu_ns(void) { return ct_clock_ns(CLOCK_THREAD_CPUTIME_ID); }
+
+/* CPU time of the whole process: all threads, with or without the GIL. */
+static inline int64_t ct_process_cpu_ns(void) { return ct_clock_ns(CLOCK_PROCESS_CPUTIME_ID); }
 
 /* Sleep `ns` nanoseconds (call without the GIL). */
 static inline void ct_sleep_ns(int64_t ns) {
