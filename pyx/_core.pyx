@@ -97,9 +97,6 @@ cdef class Core:
     # woken for it: a busy worker never retires for it, an idle one after
     # worker_idle_timeout, so the next wait finds the stand-in still there.
     cdef int32_t _surplus
-    # Always 0: no worker is asked to retire while busy any more (see _surplus).  Kept
-    # for the check in _gil_section, which is not this change's to edit; both can go.
-    cdef int32_t _retire_debt
     # workers outside the base pool: those lending their slot (blocked on their own
     # engine, a stand-in runs for each) plus _surplus.  Idle retirement keeps
     # _live_workers - _reserved >= _min_workers, so a stand-in that idles while its

@@ -74,8 +74,6 @@ cdef void *_gil_section(Core self, ct_worker *w, int slot, void *item,
                 _app_moved(self)   # still running?  keeps the workers polite
                 return NULL   # the nogil loop pauses before the next Python task
         elif n >= BATCH_MAX or ct_now_ns() - t_start > BATCH_NS:
-            if ct_load_i32(&self._retire_debt) > 0:
-                return NULL   # the nogil loop retires this worker
             _gil_yield()
             if governed and _app_moved(self):
                 return NULL   # turn polite: pause before the next Python task

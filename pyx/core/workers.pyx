@@ -356,7 +356,6 @@ cdef object _reset_after_fork_impl(Core self, str why):
         w.task_started_ns = 0
         w.lent = 0
     ct_store_i32(&self._live_workers, 0)
-    ct_store_i32(&self._retire_debt, 0)
     ct_store_i32(&self._surplus, 0)
     ct_store_i32(&self._reserved, 0)
     # the parker: no sleeper, no spinner, and its spinlock free (a parent thread
