@@ -23,7 +23,7 @@ import signal
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -34,7 +34,7 @@ from cytask._core import report_unraisable
 if TYPE_CHECKING:
     from cytask._engine import Engine
 
-__all__ = ["SignalDrain", "lock_free_wait", "register"]
+__all__ = ["SignalDrain", "lock_free_wait", "register", "register_fork_hooks"]
 
 # every engine not yet collected; an engine with live workers is never collected
 _engines: weakref.WeakSet[Engine] = weakref.WeakSet()
@@ -85,10 +85,32 @@ def _register_exit_hook() -> None:
 
 # -- fork ---------------------------------------------------------------------------
 
+# resources' own resets in a fork() child, run before any engine is reset (which may
+# use them), in the order registered
+_resource_resets: list[Callable[[], None]] = []
+
+
+def register_fork_hooks(
+    *,
+    before: Callable[[], None],
+    after_in_parent: Callable[[], None],
+    after_in_child: Callable[[], None],
+) -> None:
+    """Hooks of a resource that engines use across ``fork()`` (a store's connections).
+
+    ``before`` runs ahead of the hooks registered earlier (``os.register_at_fork``'s
+    order); ``after_in_child`` runs before the engines are reset in the child, so a
+    reset engine finds the resource usable.
+    """
+    os.register_at_fork(before=before, after_in_parent=after_in_parent)
+    _resource_resets.append(after_in_child)
+
 
 def _after_fork_in_child() -> None:
     global _exit_lock
     _exit_lock = threading.Lock()  # another thread may have held it at the fork
+    for reset in _resource_resets:
+        reset()
     _core._after_fork_in_child()
     from cytask import _default
 

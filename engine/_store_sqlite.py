@@ -22,16 +22,20 @@ crashed process left needs no repair step.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
+from cytask._core import report_unraisable
+from cytask._lifecycle import register_fork_hooks
 from cytask._store import (
     CANCELLED,
     FAILED,
@@ -150,6 +154,93 @@ def parse_url(url: str) -> tuple[str, dict[str, str]]:
     return urllib.parse.unquote(path), options
 
 
+# -- fork -------------------------------------------------------------------------------
+
+
+class _ForkGate:
+    """``fork()`` waits until no thread is inside SQLite and no connection is open.
+
+    SQLite's process-wide state crosses a fork as it was.  A mutex that a thread held
+    mid-call stays held in the child forever: the child's next open hangs.  And the
+    lock bookkeeping of the connections open at the fork makes the child believe it
+    holds file locks it does not (fcntl locks are not inherited): when the parent then
+    closes its last connection it checkpoints and deletes the WAL that the child still
+    writes to, and the child's commits are lost.  So every store call passes this
+    gate; before a fork the gate closes, waits for the calls inside to leave, and every
+    store closes its connections, which reopen on their next use.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        # thread ident -> depth of its store calls; guarded by _cond
+        self._inside: dict[int, int] = {}
+        # set while a fork waits or happens (new calls wait); guarded by _cond
+        self._forking = False
+
+    def __enter__(self) -> None:
+        me = threading.get_ident()
+        with self._cond:
+            while self._forking:
+                self._cond.wait()
+            self._inside[me] = self._inside.get(me, 0) + 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        me = threading.get_ident()
+        with self._cond:
+            depth = self._inside.pop(me) - 1
+            if depth:
+                self._inside[me] = depth
+            elif self._forking:
+                self._cond.notify_all()
+
+    def before_fork(self) -> None:
+        me = threading.get_ident()
+        with self._cond:
+            self._forking = True
+            while any(ident != me for ident in self._inside):
+                self._cond.wait()
+            interrupted = me in self._inside
+        if interrupted:  # fork() from a signal handler that interrupted a store call
+            report_unraisable(
+                RuntimeError("fork() interrupted a call into an SQLite store"),
+                "closing SQLite connections before fork(): the child must not use the store",
+            )
+            return
+        for store in list(_stores):
+            store._drop_connections()
+
+    def after_fork_in_parent(self) -> None:
+        with self._cond:
+            self._forking = False
+            self._cond.notify_all()
+
+    def after_fork_in_child(self) -> None:
+        self.__init__()  # type: ignore[misc]  # the parent's threads are gone
+
+
+_GATE = _ForkGate()
+# every store not yet collected: their connections close before a fork
+_stores: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
+register_fork_hooks(
+    before=_GATE.before_fork,
+    after_in_parent=_GATE.after_fork_in_parent,
+    after_in_child=_GATE.after_fork_in_child,
+)
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _gated(method: _Method) -> _Method:
+    """The store call runs inside the fork gate (never nested in a wait for a thread)."""
+
+    @functools.wraps(method)
+    def call(self: SQLiteStore, *args: Any, **kwargs: Any) -> Any:
+        with _GATE:
+            return method(self, *args, **kwargs)
+
+    return call  # type: ignore[return-value]
+
+
 class SQLiteStore(Store):
     """A ``Store`` in one SQLite file (WAL).  See the module docstring for the URL."""
 
@@ -186,28 +277,32 @@ class SQLiteStore(Store):
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):
             raise StoreError(f"cannot open store {url!r}: folder {folder!r} does not exist")
-        self._lock = threading.Lock()  # guards self._db (the one writing connection)
-        self._local = threading.local()  # per-thread reading connections
-        self._readers: list[sqlite3.Connection] = []
+        # Connections open on first use and close before each fork() (see _ForkGate).
+        self._lock = threading.Lock()  # guards _db, _readers and _changes
+        self._db: sqlite3.Connection | None = None  # the one writing connection
+        self._local = threading.local()  # per-thread reading connections (.db)
+        self._readers: list[sqlite3.Connection] = []  # all of them, to close them
+        self._watch: sqlite3.Connection | None = None  # only for changed(): data_version
+        self._checkpoint_db: sqlite3.Connection | None = None  # the checkpointer's own
         self._closed = False
         self._dirty = threading.Event()  # set by commits, cleared by the checkpointer
         self._checkpointer: threading.Thread | None = None
         self._start_lock = threading.Lock()  # guards starting the checkpointer
         self.checkpoints = 0  # background checkpoints done (for tests)
-        self._db = self._connect()
-        self._watch = self._connect()  # only for changed(): PRAGMA data_version
         self._data_version = -1
         self._changes = 0  # the writing connection's total_changes at its last commit
-        try:
-            self._db.execute(f"PRAGMA synchronous = {sync}")
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._ensure_schema()
-        except sqlite3.Error as exc:
-            self._close_all()
-            self._raise(exc, "open")
-        except StoreError:
-            self._close_all()
-            raise
+        with _GATE:
+            try:
+                db = self._writer()
+                db.execute("PRAGMA journal_mode = WAL")
+                self._ensure_schema(db)
+            except sqlite3.Error as exc:
+                self._close_all()
+                self._raise(exc, "open")
+            except StoreError:
+                self._close_all()
+                raise
+        _stores.add(self)
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {self.path!r} synchronous={self.synchronous}>"
@@ -229,6 +324,21 @@ class SQLiteStore(Store):
             self._raise(exc, "open")
         return db
 
+    def _writer(self) -> sqlite3.Connection:
+        """The writing connection (call with _lock held, or before the store is shared)."""
+        db = self._db
+        if db is None:
+            db = self._db = self._connect()
+            self._changes = db.total_changes
+        return db
+
+    def _drop_connections(self) -> None:
+        """Close every connection; each reopens on its next use.  Only the fork gate
+        calls this, with no thread inside a store call."""
+        self._close_all()
+        self._local = threading.local()
+        self._data_version = -1  # a new connection's data_version is not comparable
+
     def _wrote(self) -> None:
         """A commit happened: the checkpointer copies the WAL into the file soon after."""
         if not self._dirty.is_set():
@@ -246,26 +356,22 @@ class SQLiteStore(Store):
         """Checkpoint the WAL off the commit path: a commit that crosses SQLite's
         threshold would otherwise pay the checkpoint's fsyncs (here: half of each
         single-row commit's time).  Idle, it waits on an event: no CPU."""
-        try:
-            db = self._connect()
-        except StoreError:
-            return
-        try:
-            while True:
-                self._dirty.wait()
-                if self._closed:
-                    return
-                time.sleep(_CHECKPOINT_EVERY)  # let commits gather
-                self._dirty.clear()
-                if self._closed:  # close() set closed before the event this clear erased
-                    return
+        while True:
+            self._dirty.wait()
+            if self._closed:
+                return
+            time.sleep(_CHECKPOINT_EVERY)  # let commits gather
+            self._dirty.clear()
+            if self._closed:  # close() set closed before the event this clear erased
+                return
+            with _GATE:
                 try:
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    if self._checkpoint_db is None:
+                        self._checkpoint_db = self._connect()
+                    self._checkpoint_db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                     self.checkpoints += 1
-                except sqlite3.Error:
+                except (sqlite3.Error, StoreError):
                     pass  # busy or gone: the next round, or SQLite's own threshold
-        finally:
-            db.close()
 
     def _raise(self, exc: sqlite3.Error, what: str) -> NoReturn:
         text = str(exc)
@@ -291,7 +397,7 @@ class SQLiteStore(Store):
         with self._lock:
             if self._closed:
                 raise StoreError(f"store {self.url!r} is closed")
-            db = self._db
+            db = self._writer()
             try:
                 db.execute("BEGIN IMMEDIATE")
                 yield db
@@ -320,8 +426,7 @@ class SQLiteStore(Store):
 
     # -- schema ------------------------------------------------------------------------
 
-    def _ensure_schema(self) -> None:
-        db = self._db
+    def _ensure_schema(self, db: sqlite3.Connection) -> None:
         db.execute("BEGIN IMMEDIATE")
         try:
             tables = {
@@ -375,6 +480,7 @@ class SQLiteStore(Store):
 
     # -- the Store interface -----------------------------------------------------------
 
+    @_gated
     def enqueue(
         self, tasks: Sequence[NewTask], *, owner: str | None = None, lease_until: float = 0.0
     ) -> None:
@@ -404,7 +510,7 @@ class SQLiteStore(Store):
                 if self._closed:
                     raise StoreError(f"store {self.url!r} is closed")
                 try:
-                    self._db.execute(_INSERT, rows[0])
+                    self._writer().execute(_INSERT, rows[0])
                 except sqlite3.Error as exc:
                     self._raise(exc, "enqueue")
             self._wrote()
@@ -412,6 +518,7 @@ class SQLiteStore(Store):
         with self._write("enqueue") as db:
             db.executemany(_INSERT, rows)
 
+    @_gated
     def claim(self, owner: str, n: int, lease_until: float) -> list[Claimed]:
         try:  # a read first: an idle worker's look costs no write transaction
             if not self._reader().execute(_ANY_READY).fetchall():
@@ -423,6 +530,7 @@ class SQLiteStore(Store):
         rows.sort(key=lambda r: (r[5], r[0]))  # priority, then FIFO
         return [Claimed(r[1], r[2], r[3], r[4], r[5], r[6], r[7]) for r in rows]
 
+    @_gated
     def extend(self, owner: str, ids: Sequence[str], lease_until: float) -> int:
         held = 0
         with self._write("extend") as db:
@@ -434,6 +542,7 @@ class SQLiteStore(Store):
                 ).rowcount
         return held
 
+    @_gated
     def finish(self, owner: str, done: Sequence[Finish], now: float) -> int:
         rows = [
             (f.state, f.result, f.error, None if f.state == RETRYING else now,
@@ -444,6 +553,7 @@ class SQLiteStore(Store):
             cur = db.executemany(_FINISH, rows)
         return int(cur.rowcount)
 
+    @_gated
     def release(self, owner: str, ids: Sequence[str]) -> int:
         n = 0
         with self._write("release") as db:
@@ -456,6 +566,7 @@ class SQLiteStore(Store):
                 ).rowcount
         return n
 
+    @_gated
     def cancel(self, task_id: str, now: float) -> bool:
         with self._write("cancel") as db:
             n = db.execute(
@@ -465,6 +576,7 @@ class SQLiteStore(Store):
             ).rowcount
         return n > 0
 
+    @_gated
     def get(self, task_id: str) -> TaskRecord | None:
         try:
             rows = (
@@ -476,6 +588,7 @@ class SQLiteStore(Store):
             self._raise(exc, "get")
         return TaskRecord(*rows[0]) if rows else None
 
+    @_gated
     def set_progress(self, task_id: str, percent: float, message: str | None) -> None:
         with self._write("set_progress") as db:
             db.execute(
@@ -484,6 +597,7 @@ class SQLiteStore(Store):
                 (percent, message, task_id),
             )
 
+    @_gated
     def promote_due(self, now: float) -> int:
         with self._write("promote_due") as db:
             return db.execute(
@@ -492,6 +606,7 @@ class SQLiteStore(Store):
                 (now,),
             ).rowcount
 
+    @_gated
     def next_due(self) -> float | None:
         try:
             row = (
@@ -503,16 +618,19 @@ class SQLiteStore(Store):
             self._raise(exc, "next_due")
         return None if row[0] is None else float(row[0])
 
+    @_gated
     def recover_expired(self, now: float) -> int:
         with self._write("recover_expired") as db:
             return db.execute(_RECOVER, (now, now)).rowcount
 
+    @_gated
     def claim_tick(self, key: str, tick: int) -> bool:
         with self._write("claim_tick") as db:
             return (
                 db.execute("INSERT OR IGNORE INTO ticks VALUES (?, ?)", (key, tick)).rowcount == 1
             )
 
+    @_gated
     def expire(self, finished_before: float) -> int:
         with self._write("expire") as db:
             n = db.execute(
@@ -522,12 +640,14 @@ class SQLiteStore(Store):
             db.execute("DELETE FROM ticks WHERE tick < ?", (int(finished_before * 1000),))
         return n
 
+    @_gated
     def has_work(self) -> bool:
         try:  # three probes of the partial indexes, no scan
             return bool(self._reader().execute(_HAS_WORK).fetchall())
         except sqlite3.Error as exc:
             self._raise(exc, "has_work")
 
+    @_gated
     def counts(self) -> dict[str, int]:
         try:
             rows = self._reader().execute("SELECT state, count(*) FROM tasks GROUP BY state")
@@ -536,8 +656,11 @@ class SQLiteStore(Store):
             self._raise(exc, "counts")
         return {name: int(found.get(i, 0)) for i, name in enumerate(STATE_NAMES)}
 
+    @_gated
     def changed(self) -> bool:
         try:
+            if self._watch is None:
+                self._watch = self._connect()
             version = self._watch.execute("PRAGMA data_version").fetchone()[0]
         except sqlite3.Error as exc:
             self._raise(exc, "changed")
@@ -555,14 +678,16 @@ class SQLiteStore(Store):
         with self._start_lock:
             checkpointer = self._checkpointer
         if checkpointer is not None and checkpointer is not threading.current_thread():
-            checkpointer.join()
-        self._close_all()
+            checkpointer.join()  # outside the gate: the checkpointer may wait at it
+        with _GATE:
+            self._close_all()
 
     def _close_all(self) -> None:
-        for db in [self._db, getattr(self, "_watch", None), *self._readers]:
+        for db in [self._db, self._watch, self._checkpoint_db, *self._readers]:
             if db is not None:
                 with suppress(sqlite3.Error):
                     db.close()
+        self._db = self._watch = self._checkpoint_db = None
         self._readers.clear()
 
 
