@@ -22,15 +22,12 @@ again (after its lease); ``current_task().attempt`` tells it which attempt it is
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import hashlib
 import math
 import os
 import queue
 import select
 import socket
-import struct
 import threading
 import time
 import types
@@ -347,7 +344,7 @@ class DurableRuntime:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._sleeping = False
-        self._watch = _FileWatch(getattr(self.store, "path", None))
+        self._watch = self.store.watch()
         self._feeder: threading.Thread | None = None
         self._writer: threading.Thread | None = None
         if consume:
@@ -817,13 +814,16 @@ class DurableRuntime:
             wait = next_maint - time.time()
             if next_due is not None:
                 wait = min(wait, next_due - time.time())
-            self._sleep(max(0.0, wait))
+            if self._sleep(max(0.0, wait)):
+                look = True
 
-    def _sleep(self, timeout: float) -> None:
+    def _sleep(self, timeout: float) -> bool:
+        """Sleep until woken, ``timeout`` passed or the store's watch fires; True if
+        the watch brought news (another process committed)."""
         self._sleeping = True
         try:
             if self._stopping.is_set():
-                return
+                return False
             fds = [self._wake_r]
             if self._watch.fd >= 0:
                 fds.append(self._watch.fd)
@@ -833,8 +833,7 @@ class DurableRuntime:
             if self._wake_r in ready:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 4096)
-            if self._watch.fd in ready:
-                self._watch.drain()
+            return self._watch.fd in ready and self._watch.drain()
         finally:
             self._sleeping = False
 
@@ -926,57 +925,3 @@ def _as_args(a: Any, i: int) -> tuple[Any, ...]:
         f"Expected a tuple of arguments for each item of iterable_of_args, got "
         f"{type(a).__name__} at index {i}: use ({a!r},) for a single argument"
     )
-
-
-class _FileWatch:
-    """inotify on the store's folder (Linux): wakes when any process writes the WAL.
-
-    ``fd`` is -1 where inotify is missing; the feeder then looks at the store's
-    ``data_version`` 20 times a second instead.
-    """
-
-    IN_MODIFY = 0x2
-    IN_CREATE = 0x100
-
-    def __init__(self, path: str | None) -> None:
-        self.fd = -1
-        self._names: set[bytes] = set()
-        if path is None or not hasattr(os, "O_CLOEXEC"):
-            return
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-            init = libc.inotify_init1
-            add = libc.inotify_add_watch
-        except (OSError, AttributeError):
-            return
-        fd = init(os.O_NONBLOCK | os.O_CLOEXEC)
-        if fd < 0:
-            return
-        folder = os.path.dirname(os.path.abspath(path)) or "."
-        if add(fd, os.fsencode(folder), self.IN_MODIFY | self.IN_CREATE) < 0:
-            os.close(fd)
-            return
-        base = os.fsencode(os.path.basename(path))
-        self._names = {base, base + b"-wal"}
-        self.fd = fd
-
-    def drain(self) -> bool:
-        """Read the pending events; True if one was about the store's files."""
-        hit = False
-        while True:
-            try:
-                data = os.read(self.fd, 65536)
-            except (BlockingIOError, OSError):
-                return hit
-            pos = 0
-            while pos + 16 <= len(data):
-                _, _, _, length = struct.unpack_from("iIII", data, pos)
-                name = data[pos + 16 : pos + 16 + length].rstrip(b"\0")
-                hit = hit or name in self._names
-                pos += 16 + length
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
-            self.fd = -1

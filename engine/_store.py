@@ -15,9 +15,13 @@ flight at a crash can run twice.  Completing checks the owner, so a result from 
 worker that lost its lease is dropped rather than written over a newer run.
 
 Every time is wall-clock seconds (``time.time()``): several processes, and after a
-restart several boots, share one store.  A Redis Streams store maps claim to
-XREADGROUP/XAUTOCLAIM, extend to XCLAIM, complete to XACK plus a result hash,
-schedule to a sorted set moved by ``promote_due``.
+restart several boots, share one store (machines sharing a Redis store keep their
+clocks in sync, as NTP does).  A task FAILED for good is dead-lettered: ``dead``
+lists those tasks and ``requeue`` gives one a fresh start.
+
+Stores: ``_store_sqlite`` (one file, one machine) and ``_store_redis`` (many
+machines; each method is one Lua script, so one atomic step as an SQLite
+transaction is).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ __all__ = [
     "Store",
     "StoreError",
     "TaskRecord",
+    "Watch",
     "open_store",
 ]
 
@@ -125,6 +130,21 @@ class TaskRecord:
     @property
     def terminal(self) -> bool:
         return self.state >= SUCCEEDED
+
+
+class Watch:
+    """What an idle feeder sleeps on: ``fd`` becomes readable when another process
+    may have committed work.  ``fd`` is -1 where the store has nothing to wait on:
+    the feeder then asks ``Store.changed()`` 20 times a second."""
+
+    fd: int = -1
+
+    def drain(self) -> bool:
+        """Consume what made ``fd`` readable; True if it was news of the store."""
+        return False
+
+    def close(self) -> None:
+        """Stop watching."""
 
 
 class Store(abc.ABC):
@@ -213,12 +233,26 @@ class Store(abc.ABC):
         an idle worker makes before it asks for work."""
 
     @abc.abstractmethod
+    def dead(self, limit: int = 100) -> list[TaskRecord]:
+        """FAILED tasks (retries spent, or lost ``max_lost`` times), newest first."""
+
+    @abc.abstractmethod
+    def requeue(self, task_id: str) -> bool:
+        """A FAILED task READY again, with its attempts and losses reset; False if
+        the task is not FAILED."""
+
+    def watch(self) -> Watch:
+        """A ``Watch`` for the feeder of one engine (closed by it)."""
+        return Watch()
+
+    @abc.abstractmethod
     def close(self) -> None:
         """Close connections; the store is unusable afterwards."""
 
 
 def open_store(url: Any, **options: Any) -> Store:
-    """A store from a URL: ``sqlite:///relative/path.db``, ``sqlite:////abs/path.db``."""
+    """A store from a URL: ``sqlite:///relative/path.db``, ``sqlite:////abs/path.db``,
+    ``redis://host:6379/0`` (also ``rediss://`` with TLS, and ``unix://`` sockets)."""
     if isinstance(url, Store):
         return url
     if not isinstance(url, str):
@@ -228,6 +262,11 @@ def open_store(url: Any, **options: Any) -> Store:
         from cytask._store_sqlite import SQLiteStore
 
         return SQLiteStore(url, **options)
+    if scheme in ("redis", "rediss", "unix") and sep:
+        from cytask._store_redis import RedisStore
+
+        return RedisStore(url, **options)
     raise ValueError(
-        f"Expected a store URL like 'sqlite:///path/to/tasks.db' for store, got {url!r}"
+        f"Expected a store URL like 'sqlite:///path/to/tasks.db' or 'redis://host:6379/0' "
+        f"for store, got {url!r}"
     )

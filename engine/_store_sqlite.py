@@ -22,10 +22,14 @@ crashed process left needs no repair step.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import functools
 import json
 import os
 import sqlite3
+import struct
 import threading
 import time
 import urllib.parse
@@ -51,6 +55,7 @@ from cytask._store import (
     Store,
     StoreError,
     TaskRecord,
+    Watch,
 )
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
@@ -669,6 +674,36 @@ class SQLiteStore(Store):
             return True
         return False
 
+    @_gated
+    def dead(self, limit: int = 100) -> list[TaskRecord]:
+        try:
+            rows = (
+                self._reader()
+                .execute(
+                    f"SELECT {_COLUMNS} FROM tasks WHERE state = {FAILED} "
+                    "ORDER BY finished_at DESC, seq DESC LIMIT ?",
+                    (int(limit),),
+                )
+                .fetchall()
+            )
+        except sqlite3.Error as exc:
+            self._raise(exc, "dead")
+        return [TaskRecord(*row) for row in rows]
+
+    @_gated
+    def requeue(self, task_id: str) -> bool:
+        with self._write("requeue") as db:
+            n = db.execute(
+                f"UPDATE tasks SET state = {READY}, attempts = 0, lost = 0, result = NULL, "
+                "error = NULL, started_at = NULL, finished_at = NULL, owner = NULL, "
+                f"lease_until = NULL, run_at = ? WHERE id = ? AND state = {FAILED}",
+                (time.time(), task_id),
+            ).rowcount
+        return n > 0
+
+    def watch(self) -> Watch:
+        return _FileWatch(self.path)
+
     def close(self) -> None:
         with self._lock:
             if self._closed:
@@ -693,3 +728,57 @@ class SQLiteStore(Store):
 
 def error_json(type_path: str, message: str, tb: str) -> str:
     return json.dumps({"type": type_path, "message": message, "traceback": tb})
+
+
+class _FileWatch(Watch):
+    """inotify on the store's folder (Linux): wakes when any process writes the WAL.
+
+    ``fd`` is -1 where inotify is missing; the feeder then looks at the store's
+    ``data_version`` 20 times a second instead.
+    """
+
+    IN_MODIFY = 0x2
+    IN_CREATE = 0x100
+
+    def __init__(self, path: str | None) -> None:
+        self.fd = -1
+        self._names: set[bytes] = set()
+        if path is None or not hasattr(os, "O_CLOEXEC"):
+            return
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+            init = libc.inotify_init1
+            add = libc.inotify_add_watch
+        except (OSError, AttributeError):
+            return
+        fd = init(os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            return
+        folder = os.path.dirname(os.path.abspath(path)) or "."
+        if add(fd, os.fsencode(folder), self.IN_MODIFY | self.IN_CREATE) < 0:
+            os.close(fd)
+            return
+        base = os.fsencode(os.path.basename(path))
+        self._names = {base, base + b"-wal"}
+        self.fd = fd
+
+    def drain(self) -> bool:
+        """Read the pending events; True if one was about the store's files."""
+        hit = False
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except (BlockingIOError, OSError):
+                return hit
+            pos = 0
+            while pos + 16 <= len(data):
+                _, _, _, length = struct.unpack_from("iIII", data, pos)
+                name = data[pos + 16 : pos + 16 + length].rstrip(b"\0")
+                hit = hit or name in self._names
+                pos += 16 + length
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
