@@ -34,6 +34,7 @@ import types
 from collections.abc import Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from cytask._compile import plan_for
 from cytask._context import current_durable_run
 from cytask._core import TaskHandle, TaskOptions, report_unraisable
 from cytask._enums import Priority, TaskStatus
@@ -117,7 +118,7 @@ class _Run:
             self.state = 1
         token = _current.set(self)
         try:
-            value = self.fn(*self.args, **self.kwargs)
+            value = self._callable()(*self.args, **self.kwargs)
         except BaseException as exc:
             rt._ended(self, None, exc)
             raise
@@ -139,6 +140,20 @@ class _Run:
             _current.reset(token)
         self.rt._ended(self, value, None)
         return value
+
+    def _callable(self) -> Callable[..., Any]:
+        """What runs: a ``compile_to_c`` task's compiled code (through its caller that
+        lets go of the GIL, so the feeder keeps the lease while it runs), once the
+        compile stage chose it for these arguments; else the Python function."""
+        task = self.task
+        if task is None or not task.compile_to_c:
+            return self.fn
+        plan = plan_for(task, self.args, self.kwargs)
+        if plan is None:
+            return task.fn
+        if callable(plan):
+            return plan  # type: ignore[no-any-return]
+        return getattr(task._compiled, "_callable", None) or task.fn
 
     def current_handle(self) -> DurableHandle[Any]:
         """The handle ``current_task()`` gives inside this run (made on first ask)."""
@@ -709,6 +724,15 @@ class DurableRuntime:
             return None
         rec = self.store.get(task_id)
         return None if rec is None else DurableHandle(self, task_id, rec.name)
+
+    def dead_letters(self, limit: int) -> list[DurableHandle[Any]]:
+        return [DurableHandle(self, rec.id, rec.name) for rec in self.store.dead(limit)]
+
+    def requeue(self, task_id: str) -> bool:
+        if not self.store.requeue(task_id):
+            return False
+        self._wake()  # READY again: this process may run it
+        return True
 
     # -- periodic schedules: one run per tick across the store's processes --------------
 

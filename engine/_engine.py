@@ -654,6 +654,28 @@ class Engine(_core.Core):
                 return None
         return h
 
+    def dead_letters(self, limit: int = 100) -> list[TaskHandle[Any]]:
+        """Stored tasks that failed for good, newest first: their retries were spent,
+        or their worker died ``max_lost`` times running them.  Needs a store."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"Expected an int >= 1 for limit, got {limit!r}")
+        return self._store_runtime("dead_letters").dead_letters(limit)  # type: ignore[return-value]
+
+    def requeue(self, task_id: str) -> bool:
+        """Run a dead-lettered task again (READY, attempts reset); False if that task is
+        not FAILED in the store.  Needs a store."""
+        if not isinstance(task_id, str):
+            raise TypeError(f"Expected str for task_id, got {type(task_id).__name__}")
+        return self._store_runtime("requeue").requeue(task_id)
+
+    def _store_runtime(self, what: str) -> DurableRuntime:
+        if self._durable is None:
+            raise ValueError(
+                f"{what}() needs a store: Engine(store='sqlite:///tasks.db') or "
+                f"Engine(store='redis://host:6379/0'); this engine keeps tasks in memory"
+            )
+        return self._durable
+
     def stats(self) -> EngineStats:
         """A snapshot of queue depths, workers, throughput, latencies and memory."""
         scheduled = len(self._timed)  # O(1): stats() never walks the timer's heap

@@ -516,10 +516,10 @@ class RedisStore(Store):
         out = []
         for tid, name, codec, payload, prio, attempts, lost in rows:
             c = codec.decode()
+            data = payload.decode() if c == "json" else payload
             out.append(
-                Claimed(tid.decode(), name.decode(), c, payload.decode() if c == "json" else payload,
-                        int(prio), int(attempts), int(lost))
-            )  # fmt: skip
+                Claimed(tid.decode(), name.decode(), c, data, int(prio), int(attempts), int(lost))
+            )
         return out
 
     def extend(self, owner: str, ids: Sequence[str], lease_until: float) -> int:
@@ -622,7 +622,9 @@ class RedisStore(Store):
                 return list(pipe.execute())
 
         rows = self._call("dead", read)
-        return [_record(tid.decode(), f) for tid, f in zip(ids, rows) if f[0] is not None]
+        return [
+            _record(tid.decode(), f) for tid, f in zip(ids, rows, strict=True) if f[0] is not None
+        ]
 
     def requeue(self, task_id: str) -> bool:
         return bool(self._script("requeue", [task_id, repr(time.time())]))
@@ -661,4 +663,3 @@ def _record(task_id: str, f: list[bytes | None]) -> TaskRecord:
         r.decode() if r is not None and c == "json" else r, _text(e), float(pg or 0.0),
         _text(pm), _text(owner),
     )  # fmt: skip
-
