@@ -634,7 +634,7 @@ class DurableRuntime:
             if timeout < 0:
                 raise ValueError(f"Expected timeout >= 0 or None, got {timeout!r}")
         deadline = None if timeout is None else time.monotonic() + timeout
-        poll = 0.001
+        poll = 0.00025  # a worker elsewhere may answer within a millisecond
         while True:
             ev = threading.Event()
             with self._lock:
