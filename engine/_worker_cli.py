@@ -2,6 +2,8 @@
 
     cytask worker MODULE [MODULE ...] --store URL [--workers N] [--max-workers M]
 
+URL: ``sqlite:////var/app/tasks.db`` (one machine) or ``redis://host:6379/0`` (many).
+
 Imports each MODULE (registering its ``@task`` functions; the current folder is on
 ``sys.path``), then claims tasks from the store and runs them until SIGTERM or
 SIGINT, which drain: nothing new is claimed, running tasks may finish within
@@ -35,7 +37,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Run the durable tasks of a store (see `Engine(store=...)`).",
     )
     p.add_argument("modules", nargs="+", metavar="MODULE", help="modules that define the tasks")
-    p.add_argument("--store", required=True, help="the store URL, e.g. sqlite:////var/app/tasks.db")
+    p.add_argument(
+        "--store",
+        required=True,
+        help="the store URL: sqlite:////var/app/tasks.db or redis://host:6379/0",
+    )
     p.add_argument("--workers", type=int, default=None, help="worker threads (default: CPUs)")
     p.add_argument(
         "--max-workers", type=int, default=None, help="grow up to this many while tasks block"

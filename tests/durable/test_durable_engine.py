@@ -419,8 +419,7 @@ def test_cancel_of_a_task_running_here_requests_it(engines: list[Engine], url: s
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="fork()")
-def test_a_fork_child_gets_a_store_runtime_of_its_own(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/tasks.db"
+def test_a_fork_child_gets_a_store_runtime_of_its_own(tmp_path: Path, url: str) -> None:
     code = textwrap.dedent(f"""
         import os, sys, warnings
         warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads
