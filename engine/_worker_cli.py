@@ -82,7 +82,8 @@ def worker_main(argv: Sequence[str]) -> int:
         args = _parser().parse_args(list(argv))
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 2
-    from cytask import Engine, _durable
+    from cytask import Engine, StoreError, _durable
+    from cytask._core import report_unraisable
 
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -139,11 +140,16 @@ def worker_main(argv: Sequence[str]) -> int:
     next_show = 0.0
     while not stop.is_set():
         stop.wait(0.01 if args.burst else 1.0)
-        if args.burst and not store.has_work():
-            break
-        if show and time.monotonic() >= next_show:
+        try:
+            if args.burst and not store.has_work():
+                break
+            counts = store.counts() if show and time.monotonic() >= next_show else None
+        except StoreError as exc:  # Redis restarting, a long lock: the feeder retries too
+            report_unraisable(exc, "cytask worker (will retry)")
+            stop.wait(1.0)
+            continue
+        if counts is not None:
             next_show = time.monotonic() + 1.0
-            counts = store.counts()
             done = counts["succeeded"] + counts["failed"] + counts["cancelled"]
             now = time.monotonic()
             rate = 0.0 if last_done < 0 else (done - last_done) / max(now - last_t, 1e-9)
@@ -156,6 +162,7 @@ def worker_main(argv: Sequence[str]) -> int:
     if not args.quiet:
         print("cytask worker: draining", file=out, flush=True)
     eng.shutdown(wait=True, timeout=args.drain_timeout)
+    store.close()  # this process is done with it: every connection closes now
     if not args.quiet:
         print("cytask worker: stopped", file=out, flush=True)
     return 0

@@ -6,6 +6,7 @@ on; workers reconnect on their own; nothing Redis acknowledged is lost.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import RedisServer
+from _redis_server import RedisServer
 
 import cytask
 from cytask import StoreError
@@ -25,10 +26,16 @@ from cytask._store import SUCCEEDED, open_store
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 TASKS = textwrap.dedent("""
+    import time
     from cytask import task
 
     @task(name="outage.echo")
     def echo(i: int) -> int:
+        return i
+
+    @task(name="outage.nap")
+    def nap(i: int) -> int:
+        time.sleep(0.005)
         return i
 """)
 
@@ -121,3 +128,41 @@ def test_restart_redis_mid_run_nothing_acknowledged_is_lost(
             if p.poll() is None:
                 p.send_signal(signal.SIGKILL)
                 p.wait(30)
+
+
+def test_a_burst_worker_outlives_an_outage_longer_than_retry_for(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    (tmp_path / "outage.py").write_text(TASKS)
+    url = server.url("b", retry_for=0.2)
+    producer = cytask.Engine(workers=0, store=url)
+    worker = None
+    try:
+        spec = importlib.util.spec_from_file_location("outage", tmp_path / "outage.py")
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        handles = producer.submit_many(mod.nap, [(i,) for i in range(400)])  # ~1 s of work
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "cytask", "worker", "outage", "--store", url, "--quiet",
+             "--burst", "--workers", "2"],
+            cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(tmp_path)),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        store = producer._durable.store  # type: ignore[union-attr]
+        while store.counts()["succeeded"] < 20:
+            assert worker.poll() is None, worker.communicate()[1].decode()
+            time.sleep(0.005)
+        server.stop()
+        with pytest.raises(subprocess.TimeoutExpired):
+            worker.wait(2.0)  # ten times retry_for: still waiting for Redis, not dead
+        server.start()
+        _, err = worker.communicate(timeout=60)
+        assert worker.returncode == 0, err.decode()[-2000:]
+        assert b"will retry" in err  # the outage was reported, not silent
+        assert [h.result(timeout=10) for h in handles] == list(range(400))
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.kill()
+            worker.communicate()
+        producer.shutdown()

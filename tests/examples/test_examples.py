@@ -57,6 +57,13 @@ EXPECTED: dict[str, list[str]] = {
         "recovered: 2000/2000 succeeded;",
         "none lost",
     ],
+    "redis_demo.py": [
+        "committed 3000 tasks to Redis",
+        "worker 1 killed with SIGKILL",
+        "Redis started again from its append-only file",
+        "done: 3000/3000 succeeded;",
+        "none lost",
+    ],
     "graceful_shutdown.py": [
         "drained: 20/20 tasks succeeded before exit",
         "new work is refused after shutdown",
