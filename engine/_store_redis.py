@@ -29,7 +29,9 @@ sleeps on the subscription's socket.
 What survives what: a write Redis acknowledged survives a restart of Redis as far
 as Redis' own persistence goes (``appendonly yes`` with ``appendfsync everysec``
 loses at most a second on a crash of Redis' machine; ``always`` nothing).  Keys
-have no TTL: ``expire`` (the engines' ``result_ttl``) deletes ended tasks.
+have no TTL: ``expire`` (the engines' ``result_ttl``, run by every consuming engine)
+deletes ended tasks in a script, because a key that Redis expires on its own would
+leave the counts, the finished index and the dead letters pointing at nothing.
 Clocks: times are the clients' ``time.time()``; keep machines in sync (NTP).
 """
 
