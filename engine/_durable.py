@@ -76,6 +76,9 @@ R = TypeVar("R")
 #: current_task() needs no store code)
 _current = current_durable_run
 
+#: seconds between looks for cancel requests of tasks this process runs (at most)
+_CANCEL_LOOK_S = 0.5
+
 #: set by ``cytask worker`` while it imports the task modules: engines they create
 #: with a store only produce, the worker's own engine consumes
 PRODUCE_ONLY = False
@@ -226,8 +229,12 @@ class DurableHandle(Generic[R]):
 
     @property
     def cancel_requested(self) -> bool:
+        """``cancel()`` was called while the task ran (here, or in another process)."""
         run = self._rt._inflight.get(self.task_id)
-        return run is not None and run.native is not None and run.native.cancel_requested
+        if run is not None and run.native is not None:
+            return run.native.cancel_requested
+        rec = self._record()
+        return rec is not None and bool(rec.cancel_requested)
 
     @property
     def progress(self) -> float:
@@ -284,9 +291,9 @@ class DurableHandle(Generic[R]):
         return decode_error(rec.error)
 
     def cancel(self) -> bool:
-        """Cancel a task no worker has started: True if it will never run.  A task
-        running in this process gets ``cancel_requested`` (and False), as without a
-        store; one running in another process is left alone (False)."""
+        """Cancel a task no worker has started: True if it will never run.  A running
+        task gets ``cancel_requested`` (and False), as without a store: at once in
+        this process, within about half a second in another one."""
         return self._rt._cancel(self.task_id)
 
     def add_done_callback(self, fn: Callable[[DurableHandle[R]], object]) -> None:
@@ -706,7 +713,8 @@ class DurableRuntime:
         if self.store.cancel(task_id, time.time()):
             return True
         run = self._inflight.get(task_id)
-        if run is None:
+        if run is None:  # running elsewhere (or ended): its worker tells the task
+            self.store.request_cancel(task_id)
             return False
         with self._lock:
             if run.state != 0:
@@ -791,6 +799,8 @@ class DurableRuntime:
         store = self.store
         maint_every = max(0.05, self.lease / 3)
         next_maint = 0.0
+        cancels_every = min(maint_every, _CANCEL_LOOK_S)
+        next_cancels = 0.0
         next_due: float | None = 0.0
         look = True  # claim at once on start: the store may hold work
         while not self._stopping.is_set():
@@ -802,6 +812,12 @@ class DurableRuntime:
                 except Exception as exc:
                     report_unraisable(exc, "cytask store maintenance (will retry)")
                 look = True
+            if now >= next_cancels:
+                next_cancels = now + cancels_every
+                try:
+                    self._pass_cancel_requests()
+                except Exception as exc:
+                    report_unraisable(exc, "cytask store cancel requests (will retry)")
             if next_due is not None and next_due <= now:
                 with contextlib.suppress(Exception):
                     if store.promote_due(now):
@@ -836,6 +852,8 @@ class DurableRuntime:
                 elif n <= 0:
                     look = True  # full: look again once a result frees room
             wait = next_maint - time.time()
+            if self._inflight:  # idle, it sleeps until work or maintenance is due
+                wait = min(wait, next_cancels - time.time())
             if next_due is not None:
                 wait = min(wait, next_due - time.time())
             if self._sleep(max(0.0, wait)):
@@ -860,6 +878,16 @@ class DurableRuntime:
             return self._watch.fd in ready and self._watch.drain()
         finally:
             self._sleeping = False
+
+    def _pass_cancel_requests(self) -> None:
+        """Tell this process's running tasks that another process asked to cancel them."""
+        with self._lock:
+            if not any(run.state == 1 for run in self._inflight.values()):
+                return
+        for task_id in self.store.cancel_requests(self.owner):
+            run = self._inflight.get(task_id)
+            if run is not None and run.state == 1 and run.native is not None:
+                run.native._request_cancel()
 
     def _maintain(self, now: float) -> None:
         store = self.store

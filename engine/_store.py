@@ -122,6 +122,7 @@ class TaskRecord:
     progress: float
     progress_message: str | None
     owner: str | None
+    cancel_requested: bool = False  # cancel() while it ran: its worker tells the task
 
     @property
     def status(self) -> str:
@@ -187,6 +188,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def cancel(self, task_id: str, now: float) -> bool:
         """Cancel a task that no worker holds; False if it is running or ended."""
+
+    @abc.abstractmethod
+    def request_cancel(self, task_id: str) -> bool:
+        """Ask the worker running a RUNNING task to stop it (the task sees
+        ``current_task().cancel_requested``); False if the task is not running."""
+
+    @abc.abstractmethod
+    def cancel_requests(self, owner: str) -> list[str]:
+        """Ids of the RUNNING tasks ``owner`` holds whose cancellation was requested."""
 
     @abc.abstractmethod
     def get(self, task_id: str) -> TaskRecord | None:

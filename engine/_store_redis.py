@@ -66,10 +66,13 @@ _STEP = 1000
 
 # A task's hash fields: n name, c codec, p payload, pr priority, s state, a attempts,
 # l lost, ml max_lost, ra run_at, eq enqueued_at, st started_at, fi finished_at,
-# o owner, lu lease_until, r result, e error, pg progress, pm progress message.
+# o owner, lu lease_until, r result, e error, pg progress, pm progress message,
+# cx "1" once cancel was requested while it ran.
 # Keys: P:t:<id> (hash), P:ready:<0..3> (lists of ids), P:due (zset by run_at),
 # P:lease (zset by lease_until), P:done (zset by finished_at), P:failed (the dead
-# letters, zset by finished_at), P:count (hash: state -> tasks), P:ticks (zset).
+# letters, zset by finished_at), P:count (hash: state -> tasks), P:ticks (zset),
+# P:cancel (set: ids whose cancel was requested while running; stale ids are dropped
+# when read).
 # States (as in _store): 0 READY, 1 SCHEDULED, 2 RUNNING, 3 RETRYING, 4 SUCCEEDED,
 # 5 FAILED, 6 CANCELLED.  A list may hold the id of a task cancelled while READY:
 # claim skips any id whose state is not READY.
@@ -226,6 +229,29 @@ redis.call('HINCRBY', P .. ':count', 6, 1)
 return 1
 """
 
+_REQUEST_CANCEL = """
+local P, id = ARGV[1], ARGV[2]
+local key = P .. ':t:' .. id
+if redis.call('HGET', key, 's') ~= '2' then return 0 end
+redis.call('HSET', key, 'cx', 1)
+redis.call('SADD', P .. ':cancel', id)
+return 1
+"""
+
+_CANCEL_REQUESTS = """
+local P, owner = ARGV[1], ARGV[2]
+local out = {}
+for _, id in ipairs(redis.call('SMEMBERS', P .. ':cancel')) do
+  local f = redis.call('HMGET', P .. ':t:' .. id, 's', 'o')
+  if f[1] ~= '2' then
+    redis.call('SREM', P .. ':cancel', id)  -- it ended, or its worker died
+  elseif f[2] == owner then
+    out[#out + 1] = id
+  end
+end
+return out
+"""
+
 _SET_PROGRESS = """
 local key = ARGV[1] .. ':t:' .. ARGV[2]
 if redis.call('HGET', key, 's') ~= '2' then return 0 end
@@ -314,7 +340,7 @@ local key = P .. ':t:' .. id
 local f = redis.call('HMGET', key, 's', 'pr')
 if f[1] ~= '5' then return 0 end
 redis.call('HSET', key, 's', 0, 'a', 0, 'l', 0, 'ra', now)
-redis.call('HDEL', key, 'r', 'e', 'st', 'fi', 'o', 'lu')
+redis.call('HDEL', key, 'r', 'e', 'st', 'fi', 'o', 'lu', 'cx')
 redis.call('ZREM', P .. ':done', id)
 redis.call('ZREM', P .. ':failed', id)
 redis.call('RPUSH', P .. ':ready:' .. f[2], id)
@@ -324,7 +350,7 @@ redis.call('PUBLISH', P .. ':wake', 1)
 return 1
 """
 
-_FIELDS = ("n", "c", "pr", "s", "a", "l", "ra", "eq", "st", "fi", "r", "e", "pg", "pm", "o")
+_FIELDS = ("n", "c", "pr", "s", "a", "l", "ra", "eq", "st", "fi", "r", "e", "pg", "pm", "o", "cx")
 
 
 def _text(b: bytes | None) -> str | None:
@@ -447,6 +473,7 @@ class RedisStore(Store):
             "enqueue": _ENQUEUE, "claim": _CLAIM, "extend": _EXTEND, "finish": _FINISH,
             "release": _RELEASE, "cancel": _CANCEL, "set_progress": _SET_PROGRESS,
             "promote": _PROMOTE, "recover": _RECOVER, "expire": _EXPIRE, "requeue": _REQUEUE,
+            "request_cancel": _REQUEST_CANCEL, "cancel_requests": _CANCEL_REQUESTS,
         }  # fmt: skip
         self._sources = scripts
         self._scripts = {name: self._redis.register_script(src) for name, src in scripts.items()}
@@ -573,6 +600,12 @@ class RedisStore(Store):
     def cancel(self, task_id: str, now: float) -> bool:
         return bool(self._script("cancel", [task_id, repr(now)]))
 
+    def request_cancel(self, task_id: str) -> bool:
+        return bool(self._script("request_cancel", [task_id]))
+
+    def cancel_requests(self, owner: str) -> list[str]:
+        return [tid.decode() for tid in self._script("cancel_requests", [owner])]
+
     def get(self, task_id: str) -> TaskRecord | None:
         f = self._call("get", self._redis.hmget, f"{self.prefix}:t:{task_id}", _FIELDS)
         return None if f[0] is None else _record(task_id, f)
@@ -683,11 +716,11 @@ def _flat_tasks(tasks: Sequence[NewTask]) -> list[Any]:
 
 
 def _record(task_id: str, f: list[bytes | None]) -> TaskRecord:
-    name, codec, prio, state, attempts, lost, ra, eq, st, fi, r, e, pg, pm, owner = f
+    name, codec, prio, state, attempts, lost, ra, eq, st, fi, r, e, pg, pm, owner, cx = f
     c = _text(codec) or "json"
     return TaskRecord(
         task_id, _text(name) or "", c, int(prio or 2), int(state or 0), int(attempts or 0),
         int(lost or 0), float(ra or 0.0), float(eq or 0.0), _float(st), _float(fi),
         r.decode() if r is not None and c == "json" else r, _text(e), float(pg or 0.0),
-        _text(pm), _text(owner),
+        _text(pm), _text(owner), cx is not None,
     )  # fmt: skip

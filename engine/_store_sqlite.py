@@ -61,7 +61,7 @@ from cytask._store import (
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
 #: bump with a migration in _MIGRATIONS when the schema changes
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: PRAGMA application_id of a cytask store ("cyta"): another program's file is refused
 APPLICATION_ID = 0x63797461
 
@@ -87,7 +87,8 @@ CREATE TABLE tasks (
     result BLOB,
     error TEXT,
     progress REAL NOT NULL DEFAULT 0,
-    progress_message TEXT
+    progress_message TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX tasks_ready ON tasks (priority, seq) WHERE state = {READY};
 CREATE INDEX tasks_due ON tasks (run_at) WHERE state IN ({SCHEDULED}, {RETRYING});
@@ -97,8 +98,13 @@ CREATE TABLE ticks (key TEXT NOT NULL, tick INTEGER NOT NULL, PRIMARY KEY (key, 
     WITHOUT ROWID;
 """
 
+
+def _add_cancel_requested(db: sqlite3.Connection) -> None:
+    db.execute("ALTER TABLE tasks ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0")
+
+
 #: from version -> function upgrading the open transaction to version + 1
-_MIGRATIONS: dict[int, Any] = {}
+_MIGRATIONS: dict[int, Any] = {1: _add_cancel_requested}
 
 _SYNC = {"off": 0, "normal": 1, "full": 2, "extra": 3}
 #: SQLite's own threshold (pages of 4 KiB), a fallback when the checkpointer lags
@@ -140,7 +146,7 @@ _RECOVER = (
 )
 _COLUMNS = (
     "id, name, codec, priority, state, attempts, lost, run_at, enqueued_at, started_at, "
-    "finished_at, result, error, progress, progress_message, owner"
+    "finished_at, result, error, progress, progress_message, owner, cancel_requested"
 )
 
 
@@ -591,7 +597,32 @@ class SQLiteStore(Store):
             )
         except sqlite3.Error as exc:
             self._raise(exc, "get")
-        return TaskRecord(*rows[0]) if rows else None
+        return _record(rows[0]) if rows else None
+
+    @_gated
+    def request_cancel(self, task_id: str) -> bool:
+        with self._write("request_cancel") as db:
+            n = db.execute(
+                f"UPDATE tasks SET cancel_requested = 1 WHERE id = ? AND state = {RUNNING}",
+                (task_id,),
+            ).rowcount
+        return n > 0
+
+    @_gated
+    def cancel_requests(self, owner: str) -> list[str]:
+        try:
+            rows = (
+                self._reader()
+                .execute(
+                    f"SELECT id FROM tasks WHERE state = {RUNNING} AND cancel_requested = 1 "
+                    "AND owner = ?",
+                    (owner,),
+                )
+                .fetchall()
+            )
+        except sqlite3.Error as exc:
+            self._raise(exc, "cancel_requests")
+        return [row[0] for row in rows]
 
     @_gated
     def set_progress(self, task_id: str, percent: float, message: str | None) -> None:
@@ -688,13 +719,14 @@ class SQLiteStore(Store):
             )
         except sqlite3.Error as exc:
             self._raise(exc, "dead")
-        return [TaskRecord(*row) for row in rows]
+        return [_record(row) for row in rows]
 
     @_gated
     def requeue(self, task_id: str) -> bool:
         with self._write("requeue") as db:
             n = db.execute(
                 f"UPDATE tasks SET state = {READY}, attempts = 0, lost = 0, result = NULL, "
+                "cancel_requested = 0, "
                 "error = NULL, started_at = NULL, finished_at = NULL, owner = NULL, "
                 f"lease_until = NULL, run_at = ? WHERE id = ? AND state = {FAILED}",
                 (time.time(), task_id),
@@ -724,6 +756,12 @@ class SQLiteStore(Store):
                     db.close()
         self._db = self._watch = self._checkpoint_db = None
         self._readers.clear()
+
+
+def _record(row: Sequence[Any]) -> TaskRecord:
+    rec = TaskRecord(*row[:-1])
+    rec.cancel_requested = bool(row[-1])
+    return rec
 
 
 def error_json(type_path: str, message: str, tb: str) -> str:

@@ -217,3 +217,30 @@ def test_dead_letters_need_a_store_and_check_their_arguments(url: str) -> None:
         assert stored.dead_letters() == [] and not stored.requeue("no-such-task")
     finally:
         stored.shutdown()
+
+
+def cooperative(started: str) -> str:
+    open(started, "w").close()
+    me = cytask.current_task()
+    deadline = time.monotonic() + 60
+    while not me.cancel_requested:
+        assert time.monotonic() < deadline, "no cancel request came"
+        time.sleep(0.005)
+    return "stopped"
+
+
+def test_cancel_from_another_process_reaches_the_running_task(
+    engines: list[Engine], url: str, tmp_path: Path
+) -> None:
+    runner = Engine(store=url, workers=1)
+    other = Engine(store=url, workers=0)  # another process, as far as the store knows
+    engines += [runner, other]
+    started = tmp_path / "started"
+    h = runner.submit(cooperative, str(started))
+    while not started.exists():
+        time.sleep(0.005)
+    mine = other.get(h.task_id)
+    assert mine is not None and not mine.cancel_requested
+    assert mine.cancel() is False  # running: a request, not a cancellation
+    assert mine.cancel_requested
+    assert h.result(timeout=30) == "stopped"  # the worker told the task

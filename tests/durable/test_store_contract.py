@@ -247,3 +247,16 @@ def test_an_idle_feeder_is_woken_by_another_processs_commit(url: str) -> None:
         w.close()
         a.close()
         b.close()
+
+
+def test_a_cancel_request_reaches_the_owner_of_a_running_task(store: Store) -> None:
+    store.enqueue([_new(1), _new(2)])
+    store.claim("w", 1, time.time() + 30)  # id00001 runs; id00002 waits
+    assert not store.request_cancel("id00002") and not store.request_cancel("nope")
+    assert store.cancel_requests("w") == []
+    assert store.request_cancel("id00001")
+    assert store.cancel_requests("w") == ["id00001"] and store.cancel_requests("x") == []
+    rec = store.get("id00001")
+    assert rec is not None and rec.cancel_requested and rec.state == RUNNING
+    store.finish("w", [Finish("id00001", SUCCEEDED, result="1")], time.time())
+    assert store.cancel_requests("w") == []  # ended: nothing to tell

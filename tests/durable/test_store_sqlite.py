@@ -9,10 +9,7 @@ from pathlib import Path
 import pytest
 
 from cytask import StoreError
-from cytask._store import (
-    NewTask,
-    open_store,
-)
+from cytask._store import READY, NewTask, open_store
 from cytask._store_sqlite import SCHEMA_VERSION, SQLiteStore
 
 
@@ -108,3 +105,27 @@ def test_commits_are_checkpointed_off_the_commit_path(store: SQLiteStore) -> Non
     busy, frames, done = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     db.close()
     assert busy == 0 and frames == done  # nothing left behind
+
+
+def test_a_version_1_store_is_migrated_in_place(tmp_path: Path) -> None:
+    SQLiteStore(f"sqlite:///{tmp_path}/t.db").close()
+    db = sqlite3.connect(tmp_path / "t.db")  # make it a store as cytask 0.2.0 wrote it
+    db.execute("ALTER TABLE tasks DROP COLUMN cancel_requested")
+    db.execute(
+        "INSERT INTO tasks (id, name, codec, payload, priority, state, max_lost, run_at, "
+        "enqueued_at) VALUES ('old', 'mod.fn', 'json', '[[],{}]', 2, 0, 10, 0, 0)"
+    )
+    db.execute("UPDATE cytask_meta SET value = '1'")
+    db.commit()
+    db.close()
+    store = SQLiteStore(f"sqlite:///{tmp_path}/t.db")
+    try:
+        rec = store.get("old")
+        assert rec is not None and rec.state == READY and not rec.cancel_requested
+        (c,) = store.claim("w", 1, time.time() + 30)
+        assert store.request_cancel(c.id) and store.cancel_requests("w") == ["old"]
+    finally:
+        store.close()
+    db = sqlite3.connect(tmp_path / "t.db")
+    assert db.execute("SELECT value FROM cytask_meta").fetchone() == (str(SCHEMA_VERSION),)
+    db.close()
