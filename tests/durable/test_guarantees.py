@@ -244,3 +244,17 @@ def test_cancel_from_another_process_reaches_the_running_task(
     assert mine.cancel() is False  # running: a request, not a cancellation
     assert mine.cancel_requested
     assert h.result(timeout=30) == "stopped"  # the worker told the task
+
+
+def test_an_idle_worker_uses_no_cpu_and_wakes_for_work(engines: list[Engine], url: str) -> None:
+    worker = Engine(store=url, workers=2)
+    producer = Engine(store=url, workers=0)
+    engines += [worker, producer]
+    assert producer.submit(max, 1, 2).result(timeout=30) == 2  # both up and connected
+    t0, c0 = time.monotonic(), time.process_time()
+    time.sleep(1.0)  # the window measured: nothing to do
+    cpu = (time.process_time() - c0) / (time.monotonic() - t0)
+    assert cpu < 0.05, f"an idle worker used {cpu:.0%} of a core (polling?)"
+    t0 = time.monotonic()
+    assert producer.submit(max, 3, 4).result(timeout=30) == 4
+    assert time.monotonic() - t0 < 1.0, "the idle worker did not wake for the task"
