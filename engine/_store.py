@@ -262,7 +262,8 @@ class Store(abc.ABC):
 
 def open_store(url: Any, **options: Any) -> Store:
     """A store from a URL: ``sqlite:///relative/path.db``, ``sqlite:////abs/path.db``,
-    ``redis://host:6379/0`` (also ``rediss://`` with TLS, and ``unix://`` sockets)."""
+    ``redis://host:6379/0`` (also ``rediss://`` with TLS, ``unix://`` sockets, and
+    ``valkey://``)."""
     if isinstance(url, Store):
         return url
     if not isinstance(url, str):
@@ -272,7 +273,7 @@ def open_store(url: Any, **options: Any) -> Store:
         from cytask._store_sqlite import SQLiteStore
 
         return SQLiteStore(url, **options)
-    if scheme in ("redis", "rediss", "unix") and sep:
+    if scheme in ("redis", "rediss", "unix", "valkey", "valkeys") and sep:
         from cytask._store_redis import RedisStore
 
         return RedisStore(url, **options)

@@ -362,8 +362,19 @@ def _float(b: bytes | None) -> float | None:
 
 
 def parse_url(url: str) -> tuple[str, dict[str, str]]:
-    """Split cytask's own options off a Redis URL: (URL for redis-py, options)."""
+    """Split cytask's own options off a Redis URL: (URL for redis-py, options).
+
+    ``valkey://`` and ``valkeys://`` are read as ``redis://`` and ``rediss://``.
+    """
     parts = urllib.parse.urlsplit(url)
+    if parts.scheme in ("valkey", "valkeys"):
+        parts = parts._replace(scheme=parts.scheme.replace("valkey", "redis"))
+    db = parts.path.strip("/")
+    if parts.scheme != "unix" and db and not db.isdigit():
+        raise ValueError(
+            f"Expected a database number after the host for store (redis://host:6379/0), "
+            f"got {parts.path!r} in {url!r}"
+        )
     query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
     own = {k: v for k, v in query if k in _OWN_OPTIONS}
     rest = urllib.parse.urlencode([(k, v) for k, v in query if k not in _OWN_OPTIONS])
@@ -443,12 +454,10 @@ class RedisStore(Store):
         self.prefix = prefix if prefix is not None else options.get("prefix", "cytask")
         if not self.prefix or any(c.isspace() for c in self.prefix):
             raise ValueError(f"Expected a non-empty prefix without spaces, got {self.prefix!r}")
-        self.max_lost = int(max_lost if max_lost is not None else options.get("max_lost", 10))
+        self.max_lost = _number(int, "max_lost", max_lost, options.get("max_lost", "10"), url)
         if self.max_lost < 1:
             raise ValueError(f"Expected max_lost >= 1, got {self.max_lost}")
-        self.retry_for = float(
-            retry_for if retry_for is not None else options.get("retry_for", 10.0)
-        )
+        self.retry_for = _number(float, "retry_for", retry_for, options.get("retry_for", "10"), url)
         if not self.retry_for >= 0:
             raise ValueError(f"Expected retry_for >= 0 seconds (or inf), got {self.retry_for}")
         self._errors: tuple[type[BaseException], ...] = (
@@ -706,6 +715,14 @@ class RedisStore(Store):
             w.close()
         with contextlib.suppress(Exception):
             self._redis.close()
+
+
+def _number(kind: Callable[[Any], T], name: str, given: Any, text: str, url: str) -> T:
+    value = given if given is not None else text
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"Expected a number for {name} in store {url!r}, got {value!r}") from None
 
 
 def _flat_tasks(tasks: Sequence[NewTask]) -> list[Any]:

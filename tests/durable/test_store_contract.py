@@ -10,9 +10,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from cytask import StoreError
 from cytask._store import (
     FAILED,
     READY,
@@ -260,3 +262,21 @@ def test_a_cancel_request_reaches_the_owner_of_a_running_task(store: Store) -> N
     assert rec is not None and rec.cancel_requested and rec.state == RUNNING
     store.finish("w", [Finish("id00001", SUCCEEDED, result="1")], time.time())
     assert store.cancel_requests("w") == []  # ended: nothing to tell
+
+
+def test_redis_urls_are_checked_when_the_engine_is_made(redis_server: Any) -> None:
+    base = f"redis://127.0.0.1:{redis_server.port}"
+    with pytest.raises(ValueError, match="Expected a database number"):
+        open_store(f"{base}/x")
+    with pytest.raises(ValueError, match=r"Expected a number for retry_for .* got 'abc'"):
+        open_store(f"{base}/0?retry_for=abc")
+    with pytest.raises(ValueError, match="Expected max_lost >= 1"):
+        open_store(f"{base}/0?max_lost=0")
+    with pytest.raises(ValueError, match="non-empty prefix"):
+        open_store(f"{base}/0?prefix=")
+    with pytest.raises(ValueError, match="valid Redis URL"):
+        open_store(f"{base}/0?socket_timeout=soon")
+    with pytest.raises(StoreError, match=r"unreachable for 0\.1 s.*retry_for"):
+        open_store("redis://127.0.0.1:1/0?retry_for=0.1")
+    store = open_store(f"valkey://127.0.0.1:{redis_server.port}/0?prefix=v")
+    store.close()
