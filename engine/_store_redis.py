@@ -398,8 +398,16 @@ class _PubSubWatch(Watch):
     def _subscribe(self) -> None:
         self._next_try = time.monotonic() + 0.5
         try:
-            pubsub = self._store._redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._store._redis.pubsub()
             pubsub.subscribe(self._store._wake_channel)
+            # subscribed once Redis confirms: a commit after this returns is seen
+            deadline = time.monotonic() + 5.0
+            while True:
+                reply = pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
+                if reply is not None and reply["type"] == "subscribe":
+                    break
+                if time.monotonic() >= deadline:
+                    raise TimeoutError("no subscribe confirmation from Redis within 5 s")
             sock = pubsub.connection._sock  # redis-py keeps it there; None if it changes
             fd = sock.fileno() if sock is not None else -1
         except Exception:
@@ -418,9 +426,9 @@ class _PubSubWatch(Watch):
                 self._subscribe()
             return True  # maybe missed: look
         hit = False
-        try:
-            while self._pubsub.get_message(timeout=0.0) is not None:
-                hit = True
+        try:  # to the last one: a reply left in redis-py's buffer would not wake select()
+            while (reply := self._pubsub.get_message(timeout=0.0)) is not None:
+                hit = hit or reply["type"] == "message"
         except Exception:  # the connection broke: what was published meanwhile is lost
             self._drop()
             return True

@@ -235,18 +235,19 @@ def test_an_idle_feeder_is_woken_by_another_processs_commit(url: str) -> None:
     import select
 
     a, b = open_store(url), open_store(url)
-    w = a.watch()
     try:
-        w.drain()
-        a.changed()
-        b.enqueue([_new(1)])
-        if w.fd >= 0:
-            ready, _, _ = select.select([w.fd], [], [], 10)
-            assert ready and w.drain()
-        else:
-            assert a.changed()
+        for i in range(20):  # a watch is live when made: the next commit wakes it
+            w = a.watch()
+            try:
+                b.enqueue([_new(i)])
+                if w.fd >= 0:
+                    ready, _, _ = select.select([w.fd], [], [], 10)
+                    assert ready and w.drain(), f"round {i}: the commit did not wake the watch"
+                else:
+                    assert a.changed()
+            finally:
+                w.close()
     finally:
-        w.close()
         a.close()
         b.close()
 
