@@ -925,11 +925,35 @@ class DurableRuntime:
     # -- stopping -----------------------------------------------------------------------
 
     def stop_claiming(self) -> None:
-        """Claim nothing more (shutdown began); submits now raise EngineClosed."""
+        """Claim nothing more (shutdown began); submits now raise EngineClosed.  The
+        tasks this process holds but has not started go back to the store at once,
+        for other workers (or this one after a restart): a shutdown drains only the
+        running ones, as Celery's warm shutdown returns its prefetched tasks."""
         self._stopping.set()
         self._ring()
         if self._feeder is not None and threading.current_thread() is not self._feeder:
             self._feeder.join()
+        self._give_back_unstarted()
+
+    def _give_back_unstarted(self) -> None:
+        with self._lock:
+            unstarted = [run for run in self._inflight.values() if run.state == 0]
+            for run in unstarted:
+                run.state = 2  # its __call__ now returns at once, if a worker still pops it
+        if not unstarted:
+            return
+        for run in unstarted:
+            if run.native is not None:
+                run.native.cancel()  # out of the native ring
+        ids = [run.claimed.id for run in unstarted]
+        try:
+            self.store.release(self.owner, ids)
+        except Exception as exc:  # Redis away: their leases expire, others run them
+            report_unraisable(exc, "cytask could not give back unstarted tasks")
+        with self._lock:
+            for task_id in ids:
+                if self._inflight.pop(task_id, None) is not None:
+                    self._held -= 1
 
     def close(self) -> None:
         """After the workers stopped: commit the last results, give back tasks never

@@ -450,3 +450,19 @@ def test_a_fork_child_gets_a_store_runtime_of_its_own(tmp_path: Path, url: str) 
 def test_copy_context_with_a_store_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="copy_context"):
         Engine(workers=1, store=f"sqlite:///{tmp_path / 'tasks.db'}", copy_context=True)
+
+
+def test_a_drain_runs_what_runs_and_gives_back_what_waits(engines: list[Engine], url: str) -> None:
+    eng = _engine(engines, url, workers=1)
+    gate.clear()
+    first = eng.submit(blocked)
+    rest = [eng.submit(add, i, 0) for i in range(5)]  # claimed by this engine, queued
+    while not first.running():
+        time.sleep(0.005)
+    threading.Timer(0.2, gate.set).start()  # the running one may finish within the drain
+    eng.shutdown(wait=True, timeout=30)
+    assert first.result(timeout=0) == "ok"
+    assert [h.status for h in rest] == [TaskStatus.PENDING] * 5  # back in the store, not run
+    assert all(h.attempts == 0 for h in rest)
+    other = _engine(engines, url, workers=1)
+    assert [other.get(h.task_id).result(timeout=10) for h in rest] == [0, 1, 2, 3, 4]  # type: ignore[union-attr]
