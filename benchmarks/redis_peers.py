@@ -56,6 +56,7 @@ CPU_TASK_MS = 5.0
 CPU_TASKS = 400
 CHILD_TIMEOUT_S = 300
 DONE_TIMEOUT_S = 240
+STALL_S = 30  # a peer's run fails when no task finished for this long
 PEERS_VENV = HERE / ".venv-peers"
 PINS = (
     "celery[redis]==5.7.0",
@@ -202,8 +203,12 @@ def run_peer(system: str, scenario: str, n: int, conc: int, url: str) -> dict[st
             stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:
+            last, moved = -1, t0
             while (k := done()) < n:
-                if worker.poll() is not None or time.perf_counter() - t0 > DONE_TIMEOUT_S:
+                now = time.perf_counter()
+                if k != last:
+                    last, moved = k, now
+                if worker.poll() is not None or now - moved > STALL_S or now - t0 > DONE_TIMEOUT_S:
                     out.seek(0)
                     tail = out.read()[-400:].replace("\n", " ")
                     raise RuntimeError(f"{k}/{n} done, worker exit {worker.poll()}: {tail}")
@@ -325,8 +330,8 @@ def cytask_workers(url: str, count: int, workers: int, cpu: bool) -> Iterator[No
                 raise RuntimeError(f"cytask worker did not start: {line}{p.stderr.read()[-400:]}")
         yield
     finally:
-        for p in procs:
-            stop(p, grace=10.0)
+        for p in procs:  # SIGTERM drains (the tasks it holds run first): then SIGKILL
+            stop(p, grace=3.0)
         for p in procs:
             if p.stderr is not None:
                 p.stderr.close()

@@ -69,6 +69,7 @@ elif SYSTEM == "celery":
         accept_content=["json"],
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
+        redis_max_connections=1_000,  # the result backend's pool, for 200 threads
     )
     noop = app.task(name="peers.noop")(noop_fn)
     sleep10 = app.task(name="peers.sleep")(sleep_fn)
@@ -78,9 +79,15 @@ elif SYSTEM == "dramatiq":
     from dramatiq.brokers.redis import RedisBroker
     from dramatiq.results import Results
     from dramatiq.results.backends import RedisBackend
+    from redis import ConnectionPool, Redis
 
-    result_backend = RedisBackend(url=URL)
-    broker = RedisBroker(url=URL)
+    # 200 worker threads: redis-py's pool holds 100 connections unless told otherwise
+    result_backend = RedisBackend(
+        client=Redis(connection_pool=ConnectionPool.from_url(URL, max_connections=1_000))
+    )
+    broker = RedisBroker(
+        client=Redis(connection_pool=ConnectionPool.from_url(URL, max_connections=1_000))
+    )
     broker.add_middleware(Results(backend=result_backend))
     dramatiq.set_broker(broker)
     noop = dramatiq.actor(actor_name="peers_noop", store_results=True, max_retries=0)(noop_fn)
