@@ -258,11 +258,11 @@ def run_cytask(scenario: str, n: int, conc: int, url: str) -> dict[str, Any]:
     return {"enqueue": n / enqueue_s, "process": n / process_s}
 
 
-def run_bulk(n: int, conc: int, url: str) -> dict[str, Any]:
-    """A longer run: n no-ops by ``submit_many``, one burst worker; and its start alone."""
+def run_bulk(scenario: str, n: int, conc: int, url: str) -> dict[str, Any]:
+    """A longer run: n tasks by ``submit_many``, one burst worker; and its start alone."""
     flush(url)
     load_tasks("cytask", url)
-    cmd = worker_cmd("cytask", "noop", conc, url)
+    cmd = worker_cmd("cytask", scenario, conc, url)
     env = child_env("cytask", url)
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=HERE, env=env, check=True, capture_output=True, timeout=60)
@@ -270,7 +270,8 @@ def run_bulk(n: int, conc: int, url: str) -> dict[str, Any]:
     mod = load_tasks("cytask", url)
     eng = cytask_engine(url)
     try:
-        eng.submit_many(mod.noop, [(i,) for i in range(n)])
+        fn = mod.noop if scenario == "noop" else mod.sleep10
+        eng.submit_many(fn, [(i,) for i in range(n)])
     finally:
         eng.shutdown()
     t0 = time.perf_counter()
@@ -454,8 +455,8 @@ def child(system: str, scenario: str, n: int, conc: int, url: str) -> None:
             out = run_peer(system, scenario, n, conc, url)
         elif scenario in ("noop", "sleep"):
             out = run_cytask(scenario, n, conc, url)
-        elif scenario == "bulk":
-            out = run_bulk(n, conc, url)
+        elif scenario in ("bulk", "bulk-sleep"):
+            out = run_bulk("noop" if scenario == "bulk" else "sleep", n, conc, url)
         elif scenario == "submit_many":
             out = run_submit_many(n, url)
         elif scenario == "producers":
@@ -613,6 +614,7 @@ def plan(systems: Sequence[str], n: int, quick: bool) -> list[Row]:
             rows.append(Row(s, scenario, label[s], worker[s].format(c=conc), tasks))
     if "cytask" in systems:
         rows.append(Row("cytask", "bulk", "cytask", "-", 10 * n))
+        rows.append(Row("cytask", "bulk-sleep", "cytask", "-", 10 * n))
         rows.append(Row("cytask", "submit_many", "cytask", "-", n))
         rows.append(Row("cytask", "producers", "cytask", "-", n))
         rows.append(
@@ -637,7 +639,7 @@ def plan(systems: Sequence[str], n: int, quick: bool) -> list[Row]:
 
 
 def conc_of(row: Row) -> int:
-    return SLEEP_CONCURRENCY if row.scenario == "sleep" else CONCURRENCY
+    return SLEEP_CONCURRENCY if row.scenario in ("sleep", "bulk-sleep") else CONCURRENCY
 
 
 def pct(values: list[float], q: float) -> float:
@@ -765,19 +767,23 @@ def report(rows: list[Row]) -> str:
             verdict(v >= GOAL_SLEEP, v),
         ]
     )
-    bk = by.get(("cytask", "bulk"))
-    if bk is not None:
-        v = bk.median("process")
+    for scenario, what, conc in (
+        ("bulk", "no-ops", CONCURRENCY),
+        ("bulk-sleep", "10 ms sleeps", SLEEP_CONCURRENCY),
+    ):
+        bk = by.get(("cytask", scenario))
+        if bk is None:
+            continue
         detail = (
-            f"{rate(v)}/s; the worker's start alone (empty store, to its exit): "
-            f"{bk.median('start_s') * 1e3:.0f} ms"
+            f"{rate(bk.median('process'))}/s; the worker's start alone (empty store, to its "
+            f"exit): {bk.median('start_s') * 1e3:.0f} ms"
             if bk.results
-            else f"n/a{err('bulk')}"
+            else f"n/a{err(scenario)}"
         )
         goals.append(
             [
-                f"(for reference) processed, one worker process, {bk.tasks:,} no-ops "
-                f"(`submit_many`), start included",
+                f"(for reference) processed, one worker process, {bk.tasks:,} {what} at "
+                f"{conc} (`submit_many`), start included",
                 detail,
                 "",
             ]
@@ -793,9 +799,9 @@ def report(rows: list[Row]) -> str:
             partial = [r for r in sc.results if min(r["done1"], r["done2"]) < sc.tasks]
             if partial:
                 detail += (
-                    f"; in {len(partial)} round(s) the workers finished only "
-                    f"{partial[0]['done1']} and {partial[0]['done2']} of {sc.tasks} in "
-                    f"4x the compiled time"
+                    f"; {len(partial)} of {len(sc.results)} round(s) timed on the tasks done "
+                    f"within 4x the compiled time + 10 s (e.g. {partial[0]['done1']} by 1 "
+                    f"process, {partial[0]['done2']} by 2, of {sc.tasks})"
                 )
         else:
             detail = f"n/a{err('scale')}"

@@ -54,7 +54,7 @@ def test_plan_gives_every_system_both_scenarios_and_rq_a_tenth(bench: ModuleType
         assert ("celery", scenario, 5_000) in got
         assert ("rq", scenario, 500) in got
     cytask_only = {s for sys_, s, _ in got if sys_ == "cytask"} - {"noop", "sleep"}
-    assert cytask_only == {"bulk", "submit_many", "producers", "wake", "scale"}
+    assert cytask_only == {"bulk", "bulk-sleep", "submit_many", "producers", "wake", "scale"}
     assert [r.scenario for r in bench.plan(["huey"], 1_000, quick=True)] == ["noop", "sleep"]
 
 
