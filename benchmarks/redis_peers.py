@@ -792,9 +792,10 @@ def report(rows: list[Row]) -> str:
     if sc is not None:
         one, two = sc.median("procs1"), sc.median("procs2")
         if sc.results:
+            rounds = ", ".join(ratio(r["procs2"], r["procs1"]) for r in sc.results)
             detail = (
                 f"{ratio(two, one)} (1 process {rate(one)}/s = {1e3 / one:.1f} ms a task, "
-                f"2 processes {rate(two)}/s)"
+                f"2 processes {rate(two)}/s; rounds: {rounds})"
             )
             partial = [r for r in sc.results if min(r["done1"], r["done2"]) < sc.tasks]
             if partial:
