@@ -9,8 +9,9 @@ time from its start to the last task done (the start is included). Scenarios: a 
 concurrency 8 and a 10 ms ``time.sleep`` at concurrency 200, every system with its own
 worker command at the same concurrency (RQ runs one job at a time: it runs 500 tasks, like
 the reference). Every system stores each result in the same Redis. cytask alone:
-``submit_many``, 8 producer threads, cross-process wake latency, and two worker processes
-against one on a compiled CPU-bound task.
+``submit_many``, 8 producer threads, 50,000 no-ops and sleeps (and the worker's start
+alone), cross-process wake latency, and two worker processes against one on a compiled
+CPU-bound task.
 
 The script starts its own redis-server on a free port (no persistence) and stops it at
 the end. The peers run from their own venv (``benchmarks/.venv-peers``, created with pinned
@@ -41,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from _report import md_table, rate  # noqa: E402
