@@ -361,7 +361,7 @@ def cytask_workers(url: str, count: int, workers: int, cpu: bool) -> Iterator[No
                 raise RuntimeError(f"cytask worker did not start: {line}{p.stderr.read()[-400:]}")
         yield
     finally:
-        for p in procs:  # SIGTERM drains (the tasks it holds run first): then SIGKILL
+        for p in procs:  # SIGTERM drains (running tasks finish), SIGKILL after 3 s
             stop(p, grace=3.0)
         for p in procs:
             if p.stderr is not None:
