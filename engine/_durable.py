@@ -76,6 +76,9 @@ R = TypeVar("R")
 #: current_task() needs no store code)
 _current = current_durable_run
 
+#: tasks shorter than this on average are claimed ahead as deep as max_inflight
+_SHORT_TASK_S = 0.002
+
 #: seconds between looks for cancel requests of tasks this process runs (at most)
 _CANCEL_LOOK_S = 0.5
 
@@ -120,6 +123,7 @@ class _Run:
                 return None
             self.state = 1
         token = _current.set(self)
+        began = time.perf_counter()
         try:
             value = self._callable()(*self.args, **self.kwargs)
         except BaseException as exc:
@@ -129,6 +133,7 @@ class _Run:
             _current.reset(token)
         if type(value) is types.CoroutineType:  # an async task: it ends on the loop
             return self._await(value)
+        rt._ran_for(time.perf_counter() - began)
         rt._ended(self, value, None)
         return value
 
@@ -351,6 +356,9 @@ class DurableRuntime:
         self._lock = threading.Lock()  # guards _inflight, _held and every _Run.state
         self._inflight: dict[str, _Run] = {}  # claimed by this process, result not committed
         self._held = 0  # leases this process holds or is about to take (<= max_inflight)
+        # how long this process's tasks run (moving average, s; None before the first):
+        # the feeder claims ahead only as deep as short tasks need (see _claim_cap)
+        self._task_s: float | None = None
         self._waiters: dict[str, list[threading.Event]] = {}
         self._names: dict[int, str] = {}  # id(Task) -> stored name, checked once
         self._callbacks: dict[str, list[tuple[DurableHandle[Any], Callable[[Any], object]]]] = {}
@@ -829,7 +837,7 @@ class DurableRuntime:
             if look or store.changed():
                 look = False
                 with self._lock:
-                    room = self.max_inflight - self._held
+                    room = self._claim_cap() - self._held
                     n = min(room, 256)
                     self._held += max(n, 0)
                 if n > 0:
@@ -880,6 +888,19 @@ class DurableRuntime:
             return self._watch.fd in ready and self._watch.drain()
         finally:
             self._sleeping = False
+
+    def _ran_for(self, seconds: float) -> None:
+        last = self._task_s  # a lost update between workers only blurs the average
+        self._task_s = seconds if last is None else last + (seconds - last) / 16
+
+    def _claim_cap(self) -> int:
+        """How many tasks the feeder may hold.  Short tasks need a deep queue (one
+        claim per round trip feeds the workers for a while); long ones must not sit
+        in this process while another worker process idles, so until tasks are seen
+        to be short (< 2 ms) it holds two per worker."""
+        if self._task_s is not None and self._task_s < _SHORT_TASK_S:
+            return self.max_inflight
+        return min(self.max_inflight, 2 * self.engine.max_workers)
 
     def _pass_cancel_requests(self) -> None:
         """Tell this process's running tasks that another process asked to cancel them."""

@@ -258,3 +258,19 @@ def test_an_idle_worker_uses_no_cpu_and_wakes_for_work(engines: list[Engine], ur
     t0 = time.monotonic()
     assert producer.submit(max, 3, 4).result(timeout=30) == 4
     assert time.monotonic() - t0 < 1.0, "the idle worker did not wake for the task"
+
+
+def _whose() -> str:
+    time.sleep(0.03)
+    return cytask.current_task()._rt.owner  # type: ignore[attr-defined,no-any-return]
+
+
+def test_long_tasks_are_shared_by_idle_worker_processes(engines: list[Engine], url: str) -> None:
+    a = Engine(store=url, workers=1)
+    b = Engine(store=url, workers=1)  # another process, as far as the store knows
+    producer = Engine(store=url, workers=0)
+    engines += [a, b, producer]
+    handles = producer.submit_many(_whose, [() for _ in range(40)])
+    owners = [h.result(timeout=60) for h in handles]
+    per = {o: owners.count(o) for o in set(owners)}
+    assert len(per) == 2 and min(per.values()) >= 10, per  # not one holding them all
