@@ -108,6 +108,9 @@ class Analysis:
     imports: dict[str, str] = field(default_factory=dict)
     #: global name -> value frozen into the compiled code (checked at each call)
     constants: dict[str, int | float | bool] = field(default_factory=dict)
+    #: global name of a module -> the attributes of it the code reads (``math.sqrt``):
+    #: frozen too, so a patched ``math.sqrt`` sends the call back to Python
+    module_attrs: dict[str, list[str]] = field(default_factory=dict)
     #: every global name the function reads (the Cython module gets these injected)
     global_names: list[str] = field(default_factory=list)
     #: the rewritten function (named ``__ct_user``) for Numba, when eligible
@@ -589,10 +592,12 @@ class _Checker(ast.NodeVisitor):
         attr = node.attr
         if mod.__name__ == "math":
             if attr in MATH_1 | MATH_2 | MATH_TO_INT | MATH_PRED | MATH_CONST:
+                self._read_attr(node, attr)
                 return
             self.numba(node, f"math.{attr} is not among the functions compiled exactly")
         elif mod.__name__ == "numpy":
             if attr in NUMPY_OK:
+                self._read_attr(node, attr)
                 return
             self.numba(
                 node,
@@ -601,6 +606,12 @@ class _Checker(ast.NodeVisitor):
             )
         else:
             self.numba(node, f"uses the module {mod.__name__}, which does not compile")
+
+    def _read_attr(self, node: ast.Attribute, attr: str) -> None:
+        assert isinstance(node.value, ast.Name)
+        attrs = self.a.module_attrs.setdefault(node.value.id, [])
+        if attr not in attrs:
+            attrs.append(attr)
 
     def visit_Call(self, node: ast.Call) -> None:
         func = node.func

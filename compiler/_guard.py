@@ -10,8 +10,12 @@ globals.  ``plan()`` re-verifies the values, and moves the expected version on, 
 when the dict changed.
 
 The compiled code finds its guard through a symbol (``ct_guard_<digest>``) that this
-process binds to a two-word cell: the address of the version tag and the version
-verified.  The machine code in Numba's cache stays valid across processes.
+process binds to a cell: the address of the version tag, the version verified, and
+the address of the next cell or 0.  A function that reads a module's attributes
+(``math.sqrt``) gets one more cell, chained, on that module's dict: ``mock.patch``
+of ``math.sqrt`` changes that dict, not the function's globals.  The compiled code
+checks each cell by its own symbol; the engine's fast submit path walks the chain.
+The machine code in Numba's cache stays valid across processes.
 
 Where the layout cannot be confirmed (another Python than CPython 3.11-3.13, a
 free-threaded build), ``available()`` is False and a task that reads module globals
@@ -62,31 +66,42 @@ def available() -> bool:
 
 
 class Guard:
-    """The cell one compiled function's C entry point checks, and how to move it on.
+    """The cells one compiled function's C entry point checks, and how to move them on.
 
-    Invariant: ``cell[1]`` only ever holds a version of ``globals`` at which the frozen
+    Invariants: ``cell[1]`` only ever holds a version of its dict at which the frozen
     values were verified equal to the live ones; versions are never reused, so the
     dict's current version equals ``cell[1]`` only if nothing changed since.
+    ``cell[2]`` is the address of the next cell of the chain (a module's dict) or 0;
+    set before the code that reads it can run, never changed after.
     """
 
     def __init__(self, symbol: str, globals_: dict[str, Any]) -> None:
         self.symbol = symbol
         self.globals = globals_
-        self.cell = (ctypes.c_uint64 * 2)(id(globals_) + _OFFSET, 0)
+        self.cell = (ctypes.c_uint64 * 3)(id(globals_) + _OFFSET, 0, 0)
         self._view = ctypes.c_uint64.from_address(id(globals_) + _OFFSET)
-        self.verified = -1
+        self.chain: list[Guard] = [self]
+        self.verified: tuple[int, ...] | int = -1
 
     @property
     def address(self) -> int:
         return ctypes.addressof(self.cell)
 
-    def version(self) -> int:
-        return int(self._view.value)
+    def link(self, other: Guard) -> None:
+        """Check ``other`` (a module's dict) too, after the cells already chained."""
+        if other not in self.chain:
+            self.chain[-1].cell[2] = other.address
+            self.chain.append(other)
 
-    def verify(self, version: int) -> None:
-        """The frozen values matched the globals at ``version``: let the C code run."""
+    def version(self) -> tuple[int, ...]:
+        """The versions of every dict of the chain, read now."""
+        return tuple(int(g._view.value) for g in self.chain)
+
+    def verify(self, version: tuple[int, ...]) -> None:
+        """The frozen values matched the dicts at ``version``: let the C code run."""
         self.verified = version
-        self.cell[1] = version
+        for g, v in zip(self.chain, version, strict=True):
+            g.cell[1] = v
 
 
 _guards: dict[str, Guard] = {}  # symbol -> its guard, for the life of the process

@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 import struct
 import threading
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +91,12 @@ def guard_symbol(a: Analysis) -> str | None:
     return "ct_guard_" + digest(*parts)[:24]
 
 
+def module_guard_symbols(a: Analysis, symbol: str) -> list[tuple[str, str]]:
+    """(symbol, module's global name) of the cells on the dicts of the modules whose
+    attributes the function reads (``math.sqrt``), chained after its globals guard."""
+    return [(f"{symbol}_{name}", name) for name in sorted(a.module_attrs)]
+
+
 def _entry_source(a: Analysis) -> str:
     kinds = a.arg_kinds or ""
     symbol = guard_symbol(a)
@@ -112,6 +119,11 @@ def _entry_source(a: Analysis) -> str:
     if symbol is not None:
         # the globals it froze are read when the call runs: changed, Python runs it
         lines += [f"    if not ct_guard_ok({symbol!r}):", f"        return {CT_RC_PYTHON}"]
+        for module_symbol, _ in module_guard_symbols(a, symbol):  # math.sqrt patched?
+            lines += [
+                f"    if not ct_guard_ok({module_symbol!r}):",
+                f"        return {CT_RC_PYTHON}",
+            ]
     lines += [
         "    try:",
         f"        r = __ct_jit({call_args})",
@@ -200,6 +212,15 @@ def _build(a: Analysis, _repaired: str | None = None) -> NumbaBuild:
         from cytask.compiler import _guard
 
         guard = _guard.guard_for(symbol, a.fn.__globals__)
+        for module_symbol, name in module_guard_symbols(a, symbol):
+            module = a.fn.__globals__.get(name)
+            cell = None
+            if guard is not None and isinstance(module, types.ModuleType):
+                cell = _guard.guard_for(module_symbol, module.__dict__)
+            if guard is None or cell is None:
+                guard = None
+                break
+            guard.link(cell)
         native = guard is not None  # else the dispatcher, which checks with the GIL
     try:
         import numpy  # noqa: F401  (the helpers need it)

@@ -118,6 +118,13 @@ class CompiledTask:
         self._imports: dict[str, object] = (
             {n: g[n] for n in analysis.imports if n in g} if analysis else {}
         )
+        #: (module's global name, attribute) -> what the compiled code calls for it
+        self._module_attrs: dict[tuple[str, str], object] = {
+            (n, attr): getattr(self._imports[n], attr, _MISSING)
+            for n, attrs in (analysis.module_attrs.items() if analysis else ())
+            if n in self._imports
+            for attr in attrs
+        }
         if self._imports:
             self._constants.setdefault(_IMPORTS_KEY, None)  # plan() must look at them too
         #: the C entry point's check of the globals (see _guard), when it has one
@@ -241,7 +248,8 @@ class CompiledTask:
 
         Floats compare by bit pattern: ``-0.0 == 0.0`` and ``nan != nan``, yet
         ``copysign`` tells the zeros apart and a NaN constant is unchanged.  Modules and
-        math functions compare by identity (``mock.patch`` of a ``from math import``).
+        math functions compare by identity (``mock.patch`` of a ``from math import``,
+        and of ``math.sqrt`` itself).
         """
         if not self._constants:
             return True
@@ -249,7 +257,12 @@ class CompiledTask:
         for k, v in self._constants.items():
             if k != _IMPORTS_KEY and not _same_constant(g.get(k, _MISSING), v):
                 return False
-        return all(g.get(k, _MISSING) is v for k, v in self._imports.items())
+        if not all(g.get(k, _MISSING) is v for k, v in self._imports.items()):
+            return False
+        return all(
+            getattr(self._imports[n], attr, _MISSING) is v
+            for (n, attr), v in self._module_attrs.items()
+        )
 
     def _refresh_cython_globals(self) -> None:
         # the compiled module has its own globals: copy the ones the function reads,

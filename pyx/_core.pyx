@@ -347,10 +347,10 @@ cdef class Core:
         `entry` is ``(address, arg_kinds, result_kind, guard, fallback)``, already
         validated (``CompiledTask.enable_fast``); `guard` is the address of the compiled
         code's globals cell (``compiler/_guard.py``: the address of the dict's version
-        tag, then the version verified), or 0.  Returns None, creating nothing, unless
-        every argument is exactly its kind's type (``int`` within int64, ``float``,
-        ``bool``) and the globals are unchanged since verified: ``CompiledTask.plan()``'s
-        test, without a Python-level loop.
+        tag, the version verified, the next cell of the chain or 0), or 0.  Returns
+        None, creating nothing, unless every argument is exactly its kind's type
+        (``int`` within int64, ``float``, ``bool``) and the globals are unchanged since
+        verified: ``CompiledTask.plan()``'s test, without a Python-level loop.
         """
         cdef uintptr_t address = entry[0]
         cdef bytes arg_kinds = entry[1]
@@ -365,10 +365,11 @@ cdef class Core:
         cdef ct_slot packed[CT_MAX_NATIVE_ARGS]
         if n != len(arg_kinds):
             return None
-        if guard != 0:
+        while guard != 0:   # the function's globals, then each module it reads
             cell = <const uint64_t *>guard
             if (<const uint64_t *><uintptr_t>cell[0])[0] != cell[1]:
-                return None   # the module's globals changed: plan() verifies them again
+                return None   # a dict changed: plan() verifies the frozen values again
+            guard = <uintptr_t>cell[2]
         for i in range(n):
             kind = arg_kinds[i]
             a = <object>PyTuple_GET_ITEM(args, i)

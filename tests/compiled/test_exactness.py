@@ -23,7 +23,7 @@ from conftest import outcome, run_compiled, same
 
 import cytask
 from cytask import Engine, task
-from cytask.compiler import CompiledTask, compile_task
+from cytask.compiler import CompiledTask, NativeEntry, compile_task
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -500,6 +500,49 @@ def test_mock_patch_of_a_from_math_import_is_seen(engine: cytask.Engine) -> None
         assert caller is not None and caller(4.0) == 101.0
     assert run_compiled(ct, (4.0,), engine) == ("value", 3.0)
 
+
+
+def root_of(x: float) -> float:
+    return math.sqrt(x) + 1.0
+
+
+def test_mock_patch_of_a_math_function_itself_is_seen(engine: cytask.Engine) -> None:
+    ct = compile_task(root_of)
+    assert ct.backend == "numba" and ct.native is not None
+    assert run_compiled(ct, (4.0,), engine) == ("value", 3.0)
+    with mock.patch("math.sqrt", lambda x: 100.0):
+        assert run_compiled(ct, (4.0,), engine) == ("value", 101.0)  # as Python would
+        # a call queued before the patch and run after it: the C entry point checks too
+        plan = ct.plan((4.0,), {})
+        assert plan is None or not isinstance(plan, NativeEntry)
+    assert run_compiled(ct, (4.0,), engine) == ("value", 3.0)
+
+
+def test_a_math_patch_between_submit_and_run_is_seen_by_the_native_code(
+    engine: cytask.Engine,
+) -> None:
+    ct = compile_task(root_of)
+    plan = ct.plan((4.0,), {})
+    assert isinstance(plan, NativeEntry)  # verified now: then math.sqrt changes
+    with mock.patch("math.sqrt", lambda x: 100.0):
+        h = engine.submit_native(
+            plan.address, (4.0,), plan.arg_kinds, plan.result_kind, fallback=ct.python_fn
+        )
+        assert h.result(timeout=60) == 101.0  # the entry handed it back to Python
+
+
+def test_the_fast_submit_path_sees_a_math_patch() -> None:
+    eng = cytask.Engine(workers=1)
+    try:
+        t = cytask.task(engine=eng, compile_to_c="strict")(root_of)
+        for _ in range(3):
+            assert t.delay(4.0).result(timeout=60) == 3.0  # the fast path is now on
+        assert t._compiled._fast is not None
+        with mock.patch("math.sqrt", lambda x: 100.0):
+            assert t.delay(4.0).result(timeout=60) == 101.0
+        assert t.delay(4.0).result(timeout=60) == 3.0
+    finally:
+        eng.shutdown()
 
 # -- 10. the source is the code that is loaded ------------------------------------------
 
