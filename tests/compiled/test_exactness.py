@@ -501,7 +501,6 @@ def test_mock_patch_of_a_from_math_import_is_seen(engine: cytask.Engine) -> None
     assert run_compiled(ct, (4.0,), engine) == ("value", 3.0)
 
 
-
 def root_of(x: float) -> float:
     return math.sqrt(x) + 1.0
 
@@ -543,6 +542,7 @@ def test_the_fast_submit_path_sees_a_math_patch() -> None:
         assert t.delay(4.0).result(timeout=60) == 3.0
     finally:
         eng.shutdown()
+
 
 # -- 10. the source is the code that is loaded ------------------------------------------
 
