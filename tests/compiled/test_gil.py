@@ -26,9 +26,15 @@ def test_native_task_runs_while_main_thread_holds_the_gil() -> None:
     n = 100_000_000  # ~0.1-0.3 s of native work that cannot be folded away
     with cytask.Engine(workers=1) as eng:
         entry = ct.native
-        # warm up: the worker is parked in its nogil loop afterwards
+        # warm up, then wait until the worker has parked in its nogil loop: the handle
+        # is done before the worker has finished the batch's bookkeeping (with the
+        # GIL), which a 30 s switch interval would otherwise hold up
         warm = eng.submit_native(entry.address, (10,), entry.arg_kinds, entry.result_kind)
         assert warm.result(timeout=30) == corpus.busy_walk(10)
+        deadline = time.monotonic() + 10
+        while eng._idle_workers() < 1 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert eng._idle_workers() == 1
         old = sys.getswitchinterval()
         sys.setswitchinterval(30.0)
         try:
