@@ -60,6 +60,7 @@ from cytask._store import (
     Finish,
     NewTask,
     Store,
+    Watch,
     open_store,
 )
 from cytask._task import Task
@@ -132,6 +133,7 @@ class _Run:
         finally:
             _current.reset(token)
         if type(value) is types.CoroutineType:  # an async task: it ends on the loop
+            rt._ran_for(0.0)  # it holds no worker while it awaits: claim ahead deeply
             return self._await(value)
         rt._ran_for(time.perf_counter() - began)
         rt._ended(self, value, None)
@@ -374,7 +376,9 @@ class DurableRuntime:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._sleeping = False
-        self._watch = self.store.watch()
+        # what the feeder sleeps on; an engine that only produces has no feeder, and a
+        # Redis subscription nobody reads would pile up messages on the server
+        self._watch = self.store.watch() if consume else Watch()
         self._feeder: threading.Thread | None = None
         self._writer: threading.Thread | None = None
         if consume:

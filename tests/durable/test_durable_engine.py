@@ -47,9 +47,11 @@ def custom() -> None:
 
 
 gate = threading.Event()
+started = threading.Event()  # set by blocked() once a worker runs it
 
 
 def blocked() -> str:
+    started.set()
     gate.wait(30)
     return "ok"
 
@@ -453,12 +455,12 @@ def test_copy_context_with_a_store_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_drain_runs_what_runs_and_gives_back_what_waits(engines: list[Engine], url: str) -> None:
-    eng = _engine(engines, url, workers=1)
+    eng = _engine(engines, url, workers=1, max_workers=1)  # no stand-in runs the queued
     gate.clear()
+    started.clear()
     first = eng.submit(blocked)
     rest = [eng.submit(add, i, 0) for i in range(5)]  # claimed by this engine, queued
-    while not first.running():
-        time.sleep(0.005)
+    assert started.wait(30)  # a worker runs it (the store says "running" from the claim)
     threading.Timer(0.2, gate.set).start()  # the running one may finish within the drain
     eng.shutdown(wait=True, timeout=30)
     assert first.result(timeout=0) == "ok"

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -274,3 +275,41 @@ def test_long_tasks_are_shared_by_idle_worker_processes(engines: list[Engine], u
     owners = [h.result(timeout=60) for h in handles]
     per = {o: owners.count(o) for o in set(owners)}
     assert len(per) == 2 and min(per.values()) >= 10, per  # not one holding them all
+
+
+async def _nap(seconds: float) -> float:
+    import asyncio
+
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+def test_async_tasks_are_claimed_ahead_as_deep_as_they_run(engines: list[Engine], url: str) -> None:
+    worker = Engine(store=url, workers=1)
+    producer = Engine(store=url, workers=0)
+    engines += [worker, producer]
+    t0 = time.monotonic()
+    handles = producer.submit_many(_nap, [(0.5,) for _ in range(40)])
+    assert [h.result(timeout=60) for h in handles] == [0.5] * 40
+    took = time.monotonic() - t0
+    # they await together on the loop: one worker thread does not make them take turns
+    assert took < 5.0, f"40 async naps of 0.5 s took {took:.1f} s"
+
+
+def test_an_engine_that_only_produces_subscribes_to_nothing(redis_server: Any) -> None:
+    import redis
+
+    url = redis_server.url("subs")
+    client = redis.Redis(port=redis_server.port)
+    producer = Engine(store=url, workers=0)
+    try:
+        producer.submit(max, 1, 2)
+        assert client.pubsub_numsub("subs:wake") == [(b"subs:wake", 0)]
+        worker = Engine(store=url, workers=1)
+        try:
+            assert client.pubsub_numsub("subs:wake") == [(b"subs:wake", 1)]
+        finally:
+            worker.shutdown()
+    finally:
+        producer.shutdown()
+        client.close()
