@@ -397,6 +397,7 @@ class _PubSubWatch(Watch):
 
     def _subscribe(self) -> None:
         self._next_try = time.monotonic() + 0.5
+        pubsub = None
         try:
             pubsub = self._store._redis.pubsub()
             pubsub.subscribe(self._store._wake_channel)
@@ -410,7 +411,10 @@ class _PubSubWatch(Watch):
                     raise TimeoutError("no subscribe confirmation from Redis within 5 s")
             sock = pubsub.connection._sock  # redis-py keeps it there; None if it changes
             fd = sock.fileno() if sock is not None else -1
-        except Exception:
+        except Exception:  # Redis away: the feeder polls, and drain() tries again
+            if pubsub is not None:
+                with contextlib.suppress(Exception):
+                    pubsub.close()
             return
         self._pubsub, self.fd = pubsub, fd
 

@@ -302,7 +302,7 @@ class SQLiteStore(Store):
         self.checkpoints = 0  # background checkpoints done (for tests)
         self._data_version = -1
         self._changes = 0  # the writing connection's total_changes at its last commit
-        with _GATE:
+        with _GATE:  # a fork meanwhile waits, then finds this store among _stores
             try:
                 db = self._writer()
                 db.execute("PRAGMA journal_mode = WAL")
@@ -313,7 +313,7 @@ class SQLiteStore(Store):
             except StoreError:
                 self._close_all()
                 raise
-        _stores.add(self)
+            _stores.add(self)
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {self.path!r} synchronous={self.synchronous}>"
