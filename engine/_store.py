@@ -27,9 +27,9 @@ transaction is).
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from cytask._errors import CytaskError
 
@@ -49,8 +49,11 @@ __all__ = [
     "StoreError",
     "TaskRecord",
     "Watch",
+    "number_option",
     "open_store",
 ]
+
+N = TypeVar("N", int, float)
 
 # states as stored (the numbers are part of the on-disk format: never renumber)
 READY, SCHEDULED, RUNNING, RETRYING, SUCCEEDED, FAILED, CANCELLED = 0, 1, 2, 3, 4, 5, 6
@@ -258,6 +261,18 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Close connections; the store is unusable afterwards."""
+
+
+def number_option(
+    kind: Callable[[Any], N], name: str, given: Any, options: dict[str, str], default: N, url: str
+) -> N:
+    """A store's numeric option: the keyword argument, else the URL's query, else
+    ``default``; text that is no number is named with its option."""
+    value = given if given is not None else options.get(name, default)
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"Expected a number for {name} in store {url!r}, got {value!r}") from None
 
 
 def open_store(url: Any, **options: Any) -> Store:

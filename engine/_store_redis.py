@@ -54,6 +54,7 @@ from cytask._store import (
     StoreError,
     TaskRecord,
     Watch,
+    number_option,
 )
 
 __all__ = ["RedisStore"]
@@ -466,10 +467,10 @@ class RedisStore(Store):
         self.prefix = prefix if prefix is not None else options.get("prefix", "cytask")
         if not self.prefix or any(c.isspace() for c in self.prefix):
             raise ValueError(f"Expected a non-empty prefix without spaces, got {self.prefix!r}")
-        self.max_lost = _number(int, "max_lost", max_lost, options.get("max_lost", "10"), url)
+        self.max_lost = number_option(int, "max_lost", max_lost, options, 10, url)
         if self.max_lost < 1:
             raise ValueError(f"Expected max_lost >= 1, got {self.max_lost}")
-        self.retry_for = _number(float, "retry_for", retry_for, options.get("retry_for", "10"), url)
+        self.retry_for = number_option(float, "retry_for", retry_for, options, 10.0, url)
         if not self.retry_for >= 0:
             raise ValueError(f"Expected retry_for >= 0 seconds (or inf), got {self.retry_for}")
         self._errors: tuple[type[BaseException], ...] = (
@@ -727,14 +728,6 @@ class RedisStore(Store):
             w.close()
         with contextlib.suppress(Exception):
             self._redis.close()
-
-
-def _number(kind: Callable[[Any], T], name: str, given: Any, text: str, url: str) -> T:
-    value = given if given is not None else text
-    try:
-        return kind(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"Expected a number for {name} in store {url!r}, got {value!r}") from None
 
 
 def _flat_tasks(tasks: Sequence[NewTask]) -> list[Any]:

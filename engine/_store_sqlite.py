@@ -56,6 +56,7 @@ from cytask._store import (
     StoreError,
     TaskRecord,
     Watch,
+    number_option,
 )
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
@@ -279,10 +280,8 @@ class SQLiteStore(Store):
         self.path = path
         self.synchronous = sync
         self.durable_on_power_loss = _SYNC[sync] >= 2
-        self.busy_timeout = float(
-            busy_timeout if busy_timeout is not None else options.get("busy_timeout", 5.0)
-        )
-        self.max_lost = int(max_lost if max_lost is not None else options.get("max_lost", 10))
+        self.busy_timeout = number_option(float, "busy_timeout", busy_timeout, options, 5.0, url)
+        self.max_lost = number_option(int, "max_lost", max_lost, options, 10, url)
         if self.max_lost < 1:
             raise ValueError(f"Expected max_lost >= 1, got {self.max_lost}")
         folder = os.path.dirname(os.path.abspath(path))

@@ -56,13 +56,6 @@ def blocked() -> str:
     return "ok"
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/tasks.db"
-    return str(request.getfixturevalue("redis_url"))
-
-
 @pytest.fixture
 def engines() -> Iterator[list[Engine]]:
     made: list[Engine] = []

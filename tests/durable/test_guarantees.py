@@ -57,13 +57,6 @@ def spin(n: int) -> int:
     return acc
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/tasks.db"
-    return str(request.getfixturevalue("redis_url"))
-
-
 @pytest.fixture
 def engines() -> Iterator[list[Engine]]:
     made: list[Engine] = []

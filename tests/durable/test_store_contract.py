@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,13 +30,6 @@ from cytask._store import (
 
 def _new(i: int, *, run_at: float = 0.0, priority: int = 2, max_lost: int = 10) -> NewTask:
     return NewTask(f"id{i:05d}", "mod.fn", "json", "[[],{}]", priority, run_at, max_lost)
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/t.db"
-    return str(request.getfixturevalue("redis_url"))
 
 
 @pytest.fixture

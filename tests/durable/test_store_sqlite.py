@@ -32,6 +32,10 @@ def test_url_forms_and_options(tmp_path: Path) -> None:
     s.close()
     with pytest.raises(ValueError, match="Unknown store option"):
         SQLiteStore(f"sqlite:///{tmp_path}/a.db?sync=full")
+    with pytest.raises(ValueError, match=r"Expected a number for max_lost .* got 'abc'"):
+        SQLiteStore(f"sqlite:///{tmp_path}/a.db?max_lost=abc")
+    with pytest.raises(ValueError, match="Expected a number for busy_timeout"):
+        SQLiteStore(f"sqlite:///{tmp_path}/a.db?busy_timeout=soon")
     with pytest.raises(ValueError, match="synchronous"):
         SQLiteStore(f"sqlite:///{tmp_path}/a.db?synchronous=sometimes")
     with pytest.raises(ValueError, match="sqlite:///"):
