@@ -1,27 +1,14 @@
-"""Tasks for benchmarks/durable.py: a cytask no-op and a Huey (SqliteHuey) no-op.
+"""cytask tasks for benchmarks/durable.py: a no-op, and the wake benchmark's stamp.
 
-The Huey file is named by HUEY_DB; the wake benchmark's task records when it started.
+Huey's no-op lives in durable_huey_tasks.py: each worker imports only its own system
+(a SqliteHuey built at import opened its file in every cytask worker's start).
 """
 
 from __future__ import annotations
 
-import os
 import time
 
 from cytask import task
-
-try:
-    from huey import SqliteHuey
-except ImportError:  # Huey rows are skipped
-    SqliteHuey = None
-
-# fsync=False: synchronous=OFF, laxer than cytask's NORMAL (Huey's default, FULL, fsyncs
-# every commit); the ratio is measured against the faster setting
-huey = (
-    SqliteHuey(filename=os.environ.get("HUEY_DB", "/tmp/huey-bench.db"), fsync=False)
-    if SqliteHuey
-    else None
-)
 
 
 @task(name="bench.noop")
@@ -32,10 +19,3 @@ def noop(i: int) -> int:
 @task(name="bench.stamp")
 def stamp(submitted: float) -> float:
     return time.time() - submitted  # seconds from commit to start, across processes
-
-
-if huey is not None:
-
-    @huey.task()
-    def huey_noop(i: int) -> int:
-        return i

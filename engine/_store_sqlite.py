@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import functools
 import json
 import os
@@ -118,6 +117,16 @@ _INSERT = (
     "enqueued_at, attempts, owner, lease_until, started_at) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+#: up to this many rows go in one INSERT statement (a group commit's usual size)
+_ONE_STATEMENT_ROWS = 16
+
+
+@functools.lru_cache(maxsize=_ONE_STATEMENT_ROWS)
+def _insert_rows(n: int) -> str:
+    """An INSERT of n rows in one statement."""
+    return _INSERT + ", (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" * (n - 1)
+
+
 _CLAIM = (
     f"UPDATE tasks SET state = {RUNNING}, owner = ?, lease_until = ?, "
     "attempts = attempts + 1, started_at = ? "
@@ -228,6 +237,8 @@ class _ForkGate:
 
     def after_fork_in_child(self) -> None:
         self.__init__()  # type: ignore[misc]  # the parent's threads are gone
+        for store in list(_stores):
+            store._new_checkpointer()  # the parent's checkpointer did not cross the fork
 
 
 _GATE = _ForkGate()
@@ -295,9 +306,7 @@ class SQLiteStore(Store):
         self._watch: sqlite3.Connection | None = None  # only for changed(): data_version
         self._checkpoint_db: sqlite3.Connection | None = None  # the checkpointer's own
         self._closed = False
-        self._dirty = threading.Event()  # set by commits, cleared by the checkpointer
-        self._checkpointer: threading.Thread | None = None
-        self._start_lock = threading.Lock()  # guards starting the checkpointer
+        self._new_checkpointer()
         self.checkpoints = 0  # background checkpoints done (for tests)
         self._data_version = -1
         self._changes = 0  # the writing connection's total_changes at its last commit
@@ -349,6 +358,13 @@ class SQLiteStore(Store):
         self._local = threading.local()
         self._data_version = -1  # a new connection's data_version is not comparable
 
+    def _new_checkpointer(self) -> None:
+        """The checkpointer's state, before its thread starts (see _wrote)."""
+        self._dirty = threading.Event()  # set by commits, cleared by the checkpointer
+        self._closing = threading.Event()  # ends the checkpointer's wait at once
+        self._checkpointer: threading.Thread | None = None
+        self._start_lock = threading.Lock()  # guards starting the checkpointer
+
     def _wrote(self) -> None:
         """A commit happened: the checkpointer copies the WAL into the file soon after."""
         if not self._dirty.is_set():
@@ -370,7 +386,8 @@ class SQLiteStore(Store):
             self._dirty.wait()
             if self._closed:
                 return
-            time.sleep(_CHECKPOINT_EVERY)  # let commits gather
+            if self._closing.wait(_CHECKPOINT_EVERY):  # let commits gather
+                return
             self._dirty.clear()
             if self._closed:  # close() set closed before the event this clear erased
                 return
@@ -512,15 +529,17 @@ class SQLiteStore(Store):
                     (t.id, t.name, t.codec, t.payload, t.priority, READY, t.max_lost,
                      t.run_at, now, 0, None, None, None)
                 )  # fmt: skip
-        if len(rows) == 1:
+        if len(rows) <= _ONE_STATEMENT_ROWS:
             # one statement in autocommit: SQLite takes the write lock at its start
             # (with the busy handler), as BEGIN IMMEDIATE would, in one step instead
-            # of three (each step lets go of the GIL, costly beside busy workers)
+            # of three (each step lets go of the GIL, costly beside busy threads)
+            sql = _insert_rows(len(rows))
+            values = [v for row in rows for v in row]
             with self._lock:
                 if self._closed:
                     raise StoreError(f"store {self.url!r} is closed")
                 try:
-                    self._writer().execute(_INSERT, rows[0])
+                    self._writer().execute(sql, values)
                 except sqlite3.Error as exc:
                     self._raise(exc, "enqueue")
             self._wrote()
@@ -740,7 +759,8 @@ class SQLiteStore(Store):
             if self._closed:
                 return
             self._closed = True
-        self._dirty.set()  # the checkpointer wakes, sees closed, leaves
+        self._closing.set()  # the checkpointer wakes, sees closed, leaves
+        self._dirty.set()
         with self._start_lock:
             checkpointer = self._checkpointer
         if checkpointer is not None and checkpointer is not threading.current_thread():
@@ -783,7 +803,9 @@ class _FileWatch(Watch):
         if path is None or not hasattr(os, "O_CLOEXEC"):
             return
         try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+            # the process's own symbols include libc's (ctypes.util.find_library would
+            # start a subprocess, and importing it costs a worker 5 ms of its start)
+            libc = ctypes.CDLL(None, use_errno=True)
             init = libc.inotify_init1
             add = libc.inotify_add_watch
         except (OSError, AttributeError):

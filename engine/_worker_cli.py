@@ -139,7 +139,7 @@ def worker_main(argv: Sequence[str]) -> int:
     last_done, last_t = -1, time.monotonic()
     next_show = 0.0
     while not stop.is_set():
-        stop.wait(0.01 if args.burst else 1.0)
+        stop.wait(0.002 if args.burst else 1.0)
         try:
             if args.burst and not store.has_work():
                 break

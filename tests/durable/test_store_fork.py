@@ -137,3 +137,31 @@ def test_a_store_reopens_its_connections_after_a_fork_in_the_parent(tmp_path: Pa
         """,
         tmp_path,
     )
+
+
+def test_a_fork_child_checkpoints_its_own_commits(tmp_path: Path) -> None:
+    # The checkpointer thread does not cross a fork: the child starts one of its own
+    _run(
+        f"""
+        import os, time, warnings
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from cytask._store import NewTask
+        from cytask._store_sqlite import SQLiteStore
+
+        store = SQLiteStore("sqlite:///" + {str(tmp_path / "tasks.db")!r})
+        store.enqueue([NewTask("a", "mod:add", "json", b"[]", 2, 0.0, 10)])
+        assert store._checkpointer is not None   # the parent's runs
+        pid = os.fork()
+        if pid == 0:
+            store.enqueue([NewTask("b", "mod:add", "json", b"[]", 2, 0.0, 10)])
+            deadline = time.monotonic() + 20
+            while store.checkpoints == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            os._exit(0 if store.checkpoints and store._checkpointer.is_alive() else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, "the child never checkpointed"
+        store.close()
+        print("ok")
+        """,
+        tmp_path,
+    )

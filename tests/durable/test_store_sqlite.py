@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -109,6 +110,22 @@ def test_commits_are_checkpointed_off_the_commit_path(store: SQLiteStore) -> Non
     busy, frames, done = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     db.close()
     assert busy == 0 and frames == done  # nothing left behind
+
+
+def test_close_does_not_wait_for_the_checkpointers_pause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The checkpointer pauses after a commit to let more gather; close() joined it
+    # only after that pause (0.2 s at every `cytask worker --burst` exit)
+    monkeypatch.setattr("cytask._store_sqlite._CHECKPOINT_EVERY", 120.0)
+    s = SQLiteStore(f"sqlite:///{tmp_path}/t.db")
+    s.enqueue([_new(1)])  # starts the checkpointer, which now pauses 120 s
+    assert s._checkpointer is not None
+    closer = threading.Thread(target=s.close)
+    closer.start()
+    closer.join(30)
+    assert not closer.is_alive(), "close() waited for the checkpointer's pause"
+    assert not s._checkpointer.is_alive()
 
 
 def test_a_version_1_store_is_migrated_in_place(tmp_path: Path) -> None:
