@@ -82,6 +82,10 @@ _SHORT_TASK_S = 0.002
 
 #: the longest a group commit waits for producers inside ``_submit`` to add their rows
 _GATHER_S = 0.0005
+#: a result committed less than this after the last commit waits as long for company
+_GATHER_RESULTS_S = 0.001
+#: a claim less than this after the last one (that emptied the store) waits until then
+_GATHER_CLAIMS_S = 0.0005
 #: seconds between looks for cancel requests of tasks this process runs (at most)
 _CANCEL_LOOK_S = 0.5
 
@@ -696,24 +700,38 @@ class DurableRuntime:
             self.engine._own_thread(False)  # its ident may be reused by another thread
 
     def _write_all(self) -> None:
+        """Commit results in batches.  Under a steady stream (the last commit less than
+        ``_GATHER_RESULTS_S`` ago) a batch waits that long for more results: each
+        commit takes the store's write lock, and one per task kept a producer in
+        another process waiting for it (a web endpoint beside a worker process)."""
         results = self._results
         stop = False
+        last = 0.0
         while not stop:
             item = results.get()
             batch: list[Finish] = []
+            now = time.monotonic()
+            gather_until = now + _GATHER_RESULTS_S if now - last < _GATHER_RESULTS_S else 0.0
             while True:
                 if item is None:
                     stop = True
                 else:
                     batch.append(item)
-                if len(batch) >= 1024:
+                if len(batch) >= 1024 or stop:
                     break
                 try:
                     item = results.get_nowait()
                 except queue.Empty:
-                    break
+                    left = gather_until - time.monotonic()
+                    if left <= 0:
+                        break
+                    try:
+                        item = results.get(timeout=left)
+                    except queue.Empty:
+                        break
             if batch:
                 self._write(batch)
+                last = time.monotonic()
 
     def _write(self, batch: list[Finish]) -> None:
         delay = 0.01
@@ -920,6 +938,7 @@ class DurableRuntime:
         next_cancels = 0.0
         next_due: float | None = 0.0
         look = True  # claim at once on start: the store may hold work
+        last_claim = 0.0  # time.monotonic() of the last claim that left work behind
         while not self._stopping.is_set():
             now = time.time()
             if now >= next_maint:
@@ -943,6 +962,12 @@ class DurableRuntime:
             got = 0
             if look or store.changed():
                 look = False
+                # a steady trickle: claim at most once per _GATHER_CLAIMS_S, so that a
+                # claim takes several tasks (each claim takes the store's write lock)
+                since = time.monotonic() - last_claim
+                if since < _GATHER_CLAIMS_S and self._stopping.wait(_GATHER_CLAIMS_S - since):
+                    break
+                last_claim = time.monotonic()
                 with self._lock:
                     room = self._claim_cap() - self._held
                     n = min(room, 256)
@@ -963,6 +988,7 @@ class DurableRuntime:
                             report_unraisable(exc, f"cytask could not queue task {c.id}")
                     if got == n:
                         look = True  # maybe more
+                        last_claim = 0.0  # a backlog: claim on at once
                         continue
                     with contextlib.suppress(Exception):
                         next_due = store.next_due()

@@ -9,7 +9,12 @@ server process (same server, same worker count for every row of that framework):
 * Starlette on uvicorn: ``/ceiling`` (enqueues nothing), ``/cytask`` (the engine of
   ``cytask.contrib.asgi.lifespan``), ``/cytask-plain`` (an ``Engine()`` with its own
   defaults), ``/cytask-native`` (a compiled no-op: no GIL on the worker),
-  ``/background`` (Starlette's ``BackgroundTasks``);
+  ``/background`` (Starlette's ``BackgroundTasks``), ``/cytask-sqlite`` (an engine with an
+  SQLite store: each task committed before the answer), ``/celery`` (Celery's ``.delay()``
+  on Redis, when ``celery[redis]`` and ``redis-server`` are installed: the script starts a
+  private redis-server and a Celery worker with 8 threads);
+* the same app on granian (when installed): ``/ceiling``, ``/cytask``, ``/cytask-sqlite``,
+  ``/background``;
 * Flask on gunicorn (1 process, gthread): ``/ceiling``, ``/cytask`` (``cytask.contrib.flask``);
 * Django on gunicorn (1 process, gthread): ``/ceiling``, ``/cytask`` (a Django Task on
   ``cytask.contrib.django.CytaskBackend``).
@@ -27,9 +32,11 @@ import os
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -116,15 +123,78 @@ FRAMEWORKS = [
 
 # uvicorn prints to stderr at warning level only; ask it to say where it listens
 FRAMEWORKS[0].argv[-1] = "info"
+FRAMEWORKS[0].endpoints.append("/cytask-sqlite")
+FRAMEWORKS[0].counted["/cytask-sqlite"] = "cytask-sqlite"
+GRANIAN_ARGS = ["--interface", "asgi", "--host", "127.0.0.1", "--port", "{port}", "--workers",
+                "1", "--no-ws", "--working-dir", str(HERE), "starlette_app:app"]  # fmt: skip
+if shutil.which("granian", path=str(BIN)) or shutil.which("granian"):
+    FRAMEWORKS.insert(
+        1,
+        Framework(
+            "Starlette on granian",
+            [shutil.which("granian", path=str(BIN)) or "granian", *GRANIAN_ARGS],
+            r"Listening at: http://127\.0\.0\.1:(\d+)",
+            ["/ceiling", "/cytask", "/cytask-sqlite", "/background"],
+            {"/cytask": "cytask", "/cytask-sqlite": "cytask-sqlite", "/background": "background"},
+        ),
+    )
+
+#: what every server gets in its environment (the SQLite store's folder, Celery's broker)
+SERVER_ENV: dict[str, str] = {}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_celery(folder: str) -> list[subprocess.Popen[bytes]]:
+    """A private redis-server and a Celery worker (8 threads); [] if either is missing."""
+    try:
+        import celery  # noqa: F401
+        import redis  # noqa: F401
+    except ImportError:
+        print("celery[redis] is not installed: no /celery row", file=sys.stderr)
+        return []
+    server = shutil.which("redis-server") or shutil.which("valkey-server")
+    if server is None:
+        print("redis-server is not installed: no /celery row", file=sys.stderr)
+        return []
+    port = free_port()
+    redis_argv = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                  "--appendonly", "no", "--dir", folder]  # fmt: skip
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    procs = [subprocess.Popen(redis_argv, **quiet)]
+    broker = f"redis://127.0.0.1:{port}/0"
+    import redis as redis_py
+
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            redis_py.Redis.from_url(broker).ping()
+            break
+        except redis_py.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+    SERVER_ENV["BENCH_CELERY_BROKER"] = broker
+    celery_argv = [str(BIN / "celery"), "-A", "celery_tasks", "worker", "--pool", "threads",
+                   "-c", "8", "--loglevel", "warning", "--without-gossip", "--without-mingle",
+                   "--without-heartbeat"]  # fmt: skip
+    procs.append(subprocess.Popen(celery_argv, cwd=HERE, env={**os.environ, **SERVER_ENV}, **quiet))
+    FRAMEWORKS[0].endpoints.append("/celery")
+    FRAMEWORKS[0].counted["/celery"] = "celery"
+    return procs
 
 
 def start(fw: Framework) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        fw.argv,
+        [arg.replace("{port}", str(free_port())) for arg in fw.argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, **SERVER_ENV, "PYTHONUNBUFFERED": "1"},
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + 60
@@ -136,13 +206,20 @@ def start(fw: Framework) -> tuple[subprocess.Popen[str], str]:
         seen.append(line)
         m = re.search(fw.ready, line)
         if m:
-            return proc, f"http://127.0.0.1:{m.group(1)}"
+            base = f"http://127.0.0.1:{m.group(1)}"
+            while time.monotonic() < deadline:  # granian says so before its worker listens
+                try:
+                    urllib.request.urlopen(base + "/ceiling", timeout=5).close()
+                    return proc, base
+                except OSError:
+                    time.sleep(0.05)
+            break
     proc.kill()
     raise RuntimeError(f"{fw.name} did not start:\n{''.join(seen)}")
 
 
 def stop(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGINT if "uvicorn" in str(proc.args) else signal.SIGTERM)
+    proc.send_signal(signal.SIGTERM if "gunicorn" in str(proc.args) else signal.SIGINT)
     try:
         proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
@@ -240,14 +317,44 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--connections", type=int, default=100, help="wrk connections")
     parser.add_argument("--only", help="run only the frameworks whose name contains this")
+    parser.add_argument("--no-celery", action="store_true", help="no /celery row")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (Debian: apt-get install wrk)")
+    with tempfile.TemporaryDirectory() as folder:
+        helpers = start_celery(folder) if not args.no_celery else []
+        try:
+            return measure(args, folder)
+        finally:
+            for proc in reversed(helpers):
+                proc.terminate()
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+def start_store_worker(folder: str, n: int) -> subprocess.Popen[bytes]:
+    """A fresh SQLite store for the next server, and a ``cytask worker`` consuming it."""
+    url = SERVER_ENV["BENCH_STORE_URL"] = f"sqlite:///{folder}/http-{n}.db"
+    argv = [sys.executable, "-m", "cytask", "worker", "http_tasks", "--store", url,
+            "--workers", "1", "--quiet"]  # fmt: skip
+    return subprocess.Popen(argv, cwd=HERE)
+
+
+def measure(args: argparse.Namespace, folder: str) -> int:
     frameworks = [f for f in FRAMEWORKS if not args.only or args.only.lower() in f.name.lower()]
     runs: dict[tuple[str, str], list[dict[str, float]]] = {}
+    starts = 0
     for r in range(args.rounds):
         for fw in frameworks:
-            proc, base = start(fw)
+            starts += 1
+            worker = start_store_worker(folder, starts)
+            try:
+                proc, base = start(fw)
+            except BaseException:
+                worker.terminate()
+                raise
             try:
                 time.sleep(0.5)  # gunicorn forks its worker after it listens
                 pid = serving_pid(proc)
@@ -266,6 +373,8 @@ def main() -> int:
                     print(f"round {r + 1}: {fw.name} {ep}: {got}", file=sys.stderr, flush=True)
             finally:
                 stop(proc)
+                worker.terminate()
+                worker.wait(60)
     print(
         f"# wrk -t{args.threads} -c{args.connections} -d{args.duration}s per endpoint, "
         f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, medians of "

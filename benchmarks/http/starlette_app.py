@@ -1,11 +1,14 @@
 """Starlette endpoints of benchmarks/http/run.py: each answers with an id, and counts.
-
 /ceiling enqueues nothing; /cytask submits a no-op to cytask (the engine of
-``cytask.contrib.asgi.lifespan``: ``gil_share=0.2``, ``copy_context=True``);
-/cytask-plain submits to ``Engine(gil_share=1.0, copy_context=False)`` (the engine's
-own defaults); /cytask-native submits a compiled (Numba) no-op, which its worker runs
-without the GIL; /background adds the no-op to Starlette's ``BackgroundTasks``.
-/count says how many tasks each endpoint accepted and how many ran.
+``cytask.contrib.asgi.lifespan``: ``gil_share=0.2``, ``copy_context=True``); /cytask-
+plain submits to ``Engine(gil_share=1.0, copy_context=False)`` (the engine's own
+defaults); /cytask-native submits a compiled (Numba) no-op, which its worker runs
+without the GIL; /background adds the no-op to Starlette's ``BackgroundTasks``; /cytask-
+sqlite submits to an engine that only produces, on the SQLite store named by
+BENCH_STORE_URL (each task committed before the answer; run.py runs a ``cytask
+worker``); /celery calls ``.delay()`` of a Celery task on the Redis broker named by
+BENCH_CELERY_BROKER (run.py starts that redis-server and a Celery worker). /count says
+how many tasks each endpoint accepted and how many ran.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+from http_tasks import durable_noop
 from starlette.applications import Starlette
 from starlette.background import BackgroundTasks
 from starlette.requests import Request
@@ -26,8 +30,10 @@ import cytask
 from cytask.contrib.asgi import running
 
 WORKERS = int(os.environ.get("BENCH_WORKERS", "1"))
+STORE_URL = os.environ.get("BENCH_STORE_URL")
+CELERY = bool(os.environ.get("BENCH_CELERY_BROKER"))
 ids = itertools.count(1)
-KINDS = ("cytask", "cytask-plain", "cytask-native", "background")
+KINDS = ("cytask", "cytask-plain", "cytask-native", "background", "cytask-sqlite", "celery")
 accepted = {k: itertools.count() for k in KINDS}
 ran = {k: itertools.count() for k in KINDS}
 
@@ -55,10 +61,18 @@ native.warmup()
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[Mapping[str, Any]]:
     plain = cytask.Engine(workers=WORKERS, name="plain")
+    # a web process that only enqueues; a `cytask worker` process runs the tasks
+    durable = cytask.Engine(workers=0, store=STORE_URL) if STORE_URL else None
+    if CELERY:
+        import celery_tasks
+
+        celery_tasks.reset()
     async with running(workers=WORKERS, drain_timeout=30) as eng:
-        yield {"cytask": eng, "plain": plain}
+        yield {"cytask": eng, "plain": plain, "durable": durable}
     plain.shutdown(wait=True, timeout=30)
     native.shutdown(wait=True, timeout=30)
+    if durable is not None:
+        durable.shutdown(wait=True, timeout=30)
 
 
 async def ceiling(request: Request) -> JSONResponse:
@@ -90,9 +104,29 @@ async def with_background(request: Request) -> JSONResponse:
     return JSONResponse({"id": next(ids)}, background=tasks)
 
 
+async def with_cytask_sqlite(request: Request) -> JSONResponse:
+    next(accepted["cytask-sqlite"])
+    h = request.state.durable.submit(durable_noop, 1)
+    return JSONResponse({"id": h.task_id})
+
+
+async def with_celery(request: Request) -> JSONResponse:
+    import celery_tasks
+
+    next(accepted["celery"])
+    r = celery_tasks.noop.delay()
+    return JSONResponse({"id": r.id})
+
+
 async def count(request: Request) -> JSONResponse:
     counts = {k: {"accepted": value(accepted[k]), "ran": value(ran[k])} for k in accepted}
     counts["cytask-native"]["ran"] = native.stats().succeeded_tasks
+    if request.state.durable is not None:
+        counts["cytask-sqlite"]["ran"] = request.state.durable._durable.store.counts()["succeeded"]
+    if CELERY:
+        import celery_tasks
+
+        counts["celery"]["ran"] = celery_tasks.ran()
     return JSONResponse(counts)
 
 
@@ -103,6 +137,8 @@ app = Starlette(
         Route("/cytask-plain", with_cytask_plain),
         Route("/cytask-native", with_cytask_native),
         Route("/background", with_background),
+        Route("/cytask-sqlite", with_cytask_sqlite),
+        Route("/celery", with_celery),
         Route("/count", count),
     ],
     lifespan=lifespan,

@@ -99,6 +99,42 @@ def test_a_locked_store_is_named_and_stays_usable(tmp_path: Path) -> None:
     s.close()
 
 
+def test_a_write_waits_for_the_lock_in_short_pauses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQLite's busy handler slept 1 ms and more between tries: beside a worker process,
+    # one producer commit in six stalled 1.2 ms behind a ~50 us claim
+    pauses: list[float] = []
+    waiting = threading.Event()
+
+    def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        waiting.set()
+        time.sleep(seconds)
+
+    monkeypatch.setattr("cytask._store_sqlite._pause", pause)
+    s = SQLiteStore(f"sqlite:///{tmp_path}/t.db", busy_timeout=30)
+    s.enqueue([_new(0)])
+    assert s._writer().execute("PRAGMA busy_timeout").fetchone()[0] == 0  # not SQLite's
+    holder = sqlite3.connect(s.path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process's write lock
+    writers = [
+        threading.Thread(target=s.enqueue, args=([_new(1)],)),  # one row: autocommit
+        threading.Thread(target=s.enqueue, args=([_new(2), _new(3)],)),  # BEGIN IMMEDIATE
+    ]
+    for t in writers:
+        t.start()
+    assert waiting.wait(30), "the write did not wait for the lock"
+    holder.execute("COMMIT")
+    for t in writers:
+        t.join(30)
+    assert not any(t.is_alive() for t in writers)
+    assert s.counts()["pending"] == 4
+    assert pauses and max(pauses) <= 0.001
+    holder.close()
+    s.close()
+
+
 def test_commits_are_checkpointed_off_the_commit_path(store: SQLiteStore) -> None:
     for i in range(300):
         store.enqueue([_new(i)])
