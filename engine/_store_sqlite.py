@@ -317,8 +317,12 @@ class SQLiteStore(Store):
         with _GATE:  # a fork meanwhile waits, then finds this store among _stores
             try:
                 db = self._writer()
-                self._lock_and_execute(db, "PRAGMA journal_mode = WAL")
+                # opening (WAL mode, the schema) may wait behind other processes that
+                # open or recover the file: SQLite's own busy handler, as before
+                db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+                db.execute("PRAGMA journal_mode = WAL")
                 self._ensure_schema(db)
+                db.execute("PRAGMA busy_timeout = 0")
             except sqlite3.Error as exc:
                 self._close_all()
                 self._raise(exc, "open")
@@ -332,13 +336,13 @@ class SQLiteStore(Store):
 
     # -- connections and errors ----------------------------------------------------------
 
-    def _connect(self, busy_timeout: float | None = None) -> sqlite3.Connection:
+    def _connect(self) -> sqlite3.Connection:
         try:
             db = sqlite3.connect(
                 self.path,
                 isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
                 check_same_thread=False,  # each connection is used under a lock or per thread
-                timeout=self.busy_timeout if busy_timeout is None else busy_timeout,
+                timeout=self.busy_timeout,
             )
             db.execute(f"PRAGMA synchronous = {self.synchronous}")
             # commits rarely checkpoint themselves: the checkpointer thread does it
@@ -351,8 +355,14 @@ class SQLiteStore(Store):
         """The writing connection (call with _lock held, or before the store is shared)."""
         db = self._db
         if db is None:
-            # no busy handler: _lock_and_execute waits for the write lock itself
-            db = self._db = self._connect(busy_timeout=0.0)
+            db = self._connect()  # its first statements may wait for a recovery
+            # then no busy handler: _lock_and_execute waits for the write lock itself
+            try:
+                db.execute("PRAGMA busy_timeout = 0")
+            except sqlite3.Error as exc:
+                db.close()
+                self._raise(exc, "open")
+            self._db = db
             self._changes = db.total_changes
         return db
 
@@ -372,7 +382,9 @@ class SQLiteStore(Store):
                 db.execute(sql, params)
                 return
             except sqlite3.OperationalError as exc:
-                if getattr(exc, "sqlite_errorcode", _SQLITE_BUSY) != _SQLITE_BUSY:
+                # SQLITE_BUSY, or an extended code of it (BUSY_RECOVERY: another
+                # process rebuilds the WAL index, as two processes opening at once do)
+                if getattr(exc, "sqlite_errorcode", _SQLITE_BUSY) & 0xFF != _SQLITE_BUSY:
                     raise
                 now = time.monotonic()
                 if not deadline:
@@ -485,7 +497,7 @@ class SQLiteStore(Store):
     # -- schema ------------------------------------------------------------------------
 
     def _ensure_schema(self, db: sqlite3.Connection) -> None:
-        self._lock_and_execute(db, "BEGIN IMMEDIATE")
+        db.execute("BEGIN IMMEDIATE")
         try:
             tables = {
                 row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")

@@ -8,7 +8,8 @@ Layout of one engine (``Core``):
   reference) or a tagged ``ct_ncall`` pointer (a native task; low bit set).
 * worker threads are Python threads that keep one thread state for life and spend
   their time in a ``nogil`` loop: pop (strict priority), spin briefly, park on a
-  futex (``ct_park.h``).  The GIL is taken at exactly one marked point,
+  futex (``ct_park.h``), or with ``Engine(linger=...)`` under a stream, nap instead
+  (a timed sleep that producers need not wake).  The GIL is taken at exactly one marked point,
   ``_gil_section``, which runs a bounded batch of Python tasks and finishes the
   native tasks that ran since the last visit.  Native tasks run with no GIL.
 * waiting on a handle is a futex wait on the engine's wait set, with the GIL
@@ -105,6 +106,14 @@ cdef class Core:
     cdef int32_t _reserved
     # 1 once shutdown began: workers exit when they find every ring empty
     cdef int32_t _stopping
+    # Engine(linger=...): an idle worker that took an item less than this long ago
+    # naps this long (a timed sleep nobody needs to wake) instead of parking, and
+    # takes what came meanwhile in one go.  0: off.  Set before workers start.
+    cdef int64_t _linger_ns
+    # workers napping now: += / -= by the nappers (SEQ_CST).  A producer that sees
+    # it > 0 after its push (SEQ_CST) wakes nobody: a napper looks at the rings when
+    # its nap ends, after its -= (the Dekker pair with ct_ring_push, as `sleepers`)
+    cdef int32_t _napping
     # a worker parked this long leaves as surplus, or retires if the base pool
     # (_live_workers - _reserved) is above _min_workers
     cdef int64_t _idle_retire_ns
@@ -229,6 +238,12 @@ cdef class Core:
             self._own_threads.add(ident)
         else:
             self._own_threads.discard(ident)
+
+    def _set_linger(self, double seconds):
+        """Idle workers nap `seconds` after taking a task (see _linger_ns)."""
+        if not (0.0 <= seconds <= 0.1):
+            raise ValueError(f"Expected linger in [0, 0.1] seconds, got {seconds!r}")
+        self._linger_ns = <int64_t>(seconds * 1e9)
 
     def _set_gil_share(self, double share):
         """Cap Python tasks at `share` of the GIL while other threads want it."""
@@ -570,6 +585,9 @@ cdef class Core:
 
     def _idle_workers(self):
         return ct_load_i32(&self._parker.sleepers)
+
+    def _napping_workers(self):
+        return ct_load_i32(&self._napping)
 
     # -- lookup ---------------------------------------------------------------
 

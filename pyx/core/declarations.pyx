@@ -232,6 +232,9 @@ ctypedef struct ct_worker:
     int64_t busy_ns          # time spent running tasks
     int64_t task_started_ns  # start of the current task, 0 while not running one
     int64_t exec_ns_sum      # sum of task run times, for the average
+    # when this worker last took an item off the rings (ct_now_ns); only its worker
+    # touches it: with a linger, an idle worker that took one this recently naps
+    int64_t took_ns
     uint64_t hist[HIST_BUCKETS]  # task run times, log-scale buckets
     int32_t alive            # 1 while a thread runs this slot (written by it and by spawn)
     # 1 once the engine gave up on this slot's current task (time limit) and started a
@@ -245,7 +248,9 @@ ctypedef struct ct_worker:
     # 1 while this worker blocks on its own engine (a wait, a full ring) and a stand-in
     # holds its place: read and written only by its own thread, under the GIL
     int32_t lent
-    char _pad[44]
+    # a napping worker's timed sleep (futex word that stays 0: nobody wakes a napper)
+    uint32_t nap
+    char _pad[32]
 
 
 # ---------------------------------------------------------------------------

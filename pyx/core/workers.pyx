@@ -74,16 +74,27 @@ cdef bint _pay_surplus(Core self) noexcept nogil:
 
 
 cdef void *_next_item(Core self, ct_worker *w, bint has_deferred) noexcept nogil:
-    """Pop, spin, then park; NULL means: exit (or flush deferred work first)."""
+    """Pop, spin, then nap (with a linger) or park; NULL means: exit (or flush
+    deferred work first)."""
+    cdef void *item = _wait_for_item(self, w, has_deferred)
+    if item != NULL and self._linger_ns:
+        w.took_ns = ct_now_ns()   # a stream: the next idle look naps (_wait_for_item)
+    return item
+
+
+cdef void *_wait_for_item(Core self, ct_worker *w, bint has_deferred) noexcept nogil:
     cdef void *item
     cdef int _spin
     cdef int64_t timeout
     cdef int64_t park_start, left
     cdef bint idle_timeout = False
     cdef bint woken
+    cdef bint napped = False
     while True:
         item = _pop(self)
         if item != NULL:
+            if napped and not _all_empty(self):
+                ct_parker_notify_one(&self._parker)   # more came than one worker takes
             return item
         # spin only while fewer than max_spinning workers do (ct_park.h)
         if ct_parker_spin_begin(&self._parker):
@@ -110,6 +121,15 @@ cdef void *_next_item(Core self, ct_worker *w, bint has_deferred) noexcept nogil
             _pass_wake_on(self)
             return NULL
         idle_timeout = False
+        if self._linger_ns and ct_now_ns() - w.took_ns < self._linger_ns:
+            # a steady stream: nap instead of parking, so that producers need not
+            # wake this worker for each task (one wake, one GIL take per batch)
+            ct_add_i32(&self._napping, 1)
+            ct_futex_wait(&w.nap, 0, self._linger_ns)
+            ct_add_i32(&self._napping, -1)
+            napped = True   # an empty nap lasts the linger: the next idle look parks
+            continue
+        napped = False
         # push, look again, sleep (protocol: ct_park.h)
         ct_parker_push(&self._parker, &w.park)
         item = _pop(self)
@@ -364,6 +384,7 @@ cdef object _reset_after_fork_impl(Core self, str why):
     ct_store_i32(&self._parker.sleepers, 0)
     ct_store_i32(&self._parker.wake_pending, 0)
     ct_store_i32(&self._parker.spinning, 0)
+    ct_store_i32(&self._napping, 0)
     ct_store_i32(&self._done.waiters, 0)
     ct_store_i32(&self._space.waiters, 0)
     ct_store_i32(&self._grower.waiters, 0)

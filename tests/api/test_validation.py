@@ -149,6 +149,9 @@ def test_cron_expression_must_be_a_string(engine: Engine) -> None:
         ({"async_concurrency": 0}, ValueError, "Expected async_concurrency >= 1"),
         ({"worker_idle_timeout": 0}, ValueError, "Expected worker_idle_timeout > 0"),
         ({"name": 3}, TypeError, "Expected str or None for name, got int"),
+        ({"linger": -0.001}, ValueError, "Expected linger >= 0"),
+        ({"linger": "1ms"}, TypeError, "Expected int or float for linger, got str"),
+        ({"linger": 1}, ValueError, r"Expected linger in \[0, 0.1\] seconds"),
     ],
 )
 def test_engine_options(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:

@@ -95,3 +95,59 @@ def test_many_workers_many_producers_with_idle_gaps_lose_no_wake_up(rng) -> None
         last = eng.submit(int, -1)
         assert last.result(timeout=30) == -1
     assert eng.stats().total_tasks_processed == 4 * 1500 + 1
+
+
+def _wait_until(what, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not what():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.0005)
+
+
+def test_linger_naps_take_tasks_without_a_wake_then_park() -> None:
+    # Engine(linger=...): a worker that just took a task naps instead of parking, so
+    # a producer queues without waking it (no sleeper to wake), and it takes the task
+    # when the nap ends; after an empty nap it parks as usual (no CPU while idle).
+    with Engine(workers=1, linger=0.05) as eng:
+        for _ in range(20):
+            assert eng.submit(int, 1).result(timeout=10) == 1
+            _wait_until(lambda: eng._napping_workers() == 1)
+            assert eng._idle_workers() == 0  # napping is not parked: nobody to wake
+            assert eng.submit(int, 2).result(timeout=10) == 2  # taken at the nap's end
+        _wait_until(lambda: eng._idle_workers() == 1)
+        assert eng._napping_workers() == 0
+
+
+def test_linger_streams_from_many_producers_lose_nothing() -> None:
+    # Nappers are not woken by producers: a stream from several threads, with the
+    # workers going between naps, parks and work, must still run every task once.
+    with Engine(workers=2, linger=0.0002) as eng:
+        n_threads, per_thread = 4, 5_000
+        barrier = threading.Barrier(n_threads)
+        handles: list[list[object]] = [[] for _ in range(n_threads)]
+
+        def produce(k: int) -> None:
+            barrier.wait()
+            rng = random.Random(k)
+            for i in range(per_thread):
+                handles[k].append(eng.submit(int, i))
+                if rng.random() < 0.01:
+                    time.sleep(rng.random() * 0.001)  # gaps around the linger
+
+        threads = [threading.Thread(target=produce, args=(k,)) for k in range(n_threads)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for hs in handles:
+            assert [h.result(timeout=30) for h in hs] == list(range(per_thread))  # type: ignore[attr-defined]
+
+
+def test_shutdown_with_a_napping_worker_drains_at_once() -> None:
+    eng = Engine(workers=1, linger=0.05)
+    eng.submit(int).result(timeout=10)
+    _wait_until(lambda: eng._napping_workers() == 1)
+    late = eng.submit(int, 7)
+    eng.shutdown(wait=True, timeout=10)  # the napper sees the stop when its nap ends
+    assert late.result(timeout=0) == 7
+    assert eng._napping_workers() == 0 and eng._live() == 0

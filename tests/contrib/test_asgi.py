@@ -18,7 +18,7 @@ pytest.importorskip("uvicorn")
 from starlette.requests import Request
 
 import cytask
-from cytask.contrib.asgi import drain, lifespan, running
+from cytask.contrib.asgi import WEB_LINGER, drain, lifespan, running
 
 from ._server import Server, uvicorn
 
@@ -130,9 +130,10 @@ def test_default_engine_is_polite_and_copies_the_context() -> None:
             eng = state["cytask"]
             request_id.set("req-7")  # as a middleware would, per request
             seen: str = await eng.submit(request_id.get)
-            return eng.gil_share, seen
+            return eng.gil_share, seen, eng.linger
 
-    assert asyncio.run(main()) == (0.2, "req-7")
+    assert asyncio.run(main()) == (0.2, "req-7", WEB_LINGER)
+    assert WEB_LINGER == 0.0005  # batches of a request stream: see Engine(linger=...)
 
 
 @pytest.mark.parametrize(
