@@ -9,6 +9,7 @@ server process (same server, same worker count for every row of that framework):
 * Starlette on uvicorn: ``/ceiling`` (enqueues nothing), ``/cytask`` (the engine of
   ``cytask.contrib.asgi.lifespan``), ``/cytask-plain`` (an ``Engine()`` with its own
   defaults), ``/cytask-native`` (a compiled no-op: no GIL on the worker),
+  ``/threadpool`` (``ThreadPoolExecutor(1).submit``, the plain baseline),
   ``/background`` (Starlette's ``BackgroundTasks``), ``/cytask-sqlite`` (an engine with an
   SQLite store: each task committed before the answer), ``/celery`` (Celery's ``.delay()``
   on Redis, when ``celery[redis]`` and ``redis-server`` are installed: the script starts a
@@ -75,11 +76,12 @@ FRAMEWORKS = [
             "warning",
         ],
         r"Uvicorn running on http://127\.0\.0\.1:(\d+)",
-        ["/ceiling", "/cytask", "/cytask-plain", "/cytask-native", "/background"],
+        ["/ceiling", "/cytask", "/cytask-plain", "/cytask-native", "/threadpool", "/background"],
         {
             "/cytask": "cytask",
             "/cytask-plain": "cytask-plain",
             "/cytask-native": "cytask-native",
+            "/threadpool": "threadpool",
             "/background": "background",
         },
     ),

@@ -1,14 +1,17 @@
 """Starlette endpoints of benchmarks/http/run.py: each answers with an id, and counts.
-/ceiling enqueues nothing; /cytask submits a no-op to cytask (the engine of
-``cytask.contrib.asgi.lifespan``: ``gil_share=0.2``, ``copy_context=True``); /cytask-
-plain submits to ``Engine(gil_share=1.0, copy_context=False)`` (the engine's own
-defaults); /cytask-native submits a compiled (Numba) no-op, which its worker runs
-without the GIL; /background adds the no-op to Starlette's ``BackgroundTasks``; /cytask-
-sqlite submits to an engine that only produces, on the SQLite store named by
-BENCH_STORE_URL (each task committed before the answer; run.py runs a ``cytask
-worker``); /celery calls ``.delay()`` of a Celery task on the Redis broker named by
-BENCH_CELERY_BROKER (run.py starts that redis-server and a Celery worker). /count says
-how many tasks each endpoint accepted and how many ran.
+
+- /ceiling enqueues nothing;
+- /cytask submits a no-op to the engine of ``cytask.contrib.asgi.lifespan``
+  (``gil_share=0.2``, ``copy_context=True``, ``linger=0.0005``);
+- /cytask-plain submits to ``Engine()`` with the engine's own defaults;
+- /cytask-native submits a compiled (Numba) no-op, which its worker runs without the GIL;
+- /threadpool submits to ``ThreadPoolExecutor(1)``, the plain baseline;
+- /background adds the no-op to Starlette's ``BackgroundTasks``;
+- /cytask-sqlite submits to an engine that only produces, on the SQLite store named by
+  BENCH_STORE_URL (each task committed before the answer; run.py runs a ``cytask worker``);
+- /celery calls ``.delay()`` of a Celery task on the Redis broker named by
+  BENCH_CELERY_BROKER (run.py starts that redis-server and a Celery worker);
+- /count says how many tasks each endpoint accepted and how many ran.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import contextlib
 import itertools
 import os
 from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from http_tasks import durable_noop
@@ -33,7 +37,10 @@ WORKERS = int(os.environ.get("BENCH_WORKERS", "1"))
 STORE_URL = os.environ.get("BENCH_STORE_URL")
 CELERY = bool(os.environ.get("BENCH_CELERY_BROKER"))
 ids = itertools.count(1)
-KINDS = ("cytask", "cytask-plain", "cytask-native", "background", "cytask-sqlite", "celery")
+KINDS = (
+    "cytask", "cytask-plain", "cytask-native", "background", "cytask-sqlite", "celery",
+    "threadpool",
+)  # fmt: skip
 accepted = {k: itertools.count() for k in KINDS}
 ran = {k: itertools.count() for k in KINDS}
 
@@ -97,6 +104,16 @@ async def with_cytask_native(request: Request) -> JSONResponse:
     return JSONResponse({"id": h.task_id})
 
 
+# the plain alternative: one thread of the standard library's pool, no ids, no priorities
+pool = ThreadPoolExecutor(max_workers=WORKERS)
+
+
+async def with_threadpool(request: Request) -> JSONResponse:
+    next(accepted["threadpool"])
+    pool.submit(noop, "threadpool")
+    return JSONResponse({"id": next(ids)})
+
+
 async def with_background(request: Request) -> JSONResponse:
     next(accepted["background"])
     tasks = BackgroundTasks()
@@ -137,6 +154,7 @@ app = Starlette(
         Route("/cytask-plain", with_cytask_plain),
         Route("/cytask-native", with_cytask_native),
         Route("/background", with_background),
+        Route("/threadpool", with_threadpool),
         Route("/cytask-sqlite", with_cytask_sqlite),
         Route("/celery", with_celery),
         Route("/count", count),
