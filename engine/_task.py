@@ -89,6 +89,11 @@ class Task(Generic[P, R]):
         """Submit with the task's default priority; returns its handle at once."""
         return self._engine()._submit_task(self, args, kwargs, self.options.priority, None)
 
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
+        """``delay`` for ``async def`` code (see ``Engine.asubmit``): with a store, the
+        requests of one event loop turn share one commit."""
+        return await self._engine().asubmit(self, *args, **kwargs)
+
     def apply_async(
         self,
         args: Sequence[Any] = (),

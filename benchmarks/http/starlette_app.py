@@ -7,8 +7,9 @@
 - /cytask-native submits a compiled (Numba) no-op, which its worker runs without the GIL;
 - /threadpool submits to ``ThreadPoolExecutor(1)``, the plain baseline;
 - /background adds the no-op to Starlette's ``BackgroundTasks``;
-- /cytask-sqlite submits to an engine that only produces, on the SQLite store named by
-  BENCH_STORE_URL (each task committed before the answer; run.py runs a ``cytask worker``);
+- /cytask-sqlite awaits ``asubmit`` of an engine that only produces, on the SQLite store
+  named by BENCH_STORE_URL (each task committed before the answer, the requests of one
+  loop turn in one commit; run.py runs a ``cytask worker``);
 - /celery calls ``.delay()`` of a Celery task on the Redis broker named by
   BENCH_CELERY_BROKER (run.py starts that redis-server and a Celery worker);
 - /count says how many tasks each endpoint accepted and how many ran.
@@ -123,7 +124,7 @@ async def with_background(request: Request) -> JSONResponse:
 
 async def with_cytask_sqlite(request: Request) -> JSONResponse:
     next(accepted["cytask-sqlite"])
-    h = request.state.durable.submit(durable_noop, 1)
+    h = await request.state.durable.asubmit(durable_noop, 1)  # one commit per loop turn
     return JSONResponse({"id": h.task_id})
 
 

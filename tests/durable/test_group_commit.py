@@ -3,6 +3,7 @@ interrupted while it waits neither loses the others' rows nor stalls them."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+import cytask
 from cytask import Engine
 from cytask._durable import _Batch
 from cytask._store import NewTask, open_store
@@ -163,3 +165,105 @@ def test_an_interrupted_successor_hands_the_commit_on(producer: Engine) -> None:
     assert not rt._committing
     assert isinstance(rt._batch, _Batch)
     producer.submit(add, 1, 1)  # the next producer commits the open batch itself
+
+
+def _enqueue_sizes(eng: Engine) -> list[int]:
+    store: Any = eng._durable.store  # type: ignore[union-attr]
+    sizes: list[int] = []
+    inner = store.enqueue
+
+    def enqueue(tasks: list[NewTask], **kw: Any) -> None:
+        sizes.append(len(tasks))
+        inner(tasks, **kw)
+
+    store.enqueue = enqueue
+    return sizes
+
+
+def test_asubmit_commits_one_loop_turn_in_one_commit(url: str) -> None:
+    # An endpoint awaiting asubmit: the requests an event loop serves in one turn share
+    # one commit, and each asubmit returns once its task is committed
+    eng = Engine(workers=0, store=url)
+    try:
+        sizes = _enqueue_sizes(eng)
+
+        async def requests() -> list[Any]:
+            return list(await asyncio.gather(*(eng.asubmit(add, i, 1) for i in range(50))))
+
+        handles = asyncio.run(requests())
+        assert sizes == [50]
+        store = open_store(url)
+        try:
+            assert all(store.get(h.task_id) is not None for h in handles)
+        finally:
+            store.close()
+    finally:
+        eng.shutdown()
+
+
+@cytask.task(name="tests.group_commit.double")
+def double(x: int) -> int:
+    return 2 * x
+
+
+def test_asubmit_runs_here_and_a_cancelled_request_leaks_nothing(url: str) -> None:
+    eng = Engine(workers=2, store=url)
+
+    async def main() -> tuple[list[int], Any]:
+        hs = await asyncio.gather(*(eng.asubmit(add, i, i) for i in range(20)))
+        via_task = await eng.asubmit(double, 21)
+        waiting = asyncio.ensure_future(eng.asubmit(add, 100, 1))
+        await asyncio.sleep(0)  # its row is in this turn's batch
+        waiting.cancel()  # the request goes away before the commit
+        await asyncio.sleep(0.01)
+        return [h.result(timeout=30) for h in hs], via_task.result(timeout=30)
+
+    try:
+        results, doubled = asyncio.run(main())
+        assert results == [2 * i for i in range(20)]
+        assert doubled == 42
+        rt: Any = eng._durable
+        deadline = time.monotonic() + 30
+        while rt._held and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert rt._held == 0, "a lease taken for the cancelled request was never given back"
+        assert _stored_count(url) == 22  # the cancelled request's task was committed too
+    finally:
+        eng.shutdown(wait=True, timeout=30)
+
+
+def _stored_count(url: str) -> int:
+    store = open_store(url)
+    try:
+        return sum(store.counts().values())
+    finally:
+        store.close()
+
+
+def test_asubmit_failures_reach_every_request(tmp_path: Path) -> None:
+    eng = Engine(workers=0, store=f"sqlite:///{tmp_path}/tasks.db")
+    eng._durable.store.close()  # type: ignore[union-attr]  # every commit now fails
+
+    async def main() -> list[Any]:
+        calls = [eng.asubmit(add, i, 1) for i in range(3)]
+        return list(await asyncio.gather(*calls, return_exceptions=True))
+
+    errors = asyncio.run(main())
+    assert [type(e).__name__ for e in errors] == ["StoreError"] * 3
+    assert all("closed" in str(e) for e in errors)
+    eng.shutdown()
+
+
+def test_asubmit_with_the_memory_store_is_submit_and_adelay_too() -> None:
+    eng = Engine(workers=1)
+    plus = cytask.task(engine=eng)(add)
+    try:
+
+        async def main() -> tuple[int, int]:
+            h = await eng.asubmit(add, 2, 3)
+            t = await plus.adelay(4, 5)
+            return int(await h), int(await t)
+
+        assert asyncio.run(main()) == (5, 9)
+    finally:
+        eng.shutdown()
