@@ -589,6 +589,10 @@ cdef class Core:
     def _napping_workers(self):
         return ct_load_i32(&self._napping)
 
+    def _grower_asleep(self):
+        """The auto-scaler sleeps until a submit finds no idle worker."""
+        return ct_load_i32(&self._grower.waiters) == 1
+
     # -- lookup ---------------------------------------------------------------
 
     def get(self, task_id):

@@ -91,8 +91,9 @@ cdef int _enqueue(Core self, TaskHandle h, double wait=-1.0) except -1:
         self._cancel_queued(self._abort_why)
     if CT_DEBUG:
         ct_add_i64(&_debug_counters[0], 1)
-    if not ct_load_i32(&self._napping):   # a napper takes it when its nap ends
-        ct_parker_notify_one(&self._parker)
+    if ct_load_i32(&self._napping):
+        return 1   # a napper takes it when its nap ends: no wake, and no worker to add
+    ct_parker_notify_one(&self._parker)
     if ct_load_i32(&self._grower.waiters) and not ct_load_i32(&self._parker.sleepers):
         _poke_grower(self)
     return 1

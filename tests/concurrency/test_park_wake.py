@@ -151,3 +151,16 @@ def test_shutdown_with_a_napping_worker_drains_at_once() -> None:
     eng.shutdown(wait=True, timeout=10)  # the napper sees the stop when its nap ends
     assert late.result(timeout=0) == 7
     assert eng._napping_workers() == 0 and eng._live() == 0
+
+
+def test_tasks_queued_for_a_napper_do_not_wake_the_auto_scaler() -> None:
+    # A napping worker is idle: work queued for it is no reason to wake the auto-scaler
+    # (every push found no parked worker and woke it, to tick every 0.5 ms meanwhile)
+    with Engine(workers=1, max_workers=4, linger=0.05) as eng:
+        for _ in range(10):
+            eng.submit(int).result(timeout=10)
+            _wait_until(lambda: eng._napping_workers() == 1 and eng._grower_asleep())
+            hs = [eng.submit(int, i) for i in range(5)]  # queued during the nap
+            assert eng._grower_asleep() or eng._napping_workers() == 0
+            assert [h.result(timeout=10) for h in hs] == list(range(5))
+        assert eng._live() == 1
