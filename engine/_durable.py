@@ -64,6 +64,7 @@ from cytask._store import (
     open_store,
 )
 from cytask._task import Task
+from cytask._validate import check_callable
 
 if TYPE_CHECKING:
     from cytask._engine import Engine
@@ -433,22 +434,11 @@ class DurableRuntime:
         handles in one turn share one commit (see _flush_loop_batch)."""
         if isinstance(fn, Task):
             name, priority = self._task_name(fn), fn.options.priority
-        elif callable(fn):
-            name, priority = name_for(fn), int(Priority.NORMAL)
         else:
-            raise TypeError(f"Expected a callable for fn, got {type(fn).__name__}: {fn!r}")
-        if self._stopping.is_set():
-            raise EngineClosed(f"engine {self.engine.name} is shut down; create a new Engine")
-        now = time.time()
-        max_lost = getattr(self.store, "max_lost", 10)
-        row = NewTask(new_task_id(), name, self.codec, encode_args(self.codec, args, kwargs, fn),
-                      priority, now, max_lost)  # fmt: skip
-        local = False
-        if self.consume:
-            with self._lock:
-                if self._held < self.max_inflight:
-                    self._held += 1
-                    local = True
+            check_callable(fn, "fn")
+            name, priority = name_for(fn), int(Priority.NORMAL)
+        (row,) = self._new_rows(fn, name, [(args, kwargs)], priority, None)
+        local = self._hold(1) == 1
         import asyncio  # here: a caller that awaits has it loaded already
 
         loop = asyncio.get_running_loop()
@@ -478,9 +468,7 @@ class DurableRuntime:
         try:
             self._commit(claimed, ready)
         except BaseException as exc:
-            if claimed:
-                with self._lock:
-                    self._held -= len(claimed)
+            self._unhold(len(claimed))
             for _, _, _, done in batch:
                 if not done.done():
                     done.set_exception(exc)
@@ -489,8 +477,7 @@ class DurableRuntime:
             return
         for row, local, fn, done in batch:
             if local:
-                self._start(Claimed(row.id, row.name, row.codec, row.payload, row.priority,
-                                    1, 0), fn)  # fmt: skip
+                self._start_here([row], fn)
             if not done.done():
                 done.set_result(None)
         if ready and self.consume:
@@ -539,46 +526,65 @@ class DurableRuntime:
         priority: int,
         delay: float | None,
     ) -> list[DurableHandle[Any]]:
+        with self._batch_lock:
+            self._arriving += 1  # a committer gathering rows waits for ours (_commit)
+        try:
+            rows = self._new_rows(fn, name, calls, priority, delay)
+        except BaseException:
+            with self._batch_lock:
+                self._arrived()
+            raise
+        local = 0 if delay else self._hold(len(rows))
+        try:
+            self._commit(rows[:local], rows[local:])
+        except BaseException:
+            self._unhold(local)
+            raise
+        self._start_here(rows[:local], fn)
+        if local < len(rows) and self.consume:
+            self._wake()
+        return [DurableHandle(self, row.id, name) for row in rows]
+
+    def _new_rows(
+        self,
+        fn: Callable[..., Any],
+        name: str,
+        calls: list[tuple[tuple[Any, ...], dict[str, Any] | None]],
+        priority: int,
+        delay: float | None,
+    ) -> list[NewTask]:
+        """The store rows of `calls` (their arguments encoded: TypeError names a bad one)."""
         if self._stopping.is_set():
             raise EngineClosed(f"engine {self.engine.name} is shut down; create a new Engine")
         codec = self.codec
         now = time.time()
         run_at = now + delay if delay else now
         max_lost = getattr(self.store, "max_lost", 10)
-        with self._batch_lock:
-            self._arriving += 1
-        try:
-            rows = [
-                NewTask(new_task_id(), name, codec, encode_args(codec, a, k, fn), priority,
-                        run_at, max_lost)
-                for a, k in calls
-            ]  # fmt: skip
-        except BaseException:
-            with self._batch_lock:
-                self._arrived()
-            raise
-        n = len(rows)
-        local = 0
-        if self.consume and not delay:
+        return [
+            NewTask(new_task_id(), name, codec, encode_args(codec, a, k, fn), priority, run_at,
+                    max_lost)
+            for a, k in calls
+        ]  # fmt: skip
+
+    def _hold(self, n: int) -> int:
+        """Reserve leases for up to n new tasks this process will run itself (committed
+        already claimed, started without a round trip); how many it got."""
+        if not self.consume:
+            return 0
+        with self._lock:
+            local = max(0, min(n, self.max_inflight - self._held))
+            self._held += local
+        return local
+
+    def _unhold(self, n: int) -> None:
+        if n:
             with self._lock:
-                local = min(n, self.max_inflight - self._held)
-                if local > 0:
-                    self._held += local
-                else:
-                    local = 0
-        try:
-            self._commit(rows[:local], rows[local:])
-        except BaseException:
-            if local:
-                with self._lock:
-                    self._held -= local
-            raise
-        for row in rows[:local]:
-            claimed = Claimed(row.id, name, codec, row.payload, priority, 1, 0)
-            self._start(claimed, fn)
-        if local < n and self.consume:
-            self._wake()
-        return [DurableHandle(self, row.id, name) for row in rows]
+                self._held -= n
+
+    def _start_here(self, rows: Iterable[NewTask], fn: Callable[..., Any]) -> None:
+        """Run committed rows this process holds the leases of."""
+        for row in rows:
+            self._start(Claimed(row.id, row.name, row.codec, row.payload, row.priority, 1, 0), fn)
 
     def _commit(self, claimed: list[NewTask], ready: list[NewTask]) -> None:
         """Commit rows, sharing the commit with the other producers (group commit).

@@ -213,9 +213,10 @@ def test_asubmit_runs_here_and_a_cancelled_request_leaks_nothing(url: str) -> No
         hs = await asyncio.gather(*(eng.asubmit(add, i, i) for i in range(20)))
         via_task = await eng.asubmit(double, 21)
         waiting = asyncio.ensure_future(eng.asubmit(add, 100, 1))
-        await asyncio.sleep(0)  # its row is in this turn's batch
+        await asyncio.sleep(0)  # its row is in this turn's batch, the commit scheduled
+        assert not waiting.done()
         waiting.cancel()  # the request goes away before the commit
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # the commit (scheduled first) runs before we resume
         return [h.result(timeout=30) for h in hs], via_task.result(timeout=30)
 
     try:
