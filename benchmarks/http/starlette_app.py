@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import sys
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -37,6 +38,8 @@ from cytask.contrib.asgi import running
 WORKERS = int(os.environ.get("BENCH_WORKERS", "1"))
 STORE_URL = os.environ.get("BENCH_STORE_URL")
 CELERY = bool(os.environ.get("BENCH_CELERY_BROKER"))
+if os.environ.get("BENCH_SWITCH_INTERVAL"):  # the p99 experiment in README.md
+    sys.setswitchinterval(float(os.environ["BENCH_SWITCH_INTERVAL"]))
 ids = itertools.count(1)
 KINDS = (
     "cytask", "cytask-plain", "cytask-native", "background", "cytask-sqlite", "celery",
