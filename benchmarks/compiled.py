@@ -21,21 +21,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from kernels import pi_lcg
+
 import cytask
 from cytask.compiler import NativeEntry, compile_task
-
-
-def pi_lcg(n: int, seed: int) -> float:
-    x = seed
-    inside = 0
-    for _ in range(n):
-        x = (x * 1103515245 + 12345) & 0x7FFFFFFF
-        u = x / 2147483648.0
-        x = (x * 1103515245 + 12345) & 0x7FFFFFFF
-        v = x / 2147483648.0
-        if u * u + v * v <= 1.0:
-            inside += 1
-    return 4.0 * inside / n
 
 
 def tiny(a: int, b: int) -> int:

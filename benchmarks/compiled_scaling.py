@@ -25,7 +25,8 @@ import cytask
 from cytask.compiler import compile_task
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compiled import native, pi_lcg
+from compiled import native
+from kernels import pi_lcg
 
 N = 2_000_000
 

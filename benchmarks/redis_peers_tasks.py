@@ -14,6 +14,8 @@ import os
 import time
 from typing import Any
 
+from kernels import pi_lcg
+
 SYSTEM = os.environ.get("BENCH_SYSTEM", "")
 URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 SLEEP_S = 0.010
@@ -26,20 +28,6 @@ def noop_fn(i: int) -> int:
 def sleep_fn(i: int) -> int:
     time.sleep(SLEEP_S)
     return i
-
-
-def pi_lcg(n: int, seed: int) -> float:
-    """~1 ns per step compiled; each step depends on the last (no closed form)."""
-    x = seed
-    inside = 0
-    for _ in range(n):
-        x = (x * 1103515245 + 12345) & 0x7FFFFFFF
-        u = x / 2147483648.0
-        x = (x * 1103515245 + 12345) & 0x7FFFFFFF
-        v = x / 2147483648.0
-        if u * u + v * v <= 1.0:
-            inside += 1
-    return 4.0 * inside / n
 
 
 noop: Any
