@@ -125,7 +125,7 @@ FRAMEWORKS = [
 
 # uvicorn prints to stderr at warning level only; ask it to say where it listens
 FRAMEWORKS[0].argv[-1] = "info"
-FRAMEWORKS[0].endpoints.append("/cytask-sqlite")
+FRAMEWORKS[0].endpoints += ["/await-only", "/cytask-sqlite"]
 FRAMEWORKS[0].counted["/cytask-sqlite"] = "cytask-sqlite"
 GRANIAN_ARGS = ["--interface", "asgi", "--host", "127.0.0.1", "--port", "{port}", "--workers",
                 "1", "--no-ws", "--working-dir", str(HERE), "starlette_app:app"]  # fmt: skip
@@ -136,7 +136,7 @@ if shutil.which("granian", path=str(BIN)) or shutil.which("granian"):
             "Starlette on granian",
             [shutil.which("granian", path=str(BIN)) or "granian", *GRANIAN_ARGS],
             r"Listening at: http://127\.0\.0\.1:(\d+)",
-            ["/ceiling", "/cytask", "/cytask-sqlite", "/background"],
+            ["/ceiling", "/cytask", "/await-only", "/cytask-sqlite", "/background"],
             {"/cytask": "cytask", "/cytask-sqlite": "cytask-sqlite", "/background": "background"},
         ),
     )

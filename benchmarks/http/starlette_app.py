@@ -1,6 +1,8 @@
 """Starlette endpoints of benchmarks/http/run.py: each answers with an id, and counts.
 
 - /ceiling enqueues nothing;
+- /await-only enqueues nothing but awaits once (a future resolved on the next loop turn):
+  what any endpoint that awaits something pays, as /cytask-sqlite awaits its commit;
 - /cytask submits a no-op to the engine of ``cytask.contrib.asgi.lifespan``
   (``gil_share=0.2``, ``copy_context=True``, ``linger=0.0005``);
 - /cytask-plain submits to ``Engine()`` with the engine's own defaults;
@@ -17,6 +19,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import os
@@ -90,6 +93,14 @@ async def ceiling(request: Request) -> JSONResponse:
     return JSONResponse({"id": next(ids)})
 
 
+async def await_only(request: Request) -> JSONResponse:
+    loop = asyncio.get_running_loop()
+    turn = loop.create_future()
+    loop.call_soon(turn.set_result, None)
+    await turn
+    return JSONResponse({"id": next(ids)})
+
+
 async def with_cytask(request: Request) -> JSONResponse:
     next(accepted["cytask"])
     h = request.state.cytask.submit(noop, "cytask")
@@ -154,6 +165,7 @@ async def count(request: Request) -> JSONResponse:
 app = Starlette(
     routes=[
         Route("/ceiling", ceiling),
+        Route("/await-only", await_only),
         Route("/cytask", with_cytask),
         Route("/cytask-plain", with_cytask_plain),
         Route("/cytask-native", with_cytask_native),
