@@ -16,6 +16,7 @@ import contextlib
 import contextvars
 import threading
 import time
+import weakref
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +61,11 @@ class AsyncRunner:
     """
 
     def __init__(self, engine: Engine, concurrency: int) -> None:
-        self._engine = engine
+        # weakly: a dropped engine is collected (Engine._orphaned).  A coroutine in
+        # flight holds its handle, which holds the engine, so it is there when needed
+        self._engine = weakref.ref(engine)
+        self._ids = engine._async_ids  # the engine's ids of its async tasks in flight
+        self._name = engine.name
         self._concurrency = concurrency
         self._waiting: collections.deque[tuple[TaskHandle[Any], Coroutine[Any, Any, Any]]] = (
             collections.deque()
@@ -84,13 +89,16 @@ class AsyncRunner:
         from cytask._core import report_unraisable
 
         asyncio.set_event_loop(self._loop)
-        self._engine._own_thread()  # async tasks are the engine's work, not the application's
+        engine = self._engine()  # alive: the engine that starts the runner waits for ready
+        if engine is not None:
+            engine._own_thread()  # async tasks are the engine's work, not the application's
+        engine = None
         self._loop.call_soon(ready.set)
         while True:
             try:
                 self._loop.run_forever()
             except BaseException as exc:  # escaped a callback: the loop must go on
-                report_unraisable(exc, f"the event loop of {self._engine.name}")
+                report_unraisable(exc, f"the event loop of {self._name}")
                 continue
             if self._closed:
                 break
@@ -128,7 +136,7 @@ class AsyncRunner:
                 handle, coro = self._waiting.popleft()
             if handle.done():  # cancelled or timed out while waiting for a slot
                 coro.close()
-                self._engine._async_ids.discard(handle.task_id)
+                self._ids.discard(handle.task_id)
                 continue
             ctx = contextvars.copy_context()
             ctx.run(_current.set, handle)
@@ -158,28 +166,38 @@ class AsyncRunner:
             if timer is not None:
                 timer.cancel()
             if expired:
-                self._engine._async_failed(handle, self._timeout_error(handle, limit, exc), True)
+                self._failed(handle, self._timeout_error(handle, limit, exc), True)
             elif isinstance(exc, asyncio.CancelledError):
                 from cytask._errors import CancelledError
 
-                self._engine._async_ids.discard(handle.task_id)
+                self._ids.discard(handle.task_id)
                 why = self._cancel_reason.get(handle.task_id, "was cancelled")
                 handle._complete(6, CancelledError(f"task {handle.task_id} {why}"))
             else:
-                self._engine._async_failed(handle, exc)
+                self._failed(handle, exc)
         else:
             if timer is not None:
                 timer.cancel()
             if expired:  # it swallowed the cancellation: a late result is discarded
-                self._engine._async_failed(handle, self._timeout_error(handle, limit, None), True)
+                self._failed(handle, self._timeout_error(handle, limit, None), True)
             else:
                 # the failure paths discard the id in Engine._async_failed (before a retry
                 # may add it again); this one must too, or the set grows with every task
-                self._engine._async_ids.discard(handle.task_id)
+                self._ids.discard(handle.task_id)
                 handle._complete(_SUCCEEDED, value, _RUNNING)
         finally:
             self._running.pop(handle.task_id, None)
             self._start_waiting()
+
+    def _failed(self, handle: TaskHandle[Any], exc: BaseException, limit: bool = False) -> None:
+        """Engine._async_failed: retry or fail.  The engine is alive (the handle of a
+        task in flight holds it); were it not, the task fails without a retry."""
+        engine = self._engine()
+        if engine is not None:
+            engine._async_failed(handle, exc, limit)
+        else:
+            self._ids.discard(handle.task_id)
+            handle._complete(_FAILED, exc, _RUNNING)
 
     @staticmethod
     def _timeout_error(
@@ -280,7 +298,7 @@ class AsyncRunner:
 
         if coro is not None:
             coro.close()
-        self._engine._async_ids.discard(handle.task_id)
+        self._ids.discard(handle.task_id)
         handle._complete(6, CancelledError(f"task {handle.task_id} {why}"))
 
     def _end_leftovers(self, why: str) -> None:

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING
+
+from cytask import _core
 
 if TYPE_CHECKING:
     from cytask._engine import Engine
@@ -33,7 +36,9 @@ _CPU_BUSY = 0.9  # process CPU (cores) above which more threads would fight over
 
 class Supervisor:
     def __init__(self, engine: Engine, max_workers: int) -> None:
-        self._engine = engine
+        # weakly: a dropped engine is collected (Engine._orphaned), as its workers
+        # hold none either
+        self._engine = weakref.ref(engine)
         self._max = max_workers
         self._stopped = False
         self.grown = 0
@@ -42,23 +47,39 @@ class Supervisor:
         )
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, engine: Engine) -> None:
+        """Called by `engine`'s shutdown; returns once the thread is gone (unless it
+        is the calling thread)."""
         self._stopped = True
-        self._engine._poke_grower_now()
+        engine._poke_grower_now()
         if threading.current_thread() is not self._thread:
             self._thread.join()
 
     def _run(self) -> None:
-        eng = self._engine
+        eng = self._engine()
+        if eng is None:
+            return
         eng._own_thread()  # its ticks are not the application running Python
+        # While asleep the supervisor holds no reference, only the core's address.
+        # The core is alive meanwhile: whoever drops the last reference runs
+        # Engine._orphaned, whose shutdown stops and joins this thread first; if
+        # that is this thread (its own reference was the last), _stopped is set
+        # before it could go to sleep.
+        address = id(eng)
         cpu0, t0 = time.process_time(), time.monotonic()
         retry_at = 0.0  # after a failed spawn: no growing before this time
         while not self._stopped:
+            eng = self._engine()
+            if eng is None:
+                return
             queued = eng._queued()
             live = eng._live()
             wait = retry_at - time.monotonic()
             if queued == 0 or live >= self._max or eng.closed or wait > 0:
-                eng._grower_park(min(_PARK, wait) if wait > 0 else _PARK)
+                eng = None
+                if self._stopped:
+                    return
+                _core.grower_park(address, min(_PARK, wait) if wait > 0 else _PARK)
                 cpu0, t0 = time.process_time(), time.monotonic()
                 continue
             time.sleep(_TICK)

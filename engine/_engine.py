@@ -772,7 +772,7 @@ class Engine(_core.Core):
         if first:
             self._stop_workers()
             if self._supervisor is not None:
-                self._supervisor.stop()
+                self._supervisor.stop(self)
         if not wait:
             # the rest (draining, then stopping the loop and timer threads) happens in
             # the background, so no thread of this engine outlives its work
@@ -789,6 +789,17 @@ class Engine(_core.Core):
             with contextlib.suppress(RuntimeError):  # no thread to be had: the others drain
                 self._spawn_worker()
         self._finish_shutdown(deadline)
+
+    def _orphaned(self) -> None:
+        """The last reference to this engine went while its workers run (they hold
+        none: see _worker_loop in pyx/core/workers.pyx).  As a collected
+        ThreadPoolExecutor does, it finishes what is queued and lets its threads go:
+        a shutdown(wait=False), the engine kept until it is over.  Its auto-scaler and
+        event loop threads hold it weakly too."""
+        # (also after a shutdown whose timeout passed while a task ran: that task's
+        # worker still runs, and shutting down again waits for it)
+        _lifecycle.keep(self)
+        self.shutdown(wait=False)
 
     def _finish_shutdown(self, deadline: float | None) -> None:
         """The waiting half of shutdown(): drain, stop the event loop, stop the timer."""
@@ -811,6 +822,7 @@ class Engine(_core.Core):
         if self._durable is not None:  # last results committed, unstarted tasks given back
             self._durable.close()
         self._exit_drained = True
+        _lifecycle.release(self)  # if it was dropped: its workers have left
 
     def _cancel_everything_queued(self, why: str) -> None:
         # producers blocked on a full level first: they stop waiting and cancel their

@@ -55,6 +55,20 @@ def register(engine: Engine) -> None:
     _engines.add(engine)
 
 
+# engines nobody refers to any more, kept while their shutdown(wait=False) lets their
+# workers leave (Engine._orphaned): by id, under the GIL
+_orphans: dict[int, Engine] = {}
+
+
+def keep(engine: Engine) -> None:
+    """Keep a dropped engine until `release` (its workers use it without a reference)."""
+    _orphans[id(engine)] = engine
+
+
+def release(engine: Engine) -> None:
+    _orphans.pop(id(engine), None)
+
+
 # -- interpreter exit ---------------------------------------------------------------
 
 

@@ -193,6 +193,9 @@ class Timer:
             except BaseException as exc:  # nothing may kill the timer
                 where = f"action {action!r}" if action is not None else self._thread.name
                 report_unraisable(exc, f"cytask timer {where}")
+            # not kept while the timer waits for the next entry: a bound method here
+            # would keep its engine (and its arguments, a handle) alive until then
+            th = call = action = None
 
 
 class HandOff:

@@ -183,12 +183,33 @@ cdef class Core:
     def __dealloc__(self):
         cdef int lvl
         if self._rings_ready:
-            # workers hold a reference to the core while alive, so none runs here
+            # none of its workers runs here: an engine dropped with live workers is
+            # kept by its shutdown until they have left (Engine.__del__)
             for lvl in range(N_LEVELS):
                 _drain_ring_unlocked(self, lvl)
                 ct_ring_free(&self._rings[lvl])
         free(self._workers)
         ct_parker_free(&self._parker)
+
+    def __del__(self):
+        """PEP 442: the last reference to this core went.  Its live workers use its
+        memory without holding a reference (see _worker_loop): _orphaned keeps the
+        core until they have left."""
+        if not self._rings_ready or not _alive_workers(self):
+            return
+        try:
+            self._orphaned()
+        except BaseException:
+            # no thread to be had, or interpreter teardown (module globals gone):
+            # keep the core for good rather than free memory its workers use
+            _keep_forever(self)
+            if not _is_finalizing():   # at teardown there is no one left to tell
+                raise
+
+    def _orphaned(self):
+        """Keep the core for good and let its workers leave.  Engine overrides it:
+        a shutdown(wait=False) that keeps the engine until its threads have left."""
+        _keep_forever(self)
 
     def _init_core(self, queue_size, submit_timeout, max_results, min_workers,
                    double idle_retire_s, starvation_limit=None):
@@ -307,14 +328,7 @@ cdef class Core:
     def _grower_park(self, double timeout):
         """The auto-scaler sleeps here (GIL released) until work arrives with no
         idle worker, or `timeout` seconds pass."""
-        cdef uint32_t s
-        cdef int64_t t = <int64_t>(timeout * 1e9) if timeout < FOREVER_S else -1
-        with nogil:
-            ct_store_i32(&self._grower.waiters, 1)
-            s = ct_load_u32(&self._grower.seq)
-            if _all_empty(self) or ct_load_i32(&self._parker.sleepers):
-                ct_futex_wait(&self._grower.seq, s, t)
-            ct_store_i32(&self._grower.waiters, 0)
+        _grower_park_impl(self, timeout)
 
     # -- native tasks -----------------------------------------------------------
 
@@ -428,7 +442,7 @@ cdef class Core:
         try:
             # a bare thread: threading.Thread.start() waits for the thread to run,
             # which makes growing by 200 workers take tens of milliseconds
-            _thread.start_new_thread(self._worker_main, (slot,))
+            _thread.start_new_thread(_worker_entry, (<size_t><PyObject *>self, slot))
         except BaseException:
             ct_add_i32(&self._live_workers, -1)
             ct_store_i32(&self._workers[slot].alive, 0)
@@ -515,7 +529,7 @@ cdef class Core:
         if ct_load_i32(&h._status) != ST_PENDING:
             raise RuntimeError(f"task {h.task_id} is not pending")
         previous = _worker_slots.get(threading.get_ident())
-        _worker_slots[threading.get_ident()] = (self, INLINE_SLOT)
+        _worker_slots[threading.get_ident()] = (_address(self), INLINE_SLOT)
         outer = self._current[INLINE_SLOT]   # an eager task may submit eager tasks
         try:
             _run_python(self, &self._workers[INLINE_SLOT], INLINE_SLOT, h)
@@ -536,9 +550,9 @@ cdef class Core:
         ct_add_i32(&self._reserved, n)
         ct_add_i32(&self._surplus, n)
 
-    def _worker_main(self, int slot):
-        """See _worker_loop (pyx/core/workers.pyx)."""
-        return _worker_loop(self, slot)
+    def _threads_alive(self):
+        """Worker threads still running, stuck (abandoned) ones included."""
+        return _alive_workers(self)
 
     @property
     def starvation_limit(self):
@@ -683,8 +697,57 @@ def _max_spinning():
     return max(1, cpus // 2)
 
 
-# thread ident -> (core, slot) for current_task(); written by workers under the GIL
+cdef void _grower_park_impl(Core self, double timeout) noexcept:
+    cdef uint32_t s
+    cdef int64_t t = <int64_t>(timeout * 1e9) if timeout < FOREVER_S else -1
+    with nogil:
+        ct_store_i32(&self._grower.waiters, 1)
+        s = ct_load_u32(&self._grower.seq)
+        if _all_empty(self) or ct_load_i32(&self._parker.sleepers):
+            ct_futex_wait(&self._grower.seq, s, t)
+        ct_store_i32(&self._grower.waiters, 0)
+
+
+def grower_park(size_t core, double timeout):
+    """``Core._grower_park`` of the core at address `core`, holding no reference to
+    it: the auto-scaler's sleep must not keep a dropped engine alive (the core stays
+    alive meanwhile: see ``cytask._autoscale.Supervisor._run``)."""
+    _grower_park_impl(<Core><PyObject *>core, timeout)
+
+
+# cores dropped with live workers that could not be shut down (see Core.__del__): a C
+# static, not a module global, so that it is there during interpreter teardown too
+cdef list _kept_forever = []
+cdef object _is_finalizing = sys.is_finalizing   # kept: sys may be gone by then
+
+
+cdef int _alive_workers(Core self) noexcept nogil:
+    """Worker slots whose thread runs (or is about to), stuck ones included."""
+    cdef int slot
+    cdef int n = 0
+    if self._workers == NULL:   # __cinit__ failed
+        return 0
+    for slot in range(INLINE_SLOT):
+        n += ct_load_i32(&self._workers[slot].alive)
+    return n
+
+
+cdef void _keep_forever(Core core) noexcept:
+    if _alive_workers(core):
+        _kept_forever.append(core)
+        core._closed = True
+        ct_store_i32(&core._stopping, 1)
+        ct_parker_notify_all(&core._parker)
+
+# thread ident -> (address of its core, slot) for current_task(); written by workers
+# under the GIL.  An address, not a reference: a worker does not keep its engine alive
+# (see _worker_loop).  While the thread is one of the core's live workers (or runs an
+# eager task inline, its caller holding the engine), the core is alive.
 _worker_slots = {}
+
+
+cdef inline size_t _address(Core core) noexcept:
+    return <size_t><PyObject *>core
 
 
 def current_handle():
@@ -692,7 +755,7 @@ def current_handle():
     entry = _worker_slots.get(threading.get_ident())
     if entry is None:
         return None
-    return (<Core>entry[0])._current[entry[1]]
+    return (<Core><PyObject *><size_t>entry[0])._current[entry[1]]
 
 
 def _after_fork_in_child():
@@ -707,7 +770,7 @@ def _after_fork_in_child():
 def current_worker_core():
     """The Core whose worker is the calling thread, or None."""
     entry = _worker_slots.get(threading.get_ident())
-    return None if entry is None else entry[0]
+    return None if entry is None else <Core><PyObject *><size_t>entry[0]
 
 
 import types as _types

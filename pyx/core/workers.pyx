@@ -6,7 +6,7 @@
 cdef int _own_slot(Core self):
     """The calling thread's worker slot in this engine, or -1."""
     entry = _worker_slots.get(threading.get_ident())
-    if entry is None or entry[0] is not self or entry[1] == INLINE_SLOT:
+    if entry is None or entry[0] != _address(self) or entry[1] == INLINE_SLOT:
         return -1
     return entry[1]
 
@@ -192,7 +192,7 @@ cdef object _wait_workers_exit_impl(Core self, timeout):
     cdef bint done = False
     cdef bint signals = _signals_here()
     entry = _worker_slots.get(threading.get_ident())
-    if entry is not None and entry[0] is self:
+    if entry is not None and entry[0] == _address(self):
         own = entry[1]
     if timeout is not None:
         deadline = _deadline_ns(timeout)
@@ -261,8 +261,40 @@ cdef object _replace_stuck_worker_impl(Core self, TaskHandle h, int max_stuck):
     return True
 
 
+cdef inline bint _hold_core(Core self, bint held) noexcept:
+    """Before a Python section: the worker holds a reference to its core (once)."""
+    if not held:
+        Py_INCREF(self)
+    return True
+
+
+cdef inline bint _unhold_core(Core self, ct_worker *w) noexcept:
+    """After a Python section: drop it, unless the worker was abandoned (stuck past a
+    time limit): shutdown does not wait for it, so it keeps the core to its end."""
+    if ct_load_i32(&w.abandoned):
+        return True
+    Py_DECREF(self)   # the last reference: Engine.__del__ runs here
+    return False
+
+
+def _worker_entry(size_t core, int slot):
+    """A worker thread's target: its engine by address (see _worker_loop)."""
+    _worker_loop(<Core><PyObject *>core, slot)
+
+
 cdef object _worker_loop(Core self, int slot):
-    """A worker thread's whole life: the nogil loop, GIL only at _gil_section."""
+    """A worker thread's whole life: the nogil loop, GIL only at _gil_section.
+
+    A worker holds no reference to its engine while it waits, so that an engine
+    nobody refers to any more is collected, as a ThreadPoolExecutor is.  The
+    invariant that makes the borrowed `self` safe: the core is alive while any of
+    its worker slots is alive.  Whoever drops the last reference to an engine with
+    live workers runs ``Engine.__del__``, whose ``shutdown(wait=False)`` keeps the
+    engine (its thread holds it) until every worker that is not stuck has left; a
+    stuck (abandoned) worker holds a reference from its last Python section to its
+    end.  `self` is borrowed (the thread's target passes an address); each Python
+    section holds a reference.
+    """
     cdef ct_worker *w = &self._workers[slot]
     cdef void *item = NULL
     cdef ct_ncall *call
@@ -271,10 +303,11 @@ cdef object _worker_loop(Core self, int slot):
     cdef int64_t first_deferred_ns = 0
     cdef int64_t t0, t1
     cdef int32_t rc
+    cdef bint held = False   # this frame holds a reference to self
     try:
         # inside the try: whatever fails here, the slot is freed and shutdown
         # does not wait for a worker that never ran
-        _worker_slots[threading.get_ident()] = (self, slot)
+        _worker_slots[threading.get_ident()] = (_address(self), slot)
         self._own_thread()
         with nogil:
             while True:
@@ -285,7 +318,12 @@ cdef object _worker_loop(Core self, int slot):
                             or _all_empty(self)):
                         # GIL: run callbacks and drop references of finished natives
                         with gil:
-                            item = _gil_section(self, w, slot, NULL, deferred, ndeferred)
+                            held = _hold_core(self, held)
+                            try:
+                                item = _gil_section(self, w, slot, NULL, deferred,
+                                                    ndeferred)
+                            finally:
+                                held = _unhold_core(self, w)
                         ndeferred = 0
                         continue
                     item = _next_item(self, w, ndeferred > 0)
@@ -324,10 +362,15 @@ cdef object _worker_loop(Core self, int slot):
                 if self._gil_share < 1.0:
                     _polite_pause(self)
                 with gil:
-                    item = _gil_section(self, w, slot, item, deferred, ndeferred)
+                    held = _hold_core(self, held)
+                    try:
+                        item = _gil_section(self, w, slot, item, deferred, ndeferred)
+                    finally:
+                        held = _unhold_core(self, w)
                 ndeferred = 0
                 if ct_load_i32(&w.abandoned):
-                    # a replacement took this slot's place; hand back any popped item
+                    # a replacement took this slot's place; hand back any popped item.
+                    # Shutdown does not wait for this thread: it keeps its reference
                     if item != NULL:
                         with gil:
                             _requeue(self, item)
@@ -341,6 +384,8 @@ cdef object _worker_loop(Core self, int slot):
             ct_store_i32(&w.alive, 0)
             ct_add_i32(<int32_t *>&self._exited.seq, 1)
             ct_futex_wake_all(&self._exited.seq)
+            if held:
+                Py_DECREF(self)   # a stuck worker's: the last touch of self
 
 
 cdef object _reset_after_fork_impl(Core self, str why):
@@ -358,7 +403,7 @@ cdef object _reset_after_fork_impl(Core self, str why):
     cdef ct_worker *w
     cdef ct_ring fresh
     entry = _worker_slots.get(threading.get_ident())
-    if entry is not None and entry[0] is self:
+    if entry is not None and entry[0] == _address(self):
         own = entry[1]
     keep = self._current[own] if own >= 0 else None   # goes on running here
     running = []
