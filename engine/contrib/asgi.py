@@ -39,7 +39,8 @@ tasks start at once on the engine's workers (not after the response), independen
 each other, with a handle an endpoint can return and another can ``await``, and the
 engine's retries, priorities, delays and shutdown drain.
 
-The default engine here is ``Engine(gil_share=0.2, copy_context=True, linger=0.0005)``:
+The default engine here is ``Engine(gil_share=0.2, copy_context=True, linger=0.0005)``
+(``copy_context=False`` with a ``store=``: a stored task may run in another process):
 the workers leave the event loop the GIL whenever it has Python to run (see the README,
 "Sharing the GIL with your application"; pass ``gil_share=1.0`` for full task throughput
 instead), each task runs in a copy of its endpoint's ``contextvars`` (request ids,
@@ -114,7 +115,9 @@ async def running(
 
     `engine`: an ``Engine``, a function that makes one (called on entry, so each
     run of the lifespan gets a fresh engine), or None for
-    ``Engine(gil_share=0.2, copy_context=True, linger=WEB_LINGER, **engine_options)``.
+    ``Engine(gil_share=0.2, copy_context=True, linger=WEB_LINGER, **engine_options)``
+    (``copy_context`` off with a ``store``).  An ``Engine`` given here is drained on
+    exit like one made here, so it serves one run: pass a function to run more.
     """
     check_nonneg_number(drain_timeout, "drain_timeout", allow_none=True)
     eng = _make(engine, engine_options)
@@ -170,10 +173,17 @@ def _make(engine: EngineSource, options: dict[str, Any]) -> Engine:
     _check_source(engine)
     if engine is None:
         options.setdefault("gil_share", 0.2)
-        options.setdefault("copy_context", True)
+        # a stored task may run in another process, where no context of ours exists
+        options.setdefault("copy_context", options.get("store") is None)
         options.setdefault("linger", WEB_LINGER)
         return Engine(**options)
     if isinstance(engine, Engine):
+        if engine.closed:
+            raise RuntimeError(
+                f"Expected an open Engine for engine, got {engine.name!r}, which is shut "
+                f"down (an earlier run of this lifespan drained it): pass a function that "
+                f"makes one, lifespan(lambda: Engine(...)), to run the app more than once"
+            )
         return engine
     made = engine()
     if not isinstance(made, Engine):

@@ -122,6 +122,23 @@ def test_lifespan_makes_a_fresh_engine_per_run() -> None:
     assert all(e.closed for e in made)
 
 
+def test_a_given_engine_serves_one_run_and_the_second_says_so() -> None:
+    """An app run twice (a TestClient per test) with lifespan(eng): the first run drains
+    eng, so the second fails at startup, naming the fix, not at its first request."""
+    eng = cytask.Engine(workers=1)
+    ls = lifespan(eng, drain_timeout=5)
+
+    async def one_run() -> int:
+        async with ls(object()) as state:
+            result: int = await state["cytask"].submit(sum, [1, 2])
+            return result
+
+    assert asyncio.run(one_run()) == 3
+    assert eng.closed
+    with pytest.raises(RuntimeError, match=r"shut down .*pass a function that makes one"):
+        asyncio.run(one_run())
+
+
 def test_default_engine_is_polite_and_copies_the_context() -> None:
     request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id")
 
@@ -134,6 +151,30 @@ def test_default_engine_is_polite_and_copies_the_context() -> None:
 
     assert asyncio.run(main()) == (0.2, "req-7", WEB_LINGER)
     assert WEB_LINGER == 0.0005  # batches of a request stream: see Engine(linger=...)
+
+
+def test_default_engine_with_a_store_does_not_copy_the_context(tmp_path: Any) -> None:
+    """A stored task may run in another process, where the endpoint's context does not
+    exist: ``lifespan(store=...)`` leaves copy_context off instead of failing at startup."""
+    store = f"sqlite:///{tmp_path / 'tasks.db'}"
+
+    async def main() -> tuple[bool, int, int]:
+        async with lifespan(workers=1, store=store, drain_timeout=10)(object()) as state:
+            eng = state["cytask"]
+            h = await eng.asubmit(pow, 2, 5)
+            result: int = await h
+            again = eng.get(h.task_id)
+            assert again is not None
+            return eng.copy_context, result, again.result(timeout=0)
+
+    assert asyncio.run(main()) == (False, 32, 32)
+
+    async def asked_for_it() -> None:  # asked for explicitly, the conflict is still named
+        async with lifespan(store=store, copy_context=True)(object()):
+            pass
+
+    with pytest.raises(ValueError, match="copy_context=True needs the memory store"):
+        asyncio.run(asked_for_it())
 
 
 @pytest.mark.parametrize(
