@@ -29,7 +29,9 @@ open requests, then runs the lifespan's shutdown, which is where the engine drai
 do not call ``Engine.install_signal_handlers()`` in an ASGI app: its handlers would
 either be replaced by the server's or replace them (and then the server would never
 shut down gracefully).  Ctrl-C or ``kill -TERM`` on the server drains the engine within
-``drain_timeout``; a second Ctrl-C makes uvicorn quit at once without waiting.
+``drain_timeout``.  A second Ctrl-C during that drain cancels the tasks still queued
+(their handles say so) and the server exits as soon as the running ones return (uvicorn
+by itself would wait for the lifespan's drain to its end).
 
 **How it differs from Starlette's ``BackgroundTasks``.** Those run after the response is
 sent, one after another in the request's own task; sync ones go through the 40-thread
@@ -53,10 +55,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from types import FrameType
 from typing import Any
 
+from cytask._core import report_unraisable
 from cytask._engine import Engine
 from cytask._validate import check_nonneg_number
 
@@ -100,7 +105,51 @@ async def drain(engine: Engine, timeout: float | None = 30.0, cancel_pending: bo
     # not a daemon: an interpreter that exits meanwhile still waits for the drain,
     # which ends by its deadline
     threading.Thread(target=run, name=f"{engine.name}-drain").start()
-    await asyncio.shield(done)
+    with _ctrl_c_hurries(engine, loop, finish):
+        await asyncio.shield(done)
+
+
+@contextlib.contextmanager
+def _ctrl_c_hurries(
+    engine: Engine, loop: asyncio.AbstractEventLoop, stop_waiting: Callable[[None], None]
+) -> Iterator[None]:
+    """While the drain runs, Ctrl-C (the server's "force quit") also cancels what is
+    still queued and stops waiting for it, then runs the server's own handler.
+
+    uvicorn (like most servers) awaits the lifespan's shutdown to its end even after a
+    second Ctrl-C; without this, a long queue would keep it for the whole
+    ``drain_timeout``.  Tasks already running cannot be stopped (Python threads): the
+    process exits once they return.  Only on the main thread, and only over a Python
+    handler (SIG_DFL and SIG_IGN stay as they are).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous):
+        yield
+        return
+
+    def hurry() -> None:
+        try:
+            engine.shutdown(wait=False, cancel_pending=True)
+        except BaseException as exc:  # pragma: no cover - shutdown(wait=False) does not raise
+            report_unraisable(exc, f"cancelling the queue of engine {engine.name} on Ctrl-C")
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        # the engine's locks may be held by the code this signal interrupted: the
+        # cancelling happens on a thread of its own, the loop learns of it by its queue
+        threading.Thread(target=hurry, name=f"{engine.name}-ctrl-c", daemon=True).start()
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(stop_waiting, None)
+        previous(signum, frame)
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGINT) is on_sigint:
+            signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.asynccontextmanager

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import re
 import signal
 import threading
 import time
@@ -275,6 +277,33 @@ def test_example_drain_stops_at_its_deadline(server: Server) -> None:
     # be stopped (Python threads), so they end with the process
     assert failed == 0 and cancelled > 0 and 36 <= succeeded + cancelled <= 40
     assert took < 0.5 + 0.3 + 2.0, f"took {took:.2f} s to exit"
+
+
+@pytest.mark.parametrize("server", [{"TASK_SECONDS": "2"}], indirect=True)
+def test_example_second_ctrl_c_cancels_the_queue(server: Server) -> None:
+    """20 tasks of 2 s on 4 workers: a 10 s drain.  uvicorn awaits the lifespan's
+    shutdown even after its "force quit" Ctrl-C; the second Ctrl-C must cancel what is
+    queued (handles report it) so the server exits once the 4 running tasks return."""
+    for i in range(20):
+        assert server.request("POST", f"/tasks?n={i}")[0] == 200
+    server.proc.send_signal(signal.SIGINT)
+    server.wait_for("shutting down: draining")
+    done = r"drained: (\d+) succeeded, (\d+) failed, (\d+) cancelled"
+    # Ctrl-C again and again, as an impatient user does, until the drain has ended (the
+    # first of them may come before the drain began; without the fix none shortens it)
+    deadline = time.monotonic() + 30
+    while not re.search(done, server.output):
+        assert time.monotonic() < deadline, server.output
+        server.proc.send_signal(signal.SIGINT)
+        with contextlib.suppress(AssertionError):
+            server.wait_for(done, timeout=0.1)
+    rc = server.proc.wait(timeout=30)
+    assert rc in (0, -signal.SIGINT), server.output
+    m = server.wait_for(done)
+    succeeded, failed, cancelled = map(int, m.groups())
+    # the (at most 4) tasks running at the second Ctrl-C finish after this count
+    assert failed == 0 and cancelled >= 8 and 16 <= succeeded + cancelled <= 20, m.group(0)
+    assert "Traceback" not in server.output
 
 
 def test_fastapi_example_under_uvicorn() -> None:
