@@ -42,7 +42,9 @@ default 30), ``COPY_CONTEXT`` (default True: each task runs in a copy of the enq
 code's ``contextvars``, as asyncio does, so request ids, tracing spans and Django's
 per-request state such as the active language are there).  The engine is made on first
 enqueue in each process (Django makes a backend per thread; they share one engine per
-alias) and drains at exit (a second Ctrl-C then cancels what is still queued).
+alias) and drains at exit (a second Ctrl-C then cancels what is still queued; under
+gunicorn keep ``DRAIN_TIMEOUT`` below ``--graceful-timeout``, past which the master
+kills the worker).
 
 Each run sends ``task_started`` then ``task_finished`` (``task_enqueued`` at enqueue),
 with the backend class as sender, so Django logs the lines it logs for any backend (a

@@ -41,6 +41,15 @@ The engine drains when the process exits (Ctrl-C on ``flask run``, SIGTERM to a
 gunicorn worker) for at most ``CYTASK_DRAIN_TIMEOUT`` seconds, or when you call
 ``shutdown()``.  A second Ctrl-C during the drain at exit cancels what is still queued
 (the handles say so) and the process exits without waiting for the running tasks.
+Under gunicorn keep ``CYTASK_DRAIN_TIMEOUT`` below ``--graceful-timeout`` (default 30 s):
+past it the master kills the worker, drain or not.
+
+**Schedules** (``engine.every``, ``engine.cron``) belong to the process whose engine
+made them.  Made at import under ``gunicorn --preload`` (the engine is made then, in the
+master), they run once, in the master, and the workers' engines have none; made in
+each worker (no ``--preload``, or in a ``post_fork`` hook), every worker runs its own
+copy.  For one copy per deployment use ``--preload``, a separate process, or a store
+(a stored schedule ticks once across the engines that share it).
 """
 
 from __future__ import annotations
