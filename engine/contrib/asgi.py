@@ -31,7 +31,9 @@ either be replaced by the server's or replace them (and then the server would ne
 shut down gracefully).  Ctrl-C or ``kill -TERM`` on the server drains the engine within
 ``drain_timeout``.  A second Ctrl-C during that drain cancels the tasks still queued
 (their handles say so) and the server exits as soon as the running ones return (uvicorn
-by itself would wait for the lifespan's drain to its end).
+by itself would wait for the lifespan's drain to its end); so does gunicorn's quick
+shutdown (Ctrl-C on its master) of a ``uvicorn.workers.UvicornWorker``, which kills the
+worker 2 s later.  Under gunicorn keep ``drain_timeout`` below ``--graceful-timeout``.
 
 **How it differs from Starlette's ``BackgroundTasks``.** Those run after the response is
 sent, one after another in the request's own task; sync ones go through the 40-thread
@@ -109,26 +111,31 @@ async def drain(engine: Engine, timeout: float | None = 30.0, cancel_pending: bo
         await asyncio.shield(done)
 
 
+# the signals that mean "quit now" to a server that is already shutting down: Ctrl-C,
+# and SIGQUIT, which gunicorn's master sends its workers (UvicornWorker included) for a
+# quick shutdown before it kills them 2 s later
+_HURRY_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
+
+
 @contextlib.contextmanager
 def _ctrl_c_hurries(
     engine: Engine, loop: asyncio.AbstractEventLoop, stop_waiting: Callable[[None], None]
 ) -> Iterator[None]:
-    """While the drain runs, Ctrl-C (the server's "force quit") also cancels what is
-    still queued and stops waiting for it, then runs the server's own handler.
+    """While the drain runs, Ctrl-C (the server's "force quit") or gunicorn's quick
+    shutdown (SIGQUIT) also cancels what is still queued and stops waiting for it, then
+    runs the server's own handler.
 
     uvicorn (like most servers) awaits the lifespan's shutdown to its end even after a
     second Ctrl-C; without this, a long queue would keep it for the whole
-    ``drain_timeout``.  Tasks already running cannot be stopped (Python threads): the
-    process exits once they return.  Only on the main thread, and only over a Python
-    handler (SIG_DFL and SIG_IGN stay as they are).
+    ``drain_timeout`` (under gunicorn: until the master kills the worker, mid-drain).
+    Tasks already running cannot be stopped (Python threads): the process exits once
+    they return.  Only on the main thread, and only over a Python handler (SIG_DFL and
+    SIG_IGN stay as they are).
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.getsignal(signal.SIGINT)
-    if not callable(previous):
-        yield
-        return
+    previous = {sig: signal.getsignal(sig) for sig in _HURRY_SIGNALS}
 
     def hurry() -> None:
         try:
@@ -136,20 +143,25 @@ def _ctrl_c_hurries(
         except BaseException as exc:  # pragma: no cover - shutdown(wait=False) does not raise
             report_unraisable(exc, f"cancelling the queue of engine {engine.name} on Ctrl-C")
 
-    def on_sigint(signum: int, frame: FrameType | None) -> None:
+    def on_signal(signum: int, frame: FrameType | None) -> None:
         # the engine's locks may be held by the code this signal interrupted: the
         # cancelling happens on a thread of its own, the loop learns of it by its queue
         threading.Thread(target=hurry, name=f"{engine.name}-ctrl-c", daemon=True).start()
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
             loop.call_soon_threadsafe(stop_waiting, None)
-        previous(signum, frame)
+        handler = previous[signum]
+        if callable(handler):
+            handler(signum, frame)
 
-    signal.signal(signal.SIGINT, on_sigint)
+    mine = [sig for sig, handler in previous.items() if callable(handler)]
+    for sig in mine:
+        signal.signal(sig, on_signal)
     try:
         yield
     finally:
-        if signal.getsignal(signal.SIGINT) is on_sigint:
-            signal.signal(signal.SIGINT, previous)
+        for sig in mine:
+            if signal.getsignal(sig) is on_signal:
+                signal.signal(sig, previous[sig])
 
 
 @contextlib.asynccontextmanager

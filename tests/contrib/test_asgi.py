@@ -22,7 +22,7 @@ from starlette.requests import Request
 import cytask
 from cytask.contrib.asgi import WEB_LINGER, drain, lifespan, running
 
-from ._server import Server, uvicorn
+from ._server import BIN, WEB, Server, uvicorn
 
 
 def test_drain_keeps_the_event_loop_running() -> None:
@@ -304,6 +304,42 @@ def test_example_second_ctrl_c_cancels_the_queue(server: Server) -> None:
     # the (at most 4) tasks running at the second Ctrl-C finish after this count
     assert failed == 0 and cancelled >= 8 and 16 <= succeeded + cancelled <= 20, m.group(0)
     assert "Traceback" not in server.output
+
+
+def test_example_under_gunicorn_quick_shutdown_during_the_drain() -> None:
+    """gunicorn with uvicorn's worker: SIGTERM starts the drain; Ctrl-C on the master
+    then asks for a quick shutdown: it sends the worker SIGQUIT and kills it 2 s later.
+    The SIGQUIT must cancel what is queued so the lifespan ends (and logs) in time
+    (before: uvicorn ignored it, the drain went on, and SIGKILL ended it unlogged)."""
+    server = Server(
+        [
+            str(BIN / "gunicorn"),
+            "--chdir",
+            str(WEB),
+            "-b",
+            "127.0.0.1:0",
+            "-w",
+            "1",
+            "-k",
+            "uvicorn.workers.UvicornWorker",
+            "starlette_app:app",
+        ],
+        ready=r"Listening at: http://127\.0\.0\.1:(\d+)",
+        env={"TASK_SECONDS": "1"},
+    )
+    try:
+        server.wait_for("Application startup complete")
+        for i in range(20):
+            assert server.request("POST", f"/tasks?n={i}")[0] == 200
+        server.proc.send_signal(signal.SIGTERM)
+        server.wait_for("shutting down: draining")
+        rc, _ = server.stop(signal.SIGINT)
+        assert rc == 0, server.output
+        m = server.wait_for(r"drained: (\d+) succeeded, (\d+) failed, (\d+) cancelled", 0)
+        succeeded, failed, cancelled = map(int, m.groups())
+        assert failed == 0 and cancelled >= 8 and 16 <= succeeded + cancelled <= 20, m.group(0)
+    finally:
+        server.close()
 
 
 def test_fastapi_example_under_uvicorn() -> None:
