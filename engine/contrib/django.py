@@ -44,7 +44,7 @@ per-request state such as the active language are there).  The engine is made on
 enqueue in each process (Django makes a backend per thread; they share one engine per
 alias) and drains at exit (a second Ctrl-C then cancels what is still queued; under
 gunicorn keep ``DRAIN_TIMEOUT`` below ``--graceful-timeout``, past which the master
-kills the worker).
+kills the worker; ``runserver`` does not handle SIGTERM, which kills it undrained).
 
 Each run sends ``task_started`` then ``task_finished`` (``task_enqueued`` at enqueue),
 with the backend class as sender, so Django logs the lines it logs for any backend (a

@@ -42,7 +42,9 @@ gunicorn worker) for at most ``CYTASK_DRAIN_TIMEOUT`` seconds, or when you call
 ``shutdown()``.  A second Ctrl-C during the drain at exit cancels what is still queued
 (the handles say so) and the process exits without waiting for the running tasks.
 Under gunicorn keep ``CYTASK_DRAIN_TIMEOUT`` below ``--graceful-timeout`` (default 30 s):
-past it the master kills the worker, drain or not.
+past it the master kills the worker, drain or not.  ``flask run`` does not handle SIGTERM:
+Python's default kills it at once, with no drain (stop it with Ctrl-C, or serve with
+gunicorn, which turns SIGTERM into an orderly exit).
 
 **Schedules** (``engine.every``, ``engine.cron``) belong to the process whose engine
 made them.  Made at import under ``gunicorn --preload`` (the engine is made then, in the
