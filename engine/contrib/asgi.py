@@ -135,7 +135,7 @@ def _ctrl_c_hurries(
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.getsignal(sig) for sig in _HURRY_SIGNALS}
+    previous: dict[int, Any] = {int(sig): signal.getsignal(sig) for sig in _HURRY_SIGNALS}
 
     def hurry() -> None:
         try:
