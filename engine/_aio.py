@@ -320,7 +320,10 @@ async def await_handle(handle: TaskHandle[Any]) -> Any:
         fut: asyncio.Future[None] = loop.create_future()
 
         def wake(_: TaskHandle[Any]) -> None:
-            loop.call_soon_threadsafe(_resolve, fut)
+            # the loop may have closed meanwhile (an await cancelled when its request
+            # was, then the loop's end): nobody waits for this any more
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve, fut)
 
         handle.add_done_callback(wake)
         runner = _current_runner.get()

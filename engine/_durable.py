@@ -323,9 +323,43 @@ class DurableHandle(Generic[R]):
         self._rt._add_callback(self, fn)
 
     def __await__(self) -> Generator[Any, None, R]:
-        import asyncio
+        return self._wait_async().__await__()
 
-        return asyncio.to_thread(self.result).__await__()
+    async def _wait_async(self) -> R:
+        """``await handle`` without a thread blocked for the task's whole run.
+
+        A thread of the loop's default executor (6 of them on 2 cores) held per await
+        starved every other ``to_thread`` user; and an await that was cancelled (a
+        client that went away) left its thread waiting for a task that may never end
+        (no worker running), which ``asyncio.run`` then waits for at exit: a server
+        that never exits.  Instead the store's done callback wakes the loop; the store
+        is read on a thread for a moment, never on the loop.
+        """
+        import asyncio  # not at import: `import cytask` does not load asyncio
+
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[None] = loop.create_future()
+
+        def on_end(_h: object) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(_resolve, ended)
+
+        rt = self._rt
+        await asyncio.to_thread(rt._add_callback, self, on_end)
+        try:
+            # the store's watcher stops when the engine shuts down: then answer as the
+            # store does now (a task still going raises TimeoutError) rather than never
+            while not ended.done() and not rt._closed.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(ended), 1.0)
+        finally:
+            rt._drop_callback(self.task_id, on_end)
+        return await asyncio.to_thread(self.result, 0)
+
+
+def _resolve(fut: Any) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class _Expired:
@@ -892,6 +926,16 @@ class DurableRuntime:
         rec = self.store.get(h.task_id)
         if rec is None or rec.terminal:  # ended already: run it here, unless another did
             self._fire([h.task_id])
+
+    def _drop_callback(self, task_id: str, fn: Callable[[Any], object]) -> None:
+        """Forget `fn` for `task_id` (an await that was cancelled); no-op once fired."""
+        with self._lock:
+            entries = self._callbacks.get(task_id)
+            if entries is None:
+                return
+            entries[:] = [e for e in entries if e[1] is not fn]
+            if not entries:
+                del self._callbacks[task_id]
 
     def _fire(self, ids: Iterable[str]) -> None:
         """Run the callbacks of ended tasks, each exactly once (whoever pops it runs it)."""

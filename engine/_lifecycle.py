@@ -72,6 +72,40 @@ def release(engine: Engine) -> None:
 # -- interpreter exit ---------------------------------------------------------------
 
 
+# True once Ctrl-C interrupted a drain at interpreter exit: the user wants out, so the
+# drains left (and the interrupted one, again) cancel what is queued and wait no more.
+# Written and read by the main thread only (the exit drains run there).
+_exit_hurried = False
+
+
+def exit_hurried() -> bool:
+    """True once Ctrl-C interrupted a drain at interpreter exit (see drain_at_exit)."""
+    return _exit_hurried
+
+
+def drain_at_exit(engine: Engine, timeout: float | None = None) -> None:
+    """Drain `engine` at interpreter exit, for at most `timeout` seconds.
+
+    Ctrl-C during the drain (a user who will not wait), or a server's quit signal whose
+    handler calls ``sys.exit()`` (gunicorn's workers), does not escape into
+    ``threading._shutdown`` (a traceback, and no engine drained after it): what is
+    queued is cancelled instead, so every handle still ends, the drain waits for nothing
+    more, and so do the drains after it.  Tasks already running end with the process.
+    """
+    global _exit_hurried
+    for _ in range(3):  # a further Ctrl-C during the (short) hurried drain: once more
+        try:
+            if _exit_hurried:
+                engine.shutdown(wait=True, timeout=0, cancel_pending=True)
+            elif timeout is None:  # the engine's own: a signal's deadline, if any
+                engine._drain_at_exit()
+            else:
+                engine.shutdown(wait=True, timeout=timeout)
+            return
+        except (KeyboardInterrupt, SystemExit):  # SystemExit: a server's quit handler
+            _exit_hurried = True
+
+
 def _drain_all_at_exit() -> None:
     global _exiting
     with _exit_lock:
@@ -83,7 +117,7 @@ def _drain_all_at_exit() -> None:
         if not pending:
             return
         for eng in pending:
-            eng._drain_at_exit()
+            drain_at_exit(eng)
 
 
 def _register_exit_hook() -> None:

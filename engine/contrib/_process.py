@@ -15,10 +15,12 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from cytask import _lifecycle
+
 if TYPE_CHECKING:
     from cytask._engine import Engine
 
-__all__ = ["at_exit", "generation", "retire"]
+__all__ = ["at_exit", "exit_drain", "generation", "retire"]
 
 log = logging.getLogger("cytask.contrib")
 
@@ -53,12 +55,42 @@ def at_exit(callback: Callable[[], None]) -> None:
     _exit_callbacks.append(callback)
 
 
+def exit_drain(engine: Engine, timeout: float | None, what: str) -> bool:
+    """Drain `engine` (`what`, for the log) at exit for at most `timeout` seconds;
+    False if it had drained already.
+
+    After a Ctrl-C during the exit drains it cancels what is queued instead and waits
+    no more (``cytask._lifecycle.drain_at_exit``), here and in every drain after it.
+    """
+    if engine._exit_drained:  # a shutdown(wait=True) of its own already returned
+        return False
+    if _lifecycle.exit_hurried():
+        log.info("%s: cancelling what is still queued (Ctrl-C)", what)
+    else:
+        limit = "no time limit" if timeout is None else f"at most {timeout:g} s"
+        log.info("%s: draining (%s; Ctrl-C cancels what is still queued)", what, limit)
+    _lifecycle.drain_at_exit(engine, timeout)
+    return True
+
+
 def _run_exit_callbacks() -> None:
-    for callback in reversed(_exit_callbacks):
+    callbacks = list(reversed(_exit_callbacks))
+    done = interrupted = 0
+    while done < len(callbacks):
         try:
-            callback()
-        except Exception:  # one integration's failure must not keep the others from draining
-            log.exception("cytask: draining at exit failed in %r", callback)
+            try:
+                callbacks[done]()
+            except Exception:  # one integration's failure must not keep the others from draining
+                log.exception("cytask: draining at exit failed in %r", callbacks[done])
+            done += 1
+        except (KeyboardInterrupt, SystemExit):
+            # Ctrl-C (or a server's quit handler) anywhere in here, a log call included:
+            # from now on every drain hurries, and the interrupted callback runs again
+            # (each skips the engines it has drained) unless it was interrupted thrice
+            _lifecycle._exit_hurried = True
+            interrupted += 1
+            if interrupted % 3 == 0:
+                done += 1
 
 
 os.register_at_fork(after_in_child=_forked)

@@ -29,7 +29,11 @@ open requests, then runs the lifespan's shutdown, which is where the engine drai
 do not call ``Engine.install_signal_handlers()`` in an ASGI app: its handlers would
 either be replaced by the server's or replace them (and then the server would never
 shut down gracefully).  Ctrl-C or ``kill -TERM`` on the server drains the engine within
-``drain_timeout``; a second Ctrl-C makes uvicorn quit at once without waiting.
+``drain_timeout``.  A second Ctrl-C during that drain cancels the tasks still queued
+(their handles say so) and the server exits as soon as the running ones return (uvicorn
+by itself would wait for the lifespan's drain to its end); so does gunicorn's quick
+shutdown (Ctrl-C on its master) of a ``uvicorn.workers.UvicornWorker``, which kills the
+worker 2 s later.  Under gunicorn keep ``drain_timeout`` below ``--graceful-timeout``.
 
 **How it differs from Starlette's ``BackgroundTasks``.** Those run after the response is
 sent, one after another in the request's own task; sync ones go through the 40-thread
@@ -39,7 +43,8 @@ tasks start at once on the engine's workers (not after the response), independen
 each other, with a handle an endpoint can return and another can ``await``, and the
 engine's retries, priorities, delays and shutdown drain.
 
-The default engine here is ``Engine(gil_share=0.2, copy_context=True, linger=0.0005)``:
+The default engine here is ``Engine(gil_share=0.2, copy_context=True, linger=0.0005)``
+(``copy_context=False`` with a ``store=``: a stored task may run in another process):
 the workers leave the event loop the GIL whenever it has Python to run (see the README,
 "Sharing the GIL with your application"; pass ``gil_share=1.0`` for full task throughput
 instead), each task runs in a copy of its endpoint's ``contextvars`` (request ids,
@@ -52,10 +57,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from types import FrameType
 from typing import Any
 
+from cytask._core import report_unraisable
 from cytask._engine import Engine
 from cytask._validate import check_nonneg_number
 
@@ -99,7 +107,61 @@ async def drain(engine: Engine, timeout: float | None = 30.0, cancel_pending: bo
     # not a daemon: an interpreter that exits meanwhile still waits for the drain,
     # which ends by its deadline
     threading.Thread(target=run, name=f"{engine.name}-drain").start()
-    await asyncio.shield(done)
+    with _ctrl_c_hurries(engine, loop, finish):
+        await asyncio.shield(done)
+
+
+# the signals that mean "quit now" to a server that is already shutting down: Ctrl-C,
+# and SIGQUIT, which gunicorn's master sends its workers (UvicornWorker included) for a
+# quick shutdown before it kills them 2 s later
+_HURRY_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
+
+
+@contextlib.contextmanager
+def _ctrl_c_hurries(
+    engine: Engine, loop: asyncio.AbstractEventLoop, stop_waiting: Callable[[None], None]
+) -> Iterator[None]:
+    """While the drain runs, Ctrl-C (the server's "force quit") or gunicorn's quick
+    shutdown (SIGQUIT) also cancels what is still queued and stops waiting for it, then
+    runs the server's own handler.
+
+    uvicorn (like most servers) awaits the lifespan's shutdown to its end even after a
+    second Ctrl-C; without this, a long queue would keep it for the whole
+    ``drain_timeout`` (under gunicorn: until the master kills the worker, mid-drain).
+    Tasks already running cannot be stopped (Python threads): the process exits once
+    they return.  Only on the main thread, and only over a Python handler (SIG_DFL and
+    SIG_IGN stay as they are).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous: dict[int, Any] = {int(sig): signal.getsignal(sig) for sig in _HURRY_SIGNALS}
+
+    def hurry() -> None:
+        try:
+            engine.shutdown(wait=False, cancel_pending=True)
+        except BaseException as exc:  # pragma: no cover - shutdown(wait=False) does not raise
+            report_unraisable(exc, f"cancelling the queue of engine {engine.name} on Ctrl-C")
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        # the engine's locks may be held by the code this signal interrupted: the
+        # cancelling happens on a thread of its own, the loop learns of it by its queue
+        threading.Thread(target=hurry, name=f"{engine.name}-ctrl-c", daemon=True).start()
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(stop_waiting, None)
+        handler = previous[signum]
+        if callable(handler):
+            handler(signum, frame)
+
+    mine = [sig for sig, handler in previous.items() if callable(handler)]
+    for sig in mine:
+        signal.signal(sig, on_signal)
+    try:
+        yield
+    finally:
+        for sig in mine:
+            if signal.getsignal(sig) is on_signal:
+                signal.signal(sig, previous[sig])
 
 
 @contextlib.asynccontextmanager
@@ -114,7 +176,9 @@ async def running(
 
     `engine`: an ``Engine``, a function that makes one (called on entry, so each
     run of the lifespan gets a fresh engine), or None for
-    ``Engine(gil_share=0.2, copy_context=True, linger=WEB_LINGER, **engine_options)``.
+    ``Engine(gil_share=0.2, copy_context=True, linger=WEB_LINGER, **engine_options)``
+    (``copy_context`` off with a ``store``).  An ``Engine`` given here is drained on
+    exit like one made here, so it serves one run: pass a function to run more.
     """
     check_nonneg_number(drain_timeout, "drain_timeout", allow_none=True)
     eng = _make(engine, engine_options)
@@ -170,10 +234,17 @@ def _make(engine: EngineSource, options: dict[str, Any]) -> Engine:
     _check_source(engine)
     if engine is None:
         options.setdefault("gil_share", 0.2)
-        options.setdefault("copy_context", True)
+        # a stored task may run in another process, where no context of ours exists
+        options.setdefault("copy_context", options.get("store") is None)
         options.setdefault("linger", WEB_LINGER)
         return Engine(**options)
     if isinstance(engine, Engine):
+        if engine.closed:
+            raise RuntimeError(
+                f"Expected an open Engine for engine, got {engine.name!r}, which is shut "
+                f"down (an earlier run of this lifespan drained it): pass a function that "
+                f"makes one, lifespan(lambda: Engine(...)), to run the app more than once"
+            )
         return engine
     made = engine()
     if not isinstance(made, Engine):

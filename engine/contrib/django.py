@@ -42,7 +42,9 @@ default 30), ``COPY_CONTEXT`` (default True: each task runs in a copy of the enq
 code's ``contextvars``, as asyncio does, so request ids, tracing spans and Django's
 per-request state such as the active language are there).  The engine is made on first
 enqueue in each process (Django makes a backend per thread; they share one engine per
-alias) and drains at exit.
+alias) and drains at exit (a second Ctrl-C then cancels what is still queued; under
+gunicorn keep ``DRAIN_TIMEOUT`` below ``--graceful-timeout``, past which the master
+kills the worker; ``runserver`` does not handle SIGTERM, which kills it undrained).
 
 Each run sends ``task_started`` then ``task_finished`` (``task_enqueued`` at enqueue),
 with the backend class as sender, so Django logs the lines it logs for any backend (a
@@ -110,7 +112,7 @@ from cytask._core import TaskHandle, report_unraisable
 from cytask._engine import Engine
 from cytask._enums import Priority, TaskStatus
 from cytask._validate import check_int, check_nonneg_number
-from cytask.contrib._process import at_exit, generation, retire
+from cytask.contrib._process import at_exit, exit_drain, generation, retire
 
 __all__ = ["CytaskBackend", "django_priority_to_cytask"]
 
@@ -169,8 +171,13 @@ class _Alias:
 
     def drain(self) -> None:
         eng = self._engine
-        if eng is not None and self._generation == generation() and not eng.closed:
-            eng.shutdown(wait=True, timeout=self.drain_timeout)
+        if (
+            eng is not None
+            and self._generation == generation()
+            and exit_drain(
+                eng, self.drain_timeout, f"cytask engine of Django tasks backend {self.alias!r}"
+            )
+        ):
             s = eng.stats()
             log.info(
                 "cytask engine of Django tasks backend %r drained: %d succeeded, %d failed, "
@@ -203,7 +210,10 @@ _aliases_lock = threading.Lock()
 
 def _drain_all() -> None:
     for state in list(_aliases.values()):
-        state.drain()
+        try:
+            state.drain()
+        except Exception:  # one alias's failure must not keep the others from draining
+            log.exception("draining the cytask engine of backend %r failed", state.alias)
 
 
 at_exit(_drain_all)

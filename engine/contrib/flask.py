@@ -39,7 +39,19 @@ contexts in context variables too, so a task would get the request's ``request``
 
 The engine drains when the process exits (Ctrl-C on ``flask run``, SIGTERM to a
 gunicorn worker) for at most ``CYTASK_DRAIN_TIMEOUT`` seconds, or when you call
-``shutdown()``.
+``shutdown()``.  A second Ctrl-C during the drain at exit cancels what is still queued
+(the handles say so) and the process exits without waiting for the running tasks.
+Under gunicorn keep ``CYTASK_DRAIN_TIMEOUT`` below ``--graceful-timeout`` (default 30 s):
+past it the master kills the worker, drain or not.  ``flask run`` does not handle SIGTERM:
+Python's default kills it at once, with no drain (stop it with Ctrl-C, or serve with
+gunicorn, which turns SIGTERM into an orderly exit).
+
+**Schedules** (``engine.every``, ``engine.cron``) belong to the process whose engine
+made them.  Made at import under ``gunicorn --preload`` (the engine is made then, in the
+master), they run once, in the master, and the workers' engines have none; made in
+each worker (no ``--preload``, or in a ``post_fork`` hook), every worker runs its own
+copy.  For one copy per deployment use ``--preload``, a separate process, or a store
+(a stored schedule ticks once across the engines that share it).
 """
 
 from __future__ import annotations
@@ -59,7 +71,7 @@ from cytask._engine import Engine
 from cytask._enums import Priority
 from cytask._task import Task
 from cytask._validate import check_duration, check_nonneg_number, check_priority
-from cytask.contrib._process import at_exit, generation, retire
+from cytask.contrib._process import at_exit, exit_drain, generation, retire
 
 __all__ = ["Cytask", "CytaskState"]
 
@@ -114,6 +126,14 @@ class CytaskState:
         if eng.closed:
             return
         eng.shutdown(wait=True, timeout=timeout)
+        self._log_drained(eng)
+
+    def _drain_at_exit(self) -> None:
+        what = f"cytask engine of app {self.app_name!r}"
+        if self.started and exit_drain(self.engine, self.drain_timeout, what):
+            self._log_drained(self.engine)
+
+    def _log_drained(self, eng: Engine) -> None:
         s = eng.stats()
         log.info(
             "cytask engine of app %r drained: %d succeeded, %d failed, %d cancelled",
@@ -131,7 +151,7 @@ _states: weakref.WeakSet[CytaskState] = weakref.WeakSet()
 def _drain_at_exit() -> None:
     for state in list(_states):
         try:
-            state.shutdown(state.drain_timeout)
+            state._drain_at_exit()
         except Exception:  # one app's failure must not keep the others from draining
             log.exception("draining the cytask engine of app %r failed", state.app_name)
 

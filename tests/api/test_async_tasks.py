@@ -5,6 +5,7 @@ any thread."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from collections.abc import Callable
 
@@ -179,3 +180,29 @@ def test_shutdown_waits_for_running_async_tasks(make_engine: Callable[..., Engin
     assert started.wait(30)
     eng.shutdown(wait=True, timeout=30)
     assert h.result(timeout=0) == "finished"
+
+
+def test_an_await_given_up_before_its_task_ends_reports_nothing(engine: Engine) -> None:
+    """A request that awaited a handle and went away (its await cancelled), on a loop
+    that closed before the task ended (asyncio.run's end, a TestClient's portal): the
+    task's end must not report "Event loop is closed" as an unraisable error."""
+    gate = threading.Event()
+    h = engine.submit(gate.wait, 30)
+
+    async def give_up() -> None:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(h, 0.01)
+
+    asyncio.run(give_up())  # the loop the await's wake-up belongs to is closed now
+    reported: list[object] = []
+    after = threading.Event()
+    h.add_done_callback(lambda _: after.set())  # done callbacks run in order: after wake
+    previous = sys.unraisablehook
+    sys.unraisablehook = reported.append
+    try:
+        gate.set()
+        assert after.wait(30)
+    finally:
+        sys.unraisablehook = previous
+    assert h.result(timeout=0) is True
+    assert reported == []

@@ -7,6 +7,7 @@ without waiting for its tasks, and the test counts what ran.
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import subprocess
 import sys
@@ -168,3 +169,42 @@ def test_no_new_thread_errors_at_exit_on_312() -> None:
     )
     assert "can't create new thread" not in proc.stderr
     assert sorted(proc.stdout.splitlines()) == [f"child {i}" for i in range(3)]
+
+
+def test_ctrl_c_during_the_exit_drain_cancels_the_queue() -> None:
+    """A user who presses Ctrl-C while the exit drain waits wants out: what is queued is
+    cancelled (every handle still ends), later engines hurry too, and no traceback
+    escapes into threading's shutdown (before, the KeyboardInterrupt ended the exit
+    hooks there: "Exception ignored", queued handles never ended, later engines skipped)."""
+    proc = _run(
+        """
+        import atexit, os, signal
+
+        exiting = threading.Event()
+        # threading's exit hooks run last-registered first: this one just before the drains
+        threading._register_atexit(exiting.set)
+
+        def ctrl_c_once_exiting():
+            exiting.wait(30)
+            time.sleep(0.1)  # inside the drain's wait by now (a later signal: same path)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+
+        first, second = cytask.Engine(workers=1), cytask.Engine(workers=1)
+        hs = [first.submit(ctrl_c_once_exiting)]
+        hs += [first.submit(time.sleep, 1) for _ in range(20)]
+        hs += [second.submit(time.sleep, 1) for _ in range(20)]
+
+        def report():  # a plain atexit hook: it runs after threading's exit hooks
+            states = [h.status.value for h in hs]
+            say(f"{states.count('cancelled')} cancelled, {states.count('pending')} pending")
+
+        atexit.register(report)
+        """,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    cancelled, pending = map(int, re.findall(r"\d+", proc.stdout))
+    # the first engine's queue and the second engine's (its worker runs one at most)
+    assert cancelled >= 38 and pending == 0, proc.stdout

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import re
 import signal
 import threading
 import time
@@ -20,7 +22,7 @@ from starlette.requests import Request
 import cytask
 from cytask.contrib.asgi import WEB_LINGER, drain, lifespan, running
 
-from ._server import Server, uvicorn
+from ._server import BIN, WEB, Server, uvicorn
 
 
 def test_drain_keeps_the_event_loop_running() -> None:
@@ -122,6 +124,23 @@ def test_lifespan_makes_a_fresh_engine_per_run() -> None:
     assert all(e.closed for e in made)
 
 
+def test_a_given_engine_serves_one_run_and_the_second_says_so() -> None:
+    """An app run twice (a TestClient per test) with lifespan(eng): the first run drains
+    eng, so the second fails at startup, naming the fix, not at its first request."""
+    eng = cytask.Engine(workers=1)
+    ls = lifespan(eng, drain_timeout=5)
+
+    async def one_run() -> int:
+        async with ls(object()) as state:
+            result: int = await state["cytask"].submit(sum, [1, 2])
+            return result
+
+    assert asyncio.run(one_run()) == 3
+    assert eng.closed
+    with pytest.raises(RuntimeError, match=r"shut down .*pass a function that makes one"):
+        asyncio.run(one_run())
+
+
 def test_default_engine_is_polite_and_copies_the_context() -> None:
     request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id")
 
@@ -134,6 +153,30 @@ def test_default_engine_is_polite_and_copies_the_context() -> None:
 
     assert asyncio.run(main()) == (0.2, "req-7", WEB_LINGER)
     assert WEB_LINGER == 0.0005  # batches of a request stream: see Engine(linger=...)
+
+
+def test_default_engine_with_a_store_does_not_copy_the_context(tmp_path: Any) -> None:
+    """A stored task may run in another process, where the endpoint's context does not
+    exist: ``lifespan(store=...)`` leaves copy_context off instead of failing at startup."""
+    store = f"sqlite:///{tmp_path / 'tasks.db'}"
+
+    async def main() -> tuple[bool, int, int]:
+        async with lifespan(workers=1, store=store, drain_timeout=10)(object()) as state:
+            eng = state["cytask"]
+            h = await eng.asubmit(pow, 2, 5)
+            result: int = await h
+            again = eng.get(h.task_id)
+            assert again is not None
+            return eng.copy_context, result, again.result(timeout=0)
+
+    assert asyncio.run(main()) == (False, 32, 32)
+
+    async def asked_for_it() -> None:  # asked for explicitly, the conflict is still named
+        async with lifespan(store=store, copy_context=True)(object()):
+            pass
+
+    with pytest.raises(ValueError, match="copy_context=True needs the memory store"):
+        asyncio.run(asked_for_it())
 
 
 @pytest.mark.parametrize(
@@ -234,6 +277,69 @@ def test_example_drain_stops_at_its_deadline(server: Server) -> None:
     # be stopped (Python threads), so they end with the process
     assert failed == 0 and cancelled > 0 and 36 <= succeeded + cancelled <= 40
     assert took < 0.5 + 0.3 + 2.0, f"took {took:.2f} s to exit"
+
+
+@pytest.mark.parametrize("server", [{"TASK_SECONDS": "2"}], indirect=True)
+def test_example_second_ctrl_c_cancels_the_queue(server: Server) -> None:
+    """20 tasks of 2 s on 4 workers: a 10 s drain.  uvicorn awaits the lifespan's
+    shutdown even after its "force quit" Ctrl-C; the second Ctrl-C must cancel what is
+    queued (handles report it) so the server exits once the 4 running tasks return."""
+    for i in range(20):
+        assert server.request("POST", f"/tasks?n={i}")[0] == 200
+    server.proc.send_signal(signal.SIGINT)
+    server.wait_for("shutting down: draining")
+    done = r"drained: (\d+) succeeded, (\d+) failed, (\d+) cancelled"
+    # Ctrl-C again and again, as an impatient user does, until the drain has ended (the
+    # first of them may come before the drain began; without the fix none shortens it)
+    deadline = time.monotonic() + 30
+    while not re.search(done, server.output):
+        assert time.monotonic() < deadline, server.output
+        server.proc.send_signal(signal.SIGINT)
+        with contextlib.suppress(AssertionError):
+            server.wait_for(done, timeout=0.1)
+    rc = server.proc.wait(timeout=30)
+    assert rc in (0, -signal.SIGINT), server.output
+    m = server.wait_for(done)
+    succeeded, failed, cancelled = map(int, m.groups())
+    # the (at most 4) tasks running at the second Ctrl-C finish after this count
+    assert failed == 0 and cancelled >= 8 and 16 <= succeeded + cancelled <= 20, m.group(0)
+    assert "Traceback" not in server.output
+
+
+def test_example_under_gunicorn_quick_shutdown_during_the_drain() -> None:
+    """gunicorn with uvicorn's worker: SIGTERM starts the drain; Ctrl-C on the master
+    then asks for a quick shutdown: it sends the worker SIGQUIT and kills it 2 s later.
+    The SIGQUIT must cancel what is queued so the lifespan ends (and logs) in time
+    (before: uvicorn ignored it, the drain went on, and SIGKILL ended it unlogged)."""
+    server = Server(
+        [
+            str(BIN / "gunicorn"),
+            "--chdir",
+            str(WEB),
+            "-b",
+            "127.0.0.1:0",
+            "-w",
+            "1",
+            "-k",
+            "uvicorn.workers.UvicornWorker",
+            "starlette_app:app",
+        ],
+        ready=r"Listening at: http://127\.0\.0\.1:(\d+)",
+        env={"TASK_SECONDS": "1"},
+    )
+    try:
+        server.wait_for("Application startup complete")
+        for i in range(20):
+            assert server.request("POST", f"/tasks?n={i}")[0] == 200
+        server.proc.send_signal(signal.SIGTERM)
+        server.wait_for("shutting down: draining")
+        rc, _ = server.stop(signal.SIGINT)
+        assert rc == 0, server.output
+        m = server.wait_for(r"drained: (\d+) succeeded, (\d+) failed, (\d+) cancelled", 0)
+        succeeded, failed, cancelled = map(int, m.groups())
+        assert failed == 0 and cancelled >= 8 and 16 <= succeeded + cancelled <= 20, m.group(0)
+    finally:
+        server.close()
 
 
 def test_fastapi_example_under_uvicorn() -> None:

@@ -464,3 +464,25 @@ def test_example_project(start: Any, sig: int) -> None:
         assert "backend 'default' drained: 23 succeeded, 0 failed, 0 cancelled" in server.output
     finally:
         server.close()
+
+
+def test_gunicorn_quick_shutdown_during_the_drain_cancels_the_queue() -> None:
+    """SIGTERM, then Ctrl-C on gunicorn's master while the worker drains: the master's
+    "quick shutdown" makes the worker's handler call sys.exit() inside the exit drain.
+    What is queued is cancelled (each Django result FAILED, logged), the drain logs its
+    line, nothing escapes into threading's exit hooks (before: "Exception ignored ...
+    SystemExit", no line, queued results never ended)."""
+    server = django_gunicorn({"TASK_SECONDS": "2"})
+    try:
+        for i in range(20):
+            assert server.request("POST", f"/tasks?n={i}")[0] == 200
+        server.proc.send_signal(signal.SIGTERM)
+        server.wait_for("draining")
+        rc, _ = server.stop(signal.SIGINT)
+        assert rc == 0, server.output
+        m = server.wait_for(r"drained: (\d+) succeeded, (\d+) failed, (\d+) cancelled")
+        succeeded, failed, cancelled = map(int, m.groups())
+        assert failed == 0 and cancelled >= 8 and 16 <= succeeded + cancelled <= 20, m.group(0)
+        assert "Exception ignored" not in server.output, server.output
+    finally:
+        server.close()

@@ -311,6 +311,26 @@ def test_example_under_flask_run() -> None:
         server.close()
 
 
+def test_example_second_ctrl_c_cancels_the_queue() -> None:
+    """20 tasks of 2 s on 4 workers: a 10 s drain at exit.  A second Ctrl-C during it
+    cancels what is queued and the process exits at once, logging what the drain did
+    (before: a KeyboardInterrupt traceback out of threading's exit hooks, no log line)."""
+    server = flask_run({"TASK_SECONDS": "2"})
+    try:
+        for i in range(20):
+            assert server.request("POST", f"/tasks?n={i}")[0] == 200
+        server.proc.send_signal(signal.SIGINT)
+        server.wait_for("draining")
+        rc, _ = server.stop(signal.SIGINT)
+        assert rc == 0, server.output
+        m = server.wait_for(r"drained: (\d+) succeeded, (\d+) failed, (\d+) cancelled")
+        succeeded, failed, cancelled = map(int, m.groups())
+        assert failed == 0 and cancelled >= 8 and 16 <= succeeded + cancelled <= 20, m.group(0)
+        assert "Traceback" not in server.output, server.output
+    finally:
+        server.close()
+
+
 def test_example_under_gunicorn_drains_on_sigterm() -> None:
     server = gunicorn("-w", "1", "--threads", "4", env={"TASK_SECONDS": "0.1"})
     try:

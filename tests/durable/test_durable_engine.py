@@ -133,6 +133,37 @@ def test_get_from_another_process(engines: list[Engine], url: str, tmp_path: Pat
     assert out.stdout.split() == ["succeeded", "42", "1"]
 
 
+def test_a_cancelled_await_leaves_no_thread_behind(url: str) -> None:
+    """An endpoint awaiting a stored task whose client went away (its await cancelled),
+    for a task no worker runs yet: the await must not leave a thread of the loop's
+    default executor waiting for it.  Before, each await held one for the task's whole
+    run: 40 of them starved every other to_thread() (32 threads at most), and asyncio.run
+    then waited for them at exit forever (a server that never exits)."""
+    code = textwrap.dedent(f"""
+        import asyncio, contextlib, time
+        import cytask
+        eng = cytask.Engine(workers=0, store={url!r})  # a web process: no worker here
+
+        async def main():
+            hs = [eng.submit(pow, 2, i) for i in range(40)]
+            for h in hs:  # each await cancelled, as a request whose client went away
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(h, 0.01)
+            began = time.monotonic()
+            assert await asyncio.wait_for(asyncio.to_thread(lambda: 7), 10) == 7
+            return time.monotonic() - began
+
+        took = asyncio.run(main())
+        print(f"to_thread after the awaits: {{took:.3f}} s")
+        eng.shutdown()
+    """)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert "to_thread after the awaits" in out.stdout
+
+
 def test_retries_count_attempts_in_the_store(engines: list[Engine], url: str) -> None:
     eng = _engine(engines, url, workers=2)
     t = task(engine=eng, retries=3, retry_on=ConnectionError)(flaky)
