@@ -378,7 +378,7 @@ class DurableRuntime:
         self._batch = _Batch()  # the open batch; guarded by _batch_lock
         # asubmit's rows per event loop, committed once per turn of that loop; each
         # loop touches only its own entry, from its own thread
-        self._loop_batches: dict[Any, list[tuple[NewTask, bool, Any, Any]]] = {}
+        self._loop_batches: dict[Any, list[tuple[NewTask, Any, Any]]] = {}
         # producers inside _submit whose rows are not in a batch yet; guarded by _batch_lock
         self._arriving = 0
         # a producer is committing a batch (the others wait); guarded by _batch_lock
@@ -438,18 +438,24 @@ class DurableRuntime:
             check_callable(fn, "fn")
             name, priority = name_for(fn), int(Priority.NORMAL)
         (row,) = self._new_rows(fn, name, [(args, kwargs)], priority, None)
-        local = self._hold(1) == 1
         import asyncio  # here: a caller that awaits has it loaded already
 
         loop = asyncio.get_running_loop()
         done = loop.create_future()
         batch = self._loop_batches.get(loop)
         if batch is None:
+            self._forget_closed_loops()
             batch = self._loop_batches[loop] = []
             loop.call_soon(self._flush_loop_batch, loop)
-        batch.append((row, local, fn, done))
+        batch.append((row, fn, done))
         await done
         return DurableHandle(self, row.id, name)
+
+    def _forget_closed_loops(self) -> None:
+        """Drop the batches of event loops closed before their commit ran (stopped and
+        closed in the turn a request was made): those requests died with their loop."""
+        for loop in [loop for loop in list(self._loop_batches) if loop.is_closed()]:
+            self._loop_batches.pop(loop, None)
 
     def _flush_loop_batch(self, loop: Any) -> None:
         """Commit the rows ``asubmit`` gathered on `loop` during one turn, in one commit.
@@ -458,28 +464,41 @@ class DurableRuntime:
         commit (~35 us of SQLite on the loop's thread) capped an endpoint at a few
         thousand requests/s; one commit per turn costs each request a few us.  Tasks
         this process runs itself are started here, not by the awaiting coroutine, so a
-        request cancelled meanwhile leaves no lease held and nothing unstarted.
+        request cancelled meanwhile leaves no lease held and nothing unstarted; their
+        leases are taken here too, so a loop closed before this ran holds none.
         """
         batch = self._loop_batches.pop(loop, [])
-        claimed = [row for row, local, _, _ in batch if local]
-        ready = [row for row, local, _, _ in batch if not local]
+        if self._stopping.is_set():  # shut down since these requests: commit nothing
+            for _, _, done in batch:
+                if not done.done():
+                    done.set_exception(
+                        EngineClosed(
+                            f"engine {self.engine.name} was shut down before this task was "
+                            f"committed; create a new Engine"
+                        )
+                    )
+            return
+        local = self._hold(len(batch))
+        claimed = [row for row, _, _ in batch[:local]]
+        ready = [row for row, _, _ in batch[local:]]
         with self._batch_lock:
             self._arriving += 1
         try:
             self._commit(claimed, ready)
         except BaseException as exc:
-            self._unhold(len(claimed))
-            for _, _, _, done in batch:
+            self._unhold(local)
+            for _, _, done in batch:
                 if not done.done():
                     done.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
             return
-        for row, local, fn, done in batch:
-            if local:
-                self._start_here([row], fn)
-            if not done.done():
-                done.set_result(None)
+        try:
+            self._start_here([(row, fn) for row, fn, _ in batch[:local]])
+        finally:  # committed: every request gets its handle, even if a start failed
+            for _, _, done in batch:
+                if not done.done():
+                    done.set_result(None)
         if ready and self.consume:
             self._wake()
 
@@ -540,7 +559,7 @@ class DurableRuntime:
         except BaseException:
             self._unhold(local)
             raise
-        self._start_here(rows[:local], fn)
+        self._start_here([(row, fn) for row in rows[:local]])
         if local < len(rows) and self.consume:
             self._wake()
         return [DurableHandle(self, row.id, name) for row in rows]
@@ -581,10 +600,30 @@ class DurableRuntime:
             with self._lock:
                 self._held -= n
 
-    def _start_here(self, rows: Iterable[NewTask], fn: Callable[..., Any]) -> None:
-        """Run committed rows this process holds the leases of."""
-        for row in rows:
-            self._start(Claimed(row.id, row.name, row.codec, row.payload, row.priority, 1, 0), fn)
+    def _start_here(self, rows: list[tuple[NewTask, Callable[..., Any]]]) -> None:
+        """Run committed rows (each with its callable) whose leases this process holds.
+
+        A row that cannot be started goes back to the store, READY for any worker, and
+        so do the rows after it: they are committed, so their callers get handles.  The
+        engine shut down since the commit (shutdown() racing a submit): that is all;
+        anything else (an interrupt) is raised once the rows are given back.
+        """
+        for i, (row, fn) in enumerate(rows):
+            try:
+                self._start(
+                    Claimed(row.id, row.name, row.codec, row.payload, row.priority, 1, 0), fn
+                )
+            except BaseException as exc:  # _start gave back this row already
+                rest = [r.id for r, _ in rows[i + 1 :]]
+                if rest:
+                    self._unhold(len(rest))
+                    try:
+                        self.store.release(self.owner, rest)
+                    except Exception as err:  # their leases expire: another worker runs them
+                        report_unraisable(err, "cytask could not give back unstarted tasks")
+                if not isinstance(exc, EngineClosed):
+                    raise
+                return
 
     def _commit(self, claimed: list[NewTask], ready: list[NewTask]) -> None:
         """Commit rows, sharing the commit with the other producers (group commit).

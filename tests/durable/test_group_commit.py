@@ -268,3 +268,94 @@ def test_asubmit_with_the_memory_store_is_submit_and_adelay_too() -> None:
         assert asyncio.run(main()) == (5, 9)
     finally:
         eng.shutdown()
+
+
+def _shut_down_during_commit(eng: Engine) -> None:
+    """The engine's next commit shuts the engine down once its rows are stored:
+    shutdown() in another thread racing a submit, at its worst moment."""
+    store: Any = eng._durable.store  # type: ignore[union-attr]
+    inner = store.enqueue
+
+    def enqueue(tasks: list[NewTask], **kw: Any) -> None:
+        inner(tasks, **kw)
+        store.enqueue = inner
+        eng.shutdown(wait=False)
+
+    store.enqueue = enqueue
+
+
+def test_asubmit_racing_shutdown_never_hangs(url: str) -> None:
+    # shutdown() between the requests and their commit: each raises EngineClosed and
+    # nothing is stored; shutdown() during the commit: the rows are stored, each request
+    # gets its handle, and the tasks it could not start here wait READY in the store
+    # (before: the loop's commit callback raised EngineClosed and every request hung)
+    eng = Engine(workers=2, store=url)
+
+    async def before_commit() -> list[Any]:
+        calls = [asyncio.ensure_future(eng.asubmit(add, i, 1)) for i in range(3)]
+        await asyncio.sleep(0)  # their rows wait for this turn's commit
+        eng.shutdown(wait=False)
+        _, pending = await asyncio.wait(calls, timeout=30)
+        assert not pending, "a request never returned"
+        return [c.exception() for c in calls]
+
+    errors = asyncio.run(before_commit())
+    assert [type(e).__name__ for e in errors] == ["EngineClosed"] * 3
+    assert "shut down before this task was committed" in str(errors[0])
+    eng.shutdown(wait=True, timeout=30)
+    assert _stored_count(url) == 0
+
+    eng = Engine(workers=2, store=url)
+    _shut_down_during_commit(eng)
+
+    async def during_commit() -> list[Any]:
+        calls = [asyncio.ensure_future(eng.asubmit(add, i, 1)) for i in range(3)]
+        _, pending = await asyncio.wait(calls, timeout=30)
+        assert not pending, "a request never returned"
+        return [c.result() for c in calls]
+
+    handles = asyncio.run(during_commit())
+    eng.shutdown(wait=True, timeout=30)
+    _assert_ready_in_store(url, [h.task_id for h in handles])
+
+
+def test_submit_many_racing_shutdown_gives_its_rows_back(url: str) -> None:
+    # The rows were committed leased to this process; the engine closed before they
+    # were started: the caller gets its handles (the rows are stored) and every row is
+    # READY for another worker at once (before: EngineClosed for rows already stored,
+    # and the rows after the first stayed leased to a process that never ran them)
+    eng = Engine(workers=2, store=url)
+    _shut_down_during_commit(eng)
+    handles = eng.submit_many(add, [(i, 1) for i in range(5)])
+    eng.shutdown(wait=True, timeout=30)
+    _assert_ready_in_store(url, [h.task_id for h in handles])
+
+
+def _assert_ready_in_store(url: str, ids: list[str]) -> None:
+    store = open_store(url)
+    try:
+        assert store.counts()["pending"] == len(ids)
+        claimed = store.claim("another-worker", 10, time.time() + 30)
+        assert sorted(c.id for c in claimed) == sorted(ids)
+    finally:
+        store.close()
+
+
+def test_a_loop_closed_before_its_commit_holds_no_lease(url: str) -> None:
+    # An event loop stopped and closed in the turn a request was made: its commit never
+    # runs.  Before, the request had taken a lease slot for good: after max_inflight
+    # such loops the engine could neither run its own tasks nor claim any (a hang)
+    eng = Engine(workers=1, store=url)
+    try:
+        rt: Any = eng._durable
+        for _ in range(rt.max_inflight + 1):
+            loop = asyncio.new_event_loop()
+            request = loop.create_task(eng.asubmit(add, 1, 1))
+            loop.call_soon(loop.stop)  # runs in the request's first turn, before the commit
+            loop.run_forever()
+            assert not request.done()
+            loop.close()
+        assert eng.submit(add, 2, 3).result(timeout=30) == 5
+        assert len(rt._loop_batches) <= 1, "the closed loops' batches were kept"
+    finally:
+        eng.shutdown(wait=True, timeout=30)
