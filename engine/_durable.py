@@ -381,8 +381,9 @@ class DurableRuntime:
         self._loop_batches: dict[Any, list[tuple[NewTask, Any, Any]]] = {}
         # producers inside _submit whose rows are not in a batch yet; guarded by _batch_lock
         self._arriving = 0
-        # a producer is committing a batch (the others wait); guarded by _batch_lock
-        self._committing = False
+        # the lock of the producer committing a batch (the others wait), None when none
+        # is; guarded by _batch_lock
+        self._committer: _thread.LockType | None = None
         # released by the last producer to arrive, while a committer gathers; guarded
         # by _batch_lock
         self._gatherer: _thread.LockType | None = None
@@ -478,11 +479,9 @@ class DurableRuntime:
                         )
                     )
             return
-        local = self._hold(len(batch))
+        local = self._hold(len(batch), [0])
         claimed = [row for row, _, _ in batch[:local]]
         ready = [row for row, _, _ in batch[local:]]
-        with self._batch_lock:
-            self._arriving += 1
         try:
             self._commit(claimed, ready)
         except BaseException as exc:
@@ -493,8 +492,11 @@ class DurableRuntime:
             if not isinstance(exc, Exception):
                 raise
             return
+        progress = [0, 0]  # see _start_here
         try:
-            self._start_here([(row, fn) for row, fn, _ in batch[:local]])
+            self._start_here([(row, fn) for row, fn, _ in batch[:local]], progress)
+        except BaseException as exc:
+            self._not_started([(row, fn) for row, fn, _ in batch[:local]], progress, exc)
         finally:  # committed: every request gets its handle, even if a start failed
             for _, _, done in batch:
                 if not done.done():
@@ -545,21 +547,27 @@ class DurableRuntime:
         priority: int,
         delay: float | None,
     ) -> list[DurableHandle[Any]]:
-        with self._batch_lock:
-            self._arriving += 1  # a committer gathering rows waits for ours (_commit)
+        arrival = [0]  # 1 while counted in _arriving (see _arrived)
+        held = [0]  # the leases _hold reserved
+        progress = [0, 0]  # see _start_here
+        local = -1  # -1 until the rows are committed
         try:
-            rows = self._new_rows(fn, name, calls, priority, delay)
-        except BaseException:
             with self._batch_lock:
-                self._arrived()
-            raise
-        local = 0 if delay else self._hold(len(rows))
-        try:
-            self._commit(rows[:local], rows[local:])
-        except BaseException:
-            self._unhold(local)
-            raise
-        self._start_here([(row, fn) for row in rows[:local]])
+                self._arriving += 1  # a committer gathering rows waits for ours (_commit)
+                arrival[0] = 1
+            rows = self._new_rows(fn, name, calls, priority, delay)
+            n = 0 if delay else self._hold(len(rows), held)
+            self._commit(rows[:n], rows[n:], arrival)
+            local = n  # from here on the rows are stored
+            self._start_here([(row, fn) for row in rows[:local]], progress)
+        except BaseException as exc:
+            if local < 0:
+                self._unhold(held[0])
+                if arrival[0]:  # left before its rows reached the batch (a bad argument)
+                    with self._batch_lock:
+                        self._arrived(arrival)
+                raise
+            self._not_started([(row, fn) for row in rows[:local]], progress, exc)
         if local < len(rows) and self.consume:
             self._wake()
         return [DurableHandle(self, row.id, name) for row in rows]
@@ -585,14 +593,16 @@ class DurableRuntime:
             for a, k in calls
         ]  # fmt: skip
 
-    def _hold(self, n: int) -> int:
+    def _hold(self, n: int, held: list[int]) -> int:
         """Reserve leases for up to n new tasks this process will run itself (committed
-        already claimed, started without a round trip); how many it got."""
+        already claimed, started without a round trip); how many it got, also put in
+        ``held[0]`` with no call between (a signal raised on the way out loses none)."""
         if not self.consume:
             return 0
         with self._lock:
             local = max(0, min(n, self.max_inflight - self._held))
             self._held += local
+            held[0] = local
         return local
 
     def _unhold(self, n: int) -> None:
@@ -600,32 +610,39 @@ class DurableRuntime:
             with self._lock:
                 self._held -= n
 
-    def _start_here(self, rows: list[tuple[NewTask, Callable[..., Any]]]) -> None:
+    def _start_here(
+        self, rows: list[tuple[NewTask, Callable[..., Any]]], progress: list[int]
+    ) -> None:
         """Run committed rows (each with its callable) whose leases this process holds.
+        ``progress``: [rows started, 1 once _start gave back the one it could not start]
+        (the caller gives back the rest: see ``_not_started``)."""
+        for row, fn in rows:
+            claimed = Claimed(row.id, row.name, row.codec, row.payload, row.priority, 1, 0)
+            self._start(claimed, fn, progress)
 
-        A row that cannot be started goes back to the store, READY for any worker, and
-        so do the rows after it: they are committed, so their callers get handles.  The
-        engine shut down since the commit (shutdown() racing a submit): that is all;
-        anything else (an interrupt) is raised once the rows are given back.
-        """
-        for i, (row, fn) in enumerate(rows):
+    def _not_started(
+        self,
+        rows: list[tuple[NewTask, Callable[..., Any]]],
+        progress: list[int],
+        exc: BaseException,
+    ) -> None:
+        """``_start_here`` stopped (`exc`): give back the committed rows it did not start,
+        READY for any worker.  They are stored, so their callers get handles if the
+        engine shut down since the commit (shutdown() racing a submit); anything else
+        (an interrupt) is raised."""
+        rest = [row.id for row, _ in rows[progress[0] + progress[1] :]]
+        if rest:
+            self._unhold(len(rest))
             try:
-                self._start(
-                    Claimed(row.id, row.name, row.codec, row.payload, row.priority, 1, 0), fn
-                )
-            except BaseException as exc:  # _start gave back this row already
-                rest = [r.id for r, _ in rows[i + 1 :]]
-                if rest:
-                    self._unhold(len(rest))
-                    try:
-                        self.store.release(self.owner, rest)
-                    except Exception as err:  # their leases expire: another worker runs them
-                        report_unraisable(err, "cytask could not give back unstarted tasks")
-                if not isinstance(exc, EngineClosed):
-                    raise
-                return
+                self.store.release(self.owner, rest)
+            except Exception as err:  # their leases expire: another worker runs them
+                report_unraisable(err, "cytask could not give back unstarted tasks")
+        if not isinstance(exc, EngineClosed):
+            raise exc
 
-    def _commit(self, claimed: list[NewTask], ready: list[NewTask]) -> None:
+    def _commit(
+        self, claimed: list[NewTask], ready: list[NewTask], arrival: list[int] | None = None
+    ) -> None:
         """Commit rows, sharing the commit with the other producers (group commit).
 
         A producer adds its rows to the open batch.  If no commit is in progress it
@@ -637,78 +654,93 @@ class DurableRuntime:
         ran), and 8 producer threads committed one row at a time.  Why a lock per
         waiter, not a Condition: every woken thread took the Condition's lock again,
         one after the other, on two CPUs.
+
+        A signal (KeyboardInterrupt) may raise in the main thread at any call or
+        return in here: ``_interrupted`` repairs from the shared state alone (who holds
+        the committer's role, which batch is open), never from how far this got.
         """
-        with self._batch_lock:
-            batch = self._batch
-            batch.claimed += claimed
-            batch.ready += ready
-            self._arrived()
-            if self._committing:
-                waiter = _thread.allocate_lock()
-                waiter.acquire()
-                batch.waiters.append(waiter)
-            else:
-                self._committing = True
-                waiter = None
-        if waiter is not None:
-            try:
-                waiter.acquire()  # released when our batch is done, or is ours to commit
-            except BaseException:  # a signal (KeyboardInterrupt) in the main thread
-                self._stop_waiting(batch, waiter)
-                raise
-            if batch.done:
-                if batch.error is not None:
-                    raise batch.error
-                return
-        self._commit_batch(batch)
+        me = _thread.allocate_lock()  # our waiter, and our name as the committer
+        batch: _Batch | None = None
+        try:
+            with self._batch_lock:
+                batch = self._batch
+                batch.claimed += claimed
+                batch.ready += ready
+                if arrival is not None:
+                    self._arrived(arrival)
+                if self._committer is not None:
+                    me.acquire()
+                    batch.waiters.append(me)
+                else:
+                    self._committer = me
+            if self._committer is not me:
+                me.acquire()  # released when our batch is done, or is ours to commit
+            if not batch.done:  # ours to commit
+                self._commit_batch(batch, me)
+        except BaseException:  # a signal (KeyboardInterrupt) in the main thread
+            if batch is not None:
+                self._stop_waiting(batch, me)
+            raise
         if batch.error is not None:
             raise batch.error
 
-    def _arrived(self) -> None:
+    def _arrived(self, arrival: list[int]) -> None:
         """A producer counted in ``_arriving`` added its rows, or gave up (call with
-        ``_batch_lock`` held): the last one lets a gathering committer go."""
-        self._arriving -= 1
+        ``_batch_lock`` held): the last one lets a gathering committer go.  `arrival`
+        is its token: 1 while counted, 0 once taken back, so it is taken back once."""
+        if not arrival[0]:
+            return
+        self._arriving -= 1  # these two with no call between: no signal can part them
+        arrival[0] = 0
         gatherer = self._gatherer
         if gatherer is not None and not self._arriving:
             self._gatherer = None
             gatherer.release()
 
-    def _stop_waiting(self, batch: _Batch, waiter: _thread.LockType) -> None:
-        """A producer asleep on ``waiter`` leaves (interrupted).  Its rows stay in the
-        batch; if it was just handed the committer's role, it hands it on."""
+    def _stop_waiting(self, batch: _Batch, me: _thread.LockType) -> None:
+        """A producer in ``_commit`` leaves, interrupted at any point.  Its rows stay in
+        the open batch for the next committer; a batch it took from there and did not
+        commit fails (its producers get StoreError); the committer's role, if it held
+        it, goes to a producer asleep on the open batch."""
         with self._batch_lock:
-            if batch.done:
+            if me in batch.waiters:  # asleep, never the committer
+                batch.waiters.remove(me)
+            if batch.done:  # committed: wake whoever the committer could not
+                _wake_all(batch)
+            if self._committer is not me:
                 return
-            if waiter in batch.waiters:
-                batch.waiters.remove(waiter)
-            else:
-                self._hand_on()
+            self._gatherer = None  # only the committer gathers
+            if self._batch is not batch and not batch.done:  # taken, never committed
+                batch.error = StoreError(
+                    "the commit of this task was interrupted by a signal in another "
+                    "thread before it was stored: submit it again"
+                )
+                batch.done = True
+                _wake_all(batch)
+            self._hand_on()
 
     def _hand_on(self) -> None:
         """Pass the committer's role to a producer asleep on the open batch, or give it
         up when none is (call with ``_batch_lock`` held)."""
         waiting = self._batch.waiters
         if waiting:
-            waiting.pop().release()
+            self._committer = waiter = waiting[-1]
+            waiter.release()  # then unlisted: a signal between leaves it woken and listed
+            waiting.pop()
         else:
-            self._committing = False
+            self._committer = None
 
-    def _commit_batch(self, batch: _Batch) -> None:
-        """Commit the open batch (we hold the committer's role), then pass the role on."""
+    def _commit_batch(self, batch: _Batch, me: _thread.LockType) -> None:
+        """Commit the open batch (`me` holds the committer's role), then pass the role
+        on.  An interrupt outside the store's calls is ``_commit``'s to repair."""
         with self._batch_lock:
             if self._arriving:
                 gatherer = self._gatherer = _thread.allocate_lock()
                 gatherer.acquire()
             else:
                 gatherer = None
-        try:
-            if gatherer is not None:
-                gatherer.acquire(timeout=_GATHER_S)  # released by the last arriving producer
-        except BaseException:  # interrupted: the batch stays open for the next committer
-            with self._batch_lock:
-                self._gatherer = None
-                self._hand_on()
-            raise
+        if gatherer is not None:
+            gatherer.acquire(timeout=_GATHER_S)  # released by the last arriving producer
         with self._batch_lock:
             self._gatherer = None
             self._batch = _Batch()
@@ -731,13 +763,16 @@ class DurableRuntime:
         with self._batch_lock:
             batch.done = True
             self._hand_on()
-            for waiter in batch.waiters:
-                waiter.release()
+            _wake_all(batch)
         if interrupted is not None:
             raise interrupted
 
-    def _start(self, claimed: Claimed, fn: Callable[..., Any] | None) -> None:
-        """Push a task this process holds onto the native ring."""
+    def _start(
+        self, claimed: Claimed, fn: Callable[..., Any] | None, progress: list[int] | None = None
+    ) -> None:
+        """Push a task this process holds onto the native ring (and count it in
+        ``progress[0]``).  If that fails it gives the task back to the store (and sets
+        ``progress[1]``) before it raises."""
         if fn is None:
             fn = resolve(claimed.name)
         try:
@@ -761,25 +796,29 @@ class DurableRuntime:
             self._results.put(Finish(claimed.id, FAILED, error=encode_error(exc)))
             return
         run = _Run(self, claimed, fn, args, kwargs)
-        with self._lock:
-            self._inflight[claimed.id] = run
-        task = run.task
-        options = None
-        if task is not None and task.options.timeout:
-            options = TaskOptions(task.name, claimed.priority, timeout=task.options.timeout)
-        try:
+        try:  # from the first line: a signal anywhere leaves no lease held forever
+            with self._lock:
+                self._inflight[claimed.id] = run
+            task = run.task
+            options = None
+            if task is not None and task.options.timeout:
+                options = TaskOptions(task.name, claimed.priority, timeout=task.options.timeout)
             nh = self.engine._submit_handle(run, (), None, claimed.priority, options, False)
+            run.native = nh
+            if options is not None:
+                nh.add_done_callback(run._native_done)
+            if progress is not None:
+                progress[0] += 1
         except BaseException:
             with self._lock:
-                run.state = 2
+                run.state = 2  # queued after all: its worker finds it ended
                 self._inflight.pop(claimed.id, None)
                 self._held -= 1
+                if progress is not None:
+                    progress[1] = 1  # the caller gives back none of it again
             with contextlib.suppress(Exception):
                 self.store.release(self.owner, [claimed.id])
             raise
-        run.native = nh
-        if options is not None:
-            nh.add_done_callback(run._native_done)
 
     # -- the end of a run -----------------------------------------------------------------
 
@@ -1261,6 +1300,19 @@ class _Batch:
         self.waiters: list[_thread.LockType] = []  # held locks of producers asleep on it
         self.done = False
         self.error: BaseException | None = None
+
+
+def _wake_all(batch: _Batch) -> None:
+    """Wake the producers asleep on a committed batch (call with ``_batch_lock`` held).
+    Each is woken, then unlisted: one a signal left listed is woken again (harmless:
+    its lock is its own, used once)."""
+    waiters = batch.waiters
+    while waiters:
+        try:  # noqa: SIM105 (contextlib.suppress is Python code: a signal may raise in it)
+            waiters[-1].release()
+        except RuntimeError:  # woken already
+            pass
+        waiters.pop()
 
 
 def _hostname() -> str:

@@ -156,13 +156,13 @@ def test_an_interrupted_successor_hands_the_commit_on(producer: Engine) -> None:
     mine.acquire()
     theirs.acquire()
     batch = rt._batch
-    rt._committing = True
+    rt._committer = mine
     batch.waiters.append(theirs)  # ``mine`` was popped: the role is ours
     rt._stop_waiting(batch, mine)
     assert theirs.acquire(blocking=False), "the next producer was not woken to commit"
-    assert rt._committing
+    assert rt._committer is theirs
     rt._stop_waiting(batch, theirs)  # it too is interrupted, nobody else waits
-    assert not rt._committing
+    assert rt._committer is None
     assert isinstance(rt._batch, _Batch)
     producer.submit(add, 1, 1)  # the next producer commits the open batch itself
 
@@ -359,3 +359,128 @@ def test_a_loop_closed_before_its_commit_holds_no_lease(url: str) -> None:
         assert len(rt._loop_batches) <= 1, "the closed loops' batches were kept"
     finally:
         eng.shutdown(wait=True, timeout=30)
+
+
+_SIGNAL_AT_EVERY_POINT = """
+import sys, threading
+sys.path.insert(0, {here!r})
+from test_group_commit import _HeldStore, _wait_for, add
+import cytask._durable
+from cytask import Engine
+from cytask._store import StoreError
+
+SOURCE = cytask._durable.__file__
+
+
+class Interrupt:
+    # A profile function raising KeyboardInterrupt at the k-th point of the main thread
+    # where CPython runs a signal handler: a Python function's first instruction
+    # ("call") and the return of a C function ("c_return"), in cytask/_durable.py
+    def __init__(self, k):
+        self.k, self.seen, self.fired = k, 0, False
+
+    def __call__(self, frame, event, arg):
+        if frame.f_code.co_filename != SOURCE or event not in ("call", "c_return"):
+            return
+        if self.seen == self.k:
+            self.fired = True
+            sys.setprofile(None)
+            raise KeyboardInterrupt
+        self.seen += 1
+
+
+def submit_interrupted_at(k):
+    p = Interrupt(k)
+    sys.setprofile(p)
+    try:
+        eng.submit(add, 1, 1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sys.setprofile(None)
+    return p
+
+
+def check(what, k):
+    # the next producer commits (the committer's role was not lost), and nothing the
+    # interrupted one took is kept: no lease, no arrival a committer would wait for
+    t = threading.Thread(target=eng.submit, args=(add, 5, 5), daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), f"{{what}}, signal at point {{k}}: the next submit hung"
+    _wait_for(lambda: rt._held == 0, 10)
+    assert rt._arriving == 0, (what, k)
+
+
+eng = Engine(workers=1, store="sqlite:///{tmp}/tasks.db")
+rt = eng._durable
+k = 0
+while True:  # a lone producer: it commits its own row and starts its task
+    p = submit_interrupted_at(k)
+    check("alone", k)
+    if not p.fired:
+        break
+    k += 1
+alone = k
+k = 0
+while True:  # a waiting producer, handed the committer's role with one behind it
+    held = _HeldStore(eng)
+    first = threading.Thread(target=eng.submit, args=(add, 0, 0))
+    first.start()
+    assert held.in_commit.wait(10)
+    behind = []
+
+    def producer_behind():
+        try:
+            behind.append(eng.submit(add, 2, 2))
+        except StoreError as exc:  # its batch was taken by the interrupted committer
+            assert "interrupted" in str(exc), exc
+            behind.append(exc)
+
+    t = threading.Thread(target=producer_behind)
+    t.start()
+    _wait_for(lambda: held.waiting() == 1)
+    p = Interrupt(k)
+
+    def release():
+        _wait_for(lambda: held.waiting() == 2 or p.fired)  # main asleep behind it
+        held.release.set()
+
+    r = threading.Thread(target=release)
+    r.start()
+    sys.setprofile(p)
+    try:
+        eng.submit(add, 1, 1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sys.setprofile(None)
+    held.release.set()
+    for th in (first, t, r):
+        th.join(10)
+    assert behind, f"successor, signal at point {{k}}: the producer behind it hung"
+    del held.store.enqueue  # the store's own again
+    check("successor", k)
+    if not p.fired:
+        break
+    k += 1
+print(alone, k)
+"""
+
+
+def test_a_signal_at_any_point_of_a_submit_stalls_nothing(tmp_path: Path) -> None:
+    """KeyboardInterrupt raised in the main thread at each point of ``submit`` where a
+    signal handler can run, in turn.  Before, a signal just after a producer took the
+    committer's role (or before it woke the producers asleep on its batch) left that
+    role taken for good: every later submit of the process hung.  Others leaked a
+    lease or an arrival (each later commit then waited 0.5 ms for nobody)."""
+    script = _SIGNAL_AT_EVERY_POINT.format(here=str(Path(__file__).parent), tmp=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-X", "faulthandler", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    alone, successor = map(int, out.stdout.split())
+    assert alone > 20 and successor > 20  # the points were reached, not skipped
