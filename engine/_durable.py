@@ -64,7 +64,7 @@ from cytask._store import (
     open_store,
 )
 from cytask._task import Task
-from cytask._validate import check_callable
+from cytask._validate import check_callable, check_duration
 
 if TYPE_CHECKING:
     from cytask._engine import Engine
@@ -352,8 +352,7 @@ class DurableRuntime:
     ) -> None:
         if serializer not in ("json", "pickle"):
             raise ValueError(f"Expected 'json' or 'pickle' for serializer, got {serializer!r}")
-        if not isinstance(lease, (int, float)) or isinstance(lease, bool) or not lease > 0:
-            raise ValueError(f"Expected a number of seconds > 0 for lease, got {lease!r}")
+        check_duration(lease, "lease", positive=True)  # inf: the feeder could not sleep
         self.engine = engine
         self.store = open_store(store)
         self.codec = serializer
