@@ -151,7 +151,12 @@ class _Run:
         try:
             value = await coro
         except BaseException as exc:
-            self.rt._ended(self, None, exc)
+            import asyncio  # loaded: this runs on an event loop
+
+            if isinstance(exc, asyncio.CancelledError) and self.rt._stopping.is_set():
+                self.rt._lost(self)  # shutdown's deadline cancelled it: not its failure
+            else:
+                self.rt._ended(self, None, exc)
             raise
         finally:
             _current.reset(token)
@@ -847,6 +852,23 @@ class DurableRuntime:
                 self._results.put(Finish(claimed.id, RETRYING, error=encode_error(exc), run_at=at))
                 return
         self._results.put(Finish(claimed.id, FAILED, error=encode_error(exc)))
+
+    def _lost(self, run: _Run) -> None:
+        """An async task that shutdown() cancelled when its deadline passed: it goes
+        back to the store as a task whose worker died does (another delivery, counted
+        as lost), at once instead of when its lease expires.  Before, it failed for good
+        with CancelledError, while a plain task cut off the same way ran again."""
+        with self._lock:
+            if run.state == 2:
+                return
+            run.state = 2
+            if self._inflight.pop(run.claimed.id, None) is not None:
+                self._held -= 1
+        try:
+            self.store.extend(self.owner, [run.claimed.id], 0.0)  # its lease ends now
+            self.store.recover_expired(time.time())
+        except Exception as exc:  # its lease expires: the next worker runs it then
+            report_unraisable(exc, f"cytask could not give back task {run.claimed.id}")
 
     def _write_loop(self) -> None:
         self.engine._own_thread()  # the engine's work, not the application's (gil_share)
