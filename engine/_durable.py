@@ -450,8 +450,9 @@ class DurableRuntime:
         batch = self._loop_batches.get(loop)
         if batch is None:
             self._forget_closed_loops()
-            batch = self._loop_batches[loop] = []
-            loop.call_soon(self._flush_loop_batch, loop)
+            batch = []
+            loop.call_soon(self._flush_loop_batch, loop)  # first: a batch is never unflushed
+            self._loop_batches[loop] = batch
         batch.append((row, fn, done))
         await done
         return DurableHandle(self, row.id, name)
@@ -470,43 +471,67 @@ class DurableRuntime:
         thousand requests/s; one commit per turn costs each request a few us.  Tasks
         this process runs itself are started here, not by the awaiting coroutine, so a
         request cancelled meanwhile leaves no lease held and nothing unstarted; their
-        leases are taken here too, so a loop closed before this ran holds none.
+        leases are taken here too, so a loop closed before this ran holds none.  A signal
+        raised in here (a loop run without asyncio.run's Ctrl-C handler) ends every
+        request; only one at this callback's first instruction leaves its turn's batch.
         """
-        batch = self._loop_batches.pop(loop, [])
-        if self._stopping.is_set():  # shut down since these requests: commit nothing
-            for _, _, done in batch:
-                if not done.done():
-                    done.set_exception(
-                        EngineClosed(
-                            f"engine {self.engine.name} was shut down before this task was "
-                            f"committed; create a new Engine"
-                        )
-                    )
-            return
-        local = self._hold(len(batch), [0])
-        claimed = [row for row, _, _ in batch[:local]]
-        ready = [row for row, _, _ in batch[local:]]
+        batch: list[tuple[NewTask, Any, Any]] | None = None
+        held = [0]  # the leases _hold reserved
+        committed = False
         try:
+            batch = self._loop_batches.get(loop, [])
+            self._loop_batches.pop(loop, None)  # (in two steps: see the handler)
+            if self._stopping.is_set():  # shut down since these requests: commit nothing
+                raise EngineClosed(
+                    f"engine {self.engine.name} was shut down before this task was "
+                    f"committed; create a new Engine"
+                )
+            local = self._hold(len(batch), held)
+            claimed = [row for row, _, _ in batch[:local]]
+            ready = [row for row, _, _ in batch[local:]]
             self._commit(claimed, ready)
-        except BaseException as exc:
-            self._unhold(local)
-            for _, _, done in batch:
-                if not done.done():
-                    done.set_exception(exc)
+            committed = True
+            progress = [0, 0]  # see _start_here
+            try:
+                self._start_here([(row, fn) for row, fn, _ in batch[:local]], progress)
+            except BaseException as exc:
+                self._not_started([(row, fn) for row, fn, _ in batch[:local]], progress, exc)
+            self._settle(batch, True, held, None)
+            if ready and self.consume:
+                self._wake()
+        except BaseException as exc:  # a store error, or a signal at any point in here
+            if batch is None:  # still in _loop_batches: no other flush will take it
+                batch = self._loop_batches.pop(loop, None) or []
+            self._settle(batch, committed, held, exc)
             if not isinstance(exc, Exception):
                 raise
-            return
-        progress = [0, 0]  # see _start_here
-        try:
-            self._start_here([(row, fn) for row, fn, _ in batch[:local]], progress)
-        except BaseException as exc:
-            self._not_started([(row, fn) for row, fn, _ in batch[:local]], progress, exc)
-        finally:  # committed: every request gets its handle, even if a start failed
-            for _, _, done in batch:
-                if not done.done():
-                    done.set_result(None)
-        if ready and self.consume:
-            self._wake()
+            if committed:
+                report_unraisable(exc, "cytask could not start the tasks it committed")
+
+    def _settle(
+        self,
+        batch: list[tuple[NewTask, Any, Any]],
+        committed: bool,
+        held: list[int],
+        exc: BaseException | None,
+    ) -> None:
+        """End every request of a loop batch: its handle once the rows are committed
+        (a task not started here waits in the store), else the error."""
+        if not committed:
+            self._unhold(held[0])
+            assert exc is not None
+            if not isinstance(exc, Exception):
+                exc = StoreError(
+                    f"the commit of this task was interrupted by {type(exc).__name__}: "
+                    f"it may or may not be stored"
+                )
+        for _, _, done in batch:
+            if done.done():
+                continue
+            if committed:
+                done.set_result(None)
+            else:
+                done.set_exception(exc)
 
     def submit_task(
         self,

@@ -362,7 +362,7 @@ def test_a_loop_closed_before_its_commit_holds_no_lease(url: str) -> None:
 
 
 _SIGNAL_AT_EVERY_POINT = """
-import sys, threading
+import asyncio, sys, threading
 sys.path.insert(0, {here!r})
 from test_group_commit import _HeldStore, _wait_for, add
 import cytask._durable
@@ -382,6 +382,8 @@ class Interrupt:
     def __call__(self, frame, event, arg):
         if frame.f_code.co_filename != SOURCE or event not in ("call", "c_return"):
             return
+        if event == "call" and frame.f_code.co_name == "_flush_loop_batch":
+            return  # the one point not covered: a signal before the loop's commit begins
         if self.seen == self.k:
             self.fired = True
             sys.setprofile(None)
@@ -464,16 +466,39 @@ while True:  # a waiting producer, handed the committer's role with one behind i
     if not p.fired:
         break
     k += 1
-print(alone, k)
+successor = k
+k = 0
+while True:  # requests on an event loop (run here, without asyncio.run's Ctrl-C handler)
+    loop = asyncio.new_event_loop()
+    requests = [loop.create_task(eng.asubmit(add, i, 1)) for i in range(3)]
+    p = Interrupt(k)
+    sys.setprofile(p)
+    try:
+        loop.run_until_complete(asyncio.wait(requests, timeout=10))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sys.setprofile(None)
+    loop.run_until_complete(asyncio.wait(requests, timeout=10))  # the app goes on
+    assert all(r.done() for r in requests), f"on a loop, signal at point {{k}}: a request hung"
+    assert loop not in rt._loop_batches, k
+    loop.close()
+    check("on a loop", k)
+    if not p.fired:
+        break
+    k += 1
+print(alone, successor, k)
 """
 
 
 def test_a_signal_at_any_point_of_a_submit_stalls_nothing(tmp_path: Path) -> None:
-    """KeyboardInterrupt raised in the main thread at each point of ``submit`` where a
-    signal handler can run, in turn.  Before, a signal just after a producer took the
-    committer's role (or before it woke the producers asleep on its batch) left that
-    role taken for good: every later submit of the process hung.  Others leaked a
-    lease or an arrival (each later commit then waited 0.5 ms for nobody)."""
+    """KeyboardInterrupt raised in the main thread at each point of ``submit`` (and of
+    ``asubmit`` and its loop's commit) where a signal handler can run, in turn.
+    Before, a signal just after a producer took the committer's role (or before it
+    woke the producers asleep on its batch) left that role taken for good: every
+    later submit of the process hung.  Others leaked a lease or an arrival (each
+    later commit then waited 0.5 ms for nobody), or left a loop's requests waiting
+    for a commit that never came."""
     script = _SIGNAL_AT_EVERY_POINT.format(here=str(Path(__file__).parent), tmp=tmp_path)
     out = subprocess.run(
         [sys.executable, "-X", "faulthandler", "-c", script],
@@ -482,5 +507,5 @@ def test_a_signal_at_any_point_of_a_submit_stalls_nothing(tmp_path: Path) -> Non
         timeout=240,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    alone, successor = map(int, out.stdout.split())
-    assert alone > 20 and successor > 20  # the points were reached, not skipped
+    alone, successor, on_a_loop = map(int, out.stdout.split())
+    assert min(alone, successor, on_a_loop) > 20  # the points were reached, not skipped
