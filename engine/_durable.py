@@ -64,7 +64,7 @@ from cytask._store import (
     open_store,
 )
 from cytask._task import Task
-from cytask._validate import check_callable
+from cytask._validate import check_callable, check_duration
 
 if TYPE_CHECKING:
     from cytask._engine import Engine
@@ -151,7 +151,12 @@ class _Run:
         try:
             value = await coro
         except BaseException as exc:
-            self.rt._ended(self, None, exc)
+            import asyncio  # loaded: this runs on an event loop
+
+            if isinstance(exc, asyncio.CancelledError) and self.rt._stopping.is_set():
+                self.rt._lost(self)  # shutdown's deadline cancelled it: not its failure
+            else:
+                self.rt._ended(self, None, exc)
             raise
         finally:
             _current.reset(token)
@@ -386,8 +391,7 @@ class DurableRuntime:
     ) -> None:
         if serializer not in ("json", "pickle"):
             raise ValueError(f"Expected 'json' or 'pickle' for serializer, got {serializer!r}")
-        if not isinstance(lease, (int, float)) or isinstance(lease, bool) or not lease > 0:
-            raise ValueError(f"Expected a number of seconds > 0 for lease, got {lease!r}")
+        check_duration(lease, "lease", positive=True)  # inf: the feeder could not sleep
         self.engine = engine
         self.store = open_store(store)
         self.codec = serializer
@@ -412,11 +416,12 @@ class DurableRuntime:
         self._batch = _Batch()  # the open batch; guarded by _batch_lock
         # asubmit's rows per event loop, committed once per turn of that loop; each
         # loop touches only its own entry, from its own thread
-        self._loop_batches: dict[Any, list[tuple[NewTask, bool, Any, Any]]] = {}
+        self._loop_batches: dict[Any, list[tuple[NewTask, Any, Any]]] = {}
         # producers inside _submit whose rows are not in a batch yet; guarded by _batch_lock
         self._arriving = 0
-        # a producer is committing a batch (the others wait); guarded by _batch_lock
-        self._committing = False
+        # the lock of the producer committing a batch (the others wait), None when none
+        # is; guarded by _batch_lock
+        self._committer: _thread.LockType | None = None
         # released by the last producer to arrive, while a committer gathers; guarded
         # by _batch_lock
         self._gatherer: _thread.LockType | None = None
@@ -472,18 +477,25 @@ class DurableRuntime:
             check_callable(fn, "fn")
             name, priority = name_for(fn), int(Priority.NORMAL)
         (row,) = self._new_rows(fn, name, [(args, kwargs)], priority, None)
-        local = self._hold(1) == 1
         import asyncio  # here: a caller that awaits has it loaded already
 
         loop = asyncio.get_running_loop()
         done = loop.create_future()
         batch = self._loop_batches.get(loop)
         if batch is None:
-            batch = self._loop_batches[loop] = []
-            loop.call_soon(self._flush_loop_batch, loop)
-        batch.append((row, local, fn, done))
+            self._forget_closed_loops()
+            batch = []
+            loop.call_soon(self._flush_loop_batch, loop)  # first: a batch is never unflushed
+            self._loop_batches[loop] = batch
+        batch.append((row, fn, done))
         await done
         return DurableHandle(self, row.id, name)
+
+    def _forget_closed_loops(self) -> None:
+        """Drop the batches of event loops closed before their commit ran (stopped and
+        closed in the turn a request was made): those requests died with their loop."""
+        for loop in [loop for loop in list(self._loop_batches) if loop.is_closed()]:
+            self._loop_batches.pop(loop, None)
 
     def _flush_loop_batch(self, loop: Any) -> None:
         """Commit the rows ``asubmit`` gathered on `loop` during one turn, in one commit.
@@ -492,30 +504,68 @@ class DurableRuntime:
         commit (~35 us of SQLite on the loop's thread) capped an endpoint at a few
         thousand requests/s; one commit per turn costs each request a few us.  Tasks
         this process runs itself are started here, not by the awaiting coroutine, so a
-        request cancelled meanwhile leaves no lease held and nothing unstarted.
+        request cancelled meanwhile leaves no lease held and nothing unstarted; their
+        leases are taken here too, so a loop closed before this ran holds none.  A signal
+        raised in here (a loop run without asyncio.run's Ctrl-C handler) ends every
+        request; only one at this callback's first instruction leaves its turn's batch.
         """
-        batch = self._loop_batches.pop(loop, [])
-        claimed = [row for row, local, _, _ in batch if local]
-        ready = [row for row, local, _, _ in batch if not local]
-        with self._batch_lock:
-            self._arriving += 1
+        batch: list[tuple[NewTask, Any, Any]] | None = None
+        held = [0]  # the leases _hold reserved
+        committed = False
         try:
+            batch = self._loop_batches.get(loop, [])
+            self._loop_batches.pop(loop, None)  # (in two steps: see the handler)
+            if self._stopping.is_set():  # shut down since these requests: commit nothing
+                raise EngineClosed(
+                    f"engine {self.engine.name} was shut down before this task was "
+                    f"committed; create a new Engine"
+                )
+            local = self._hold(len(batch), held)
+            claimed = [row for row, _, _ in batch[:local]]
+            ready = [row for row, _, _ in batch[local:]]
             self._commit(claimed, ready)
-        except BaseException as exc:
-            self._unhold(len(claimed))
-            for _, _, _, done in batch:
-                if not done.done():
-                    done.set_exception(exc)
+            committed = True
+            progress = [0, 0]  # see _start_here
+            try:
+                self._start_here([(row, fn) for row, fn, _ in batch[:local]], progress)
+            except BaseException as exc:
+                self._not_started([(row, fn) for row, fn, _ in batch[:local]], progress, exc)
+            self._settle(batch, True, held, None)
+            if ready and self.consume:
+                self._wake()
+        except BaseException as exc:  # a store error, or a signal at any point in here
+            if batch is None:  # still in _loop_batches: no other flush will take it
+                batch = self._loop_batches.pop(loop, None) or []
+            self._settle(batch, committed, held, exc)
             if not isinstance(exc, Exception):
                 raise
-            return
-        for row, local, fn, done in batch:
-            if local:
-                self._start_here([row], fn)
-            if not done.done():
+            if committed:
+                report_unraisable(exc, "cytask could not start the tasks it committed")
+
+    def _settle(
+        self,
+        batch: list[tuple[NewTask, Any, Any]],
+        committed: bool,
+        held: list[int],
+        exc: BaseException | None,
+    ) -> None:
+        """End every request of a loop batch: its handle once the rows are committed
+        (a task not started here waits in the store), else the error."""
+        if not committed:
+            self._unhold(held[0])
+            assert exc is not None
+            if not isinstance(exc, Exception):
+                exc = StoreError(
+                    f"the commit of this task was interrupted by {type(exc).__name__}: "
+                    f"it may or may not be stored"
+                )
+        for _, _, done in batch:
+            if done.done():
+                continue
+            if committed:
                 done.set_result(None)
-        if ready and self.consume:
-            self._wake()
+            else:
+                done.set_exception(exc)
 
     def submit_task(
         self,
@@ -560,21 +610,27 @@ class DurableRuntime:
         priority: int,
         delay: float | None,
     ) -> list[DurableHandle[Any]]:
-        with self._batch_lock:
-            self._arriving += 1  # a committer gathering rows waits for ours (_commit)
+        arrival = [0]  # 1 while counted in _arriving (see _arrived)
+        held = [0]  # the leases _hold reserved
+        progress = [0, 0]  # see _start_here
+        local = -1  # -1 until the rows are committed
         try:
-            rows = self._new_rows(fn, name, calls, priority, delay)
-        except BaseException:
             with self._batch_lock:
-                self._arrived()
-            raise
-        local = 0 if delay else self._hold(len(rows))
-        try:
-            self._commit(rows[:local], rows[local:])
-        except BaseException:
-            self._unhold(local)
-            raise
-        self._start_here(rows[:local], fn)
+                self._arriving += 1  # a committer gathering rows waits for ours (_commit)
+                arrival[0] = 1
+            rows = self._new_rows(fn, name, calls, priority, delay)
+            n = 0 if delay else self._hold(len(rows), held)
+            self._commit(rows[:n], rows[n:], arrival)
+            local = n  # from here on the rows are stored
+            self._start_here([(row, fn) for row in rows[:local]], progress)
+        except BaseException as exc:
+            if local < 0:
+                self._unhold(held[0])
+                if arrival[0]:  # left before its rows reached the batch (a bad argument)
+                    with self._batch_lock:
+                        self._arrived(arrival)
+                raise
+            self._not_started([(row, fn) for row in rows[:local]], progress, exc)
         if local < len(rows) and self.consume:
             self._wake()
         return [DurableHandle(self, row.id, name) for row in rows]
@@ -600,14 +656,16 @@ class DurableRuntime:
             for a, k in calls
         ]  # fmt: skip
 
-    def _hold(self, n: int) -> int:
+    def _hold(self, n: int, held: list[int]) -> int:
         """Reserve leases for up to n new tasks this process will run itself (committed
-        already claimed, started without a round trip); how many it got."""
+        already claimed, started without a round trip); how many it got, also put in
+        ``held[0]`` with no call between (a signal raised on the way out loses none)."""
         if not self.consume:
             return 0
         with self._lock:
             local = max(0, min(n, self.max_inflight - self._held))
             self._held += local
+            held[0] = local
         return local
 
     def _unhold(self, n: int) -> None:
@@ -615,12 +673,39 @@ class DurableRuntime:
             with self._lock:
                 self._held -= n
 
-    def _start_here(self, rows: Iterable[NewTask], fn: Callable[..., Any]) -> None:
-        """Run committed rows this process holds the leases of."""
-        for row in rows:
-            self._start(Claimed(row.id, row.name, row.codec, row.payload, row.priority, 1, 0), fn)
+    def _start_here(
+        self, rows: list[tuple[NewTask, Callable[..., Any]]], progress: list[int]
+    ) -> None:
+        """Run committed rows (each with its callable) whose leases this process holds.
+        ``progress``: [rows started, 1 once _start gave back the one it could not start]
+        (the caller gives back the rest: see ``_not_started``)."""
+        for row, fn in rows:
+            claimed = Claimed(row.id, row.name, row.codec, row.payload, row.priority, 1, 0)
+            self._start(claimed, fn, progress)
 
-    def _commit(self, claimed: list[NewTask], ready: list[NewTask]) -> None:
+    def _not_started(
+        self,
+        rows: list[tuple[NewTask, Callable[..., Any]]],
+        progress: list[int],
+        exc: BaseException,
+    ) -> None:
+        """``_start_here`` stopped (`exc`): give back the committed rows it did not start,
+        READY for any worker.  They are stored, so their callers get handles if the
+        engine shut down since the commit (shutdown() racing a submit); anything else
+        (an interrupt) is raised."""
+        rest = [row.id for row, _ in rows[progress[0] + progress[1] :]]
+        if rest:
+            self._unhold(len(rest))
+            try:
+                self.store.release(self.owner, rest)
+            except Exception as err:  # their leases expire: another worker runs them
+                report_unraisable(err, "cytask could not give back unstarted tasks")
+        if not isinstance(exc, EngineClosed):
+            raise exc
+
+    def _commit(
+        self, claimed: list[NewTask], ready: list[NewTask], arrival: list[int] | None = None
+    ) -> None:
         """Commit rows, sharing the commit with the other producers (group commit).
 
         A producer adds its rows to the open batch.  If no commit is in progress it
@@ -632,78 +717,93 @@ class DurableRuntime:
         ran), and 8 producer threads committed one row at a time.  Why a lock per
         waiter, not a Condition: every woken thread took the Condition's lock again,
         one after the other, on two CPUs.
+
+        A signal (KeyboardInterrupt) may raise in the main thread at any call or
+        return in here: ``_interrupted`` repairs from the shared state alone (who holds
+        the committer's role, which batch is open), never from how far this got.
         """
-        with self._batch_lock:
-            batch = self._batch
-            batch.claimed += claimed
-            batch.ready += ready
-            self._arrived()
-            if self._committing:
-                waiter = _thread.allocate_lock()
-                waiter.acquire()
-                batch.waiters.append(waiter)
-            else:
-                self._committing = True
-                waiter = None
-        if waiter is not None:
-            try:
-                waiter.acquire()  # released when our batch is done, or is ours to commit
-            except BaseException:  # a signal (KeyboardInterrupt) in the main thread
-                self._stop_waiting(batch, waiter)
-                raise
-            if batch.done:
-                if batch.error is not None:
-                    raise batch.error
-                return
-        self._commit_batch(batch)
+        me = _thread.allocate_lock()  # our waiter, and our name as the committer
+        batch: _Batch | None = None
+        try:
+            with self._batch_lock:
+                batch = self._batch
+                batch.claimed += claimed
+                batch.ready += ready
+                if arrival is not None:
+                    self._arrived(arrival)
+                if self._committer is not None:
+                    me.acquire()
+                    batch.waiters.append(me)
+                else:
+                    self._committer = me
+            if self._committer is not me:
+                me.acquire()  # released when our batch is done, or is ours to commit
+            if not batch.done:  # ours to commit
+                self._commit_batch(batch, me)
+        except BaseException:  # a signal (KeyboardInterrupt) in the main thread
+            if batch is not None:
+                self._stop_waiting(batch, me)
+            raise
         if batch.error is not None:
             raise batch.error
 
-    def _arrived(self) -> None:
+    def _arrived(self, arrival: list[int]) -> None:
         """A producer counted in ``_arriving`` added its rows, or gave up (call with
-        ``_batch_lock`` held): the last one lets a gathering committer go."""
-        self._arriving -= 1
+        ``_batch_lock`` held): the last one lets a gathering committer go.  `arrival`
+        is its token: 1 while counted, 0 once taken back, so it is taken back once."""
+        if not arrival[0]:
+            return
+        self._arriving -= 1  # these two with no call between: no signal can part them
+        arrival[0] = 0
         gatherer = self._gatherer
         if gatherer is not None and not self._arriving:
             self._gatherer = None
             gatherer.release()
 
-    def _stop_waiting(self, batch: _Batch, waiter: _thread.LockType) -> None:
-        """A producer asleep on ``waiter`` leaves (interrupted).  Its rows stay in the
-        batch; if it was just handed the committer's role, it hands it on."""
+    def _stop_waiting(self, batch: _Batch, me: _thread.LockType) -> None:
+        """A producer in ``_commit`` leaves, interrupted at any point.  Its rows stay in
+        the open batch for the next committer; a batch it took from there and did not
+        commit fails (its producers get StoreError); the committer's role, if it held
+        it, goes to a producer asleep on the open batch."""
         with self._batch_lock:
-            if batch.done:
+            if me in batch.waiters:  # asleep, never the committer
+                batch.waiters.remove(me)
+            if batch.done:  # committed: wake whoever the committer could not
+                _wake_all(batch)
+            if self._committer is not me:
                 return
-            if waiter in batch.waiters:
-                batch.waiters.remove(waiter)
-            else:
-                self._hand_on()
+            self._gatherer = None  # only the committer gathers
+            if self._batch is not batch and not batch.done:  # taken, never committed
+                batch.error = StoreError(
+                    "the commit of this task was interrupted by a signal in another "
+                    "thread before it was stored: submit it again"
+                )
+                batch.done = True
+                _wake_all(batch)
+            self._hand_on()
 
     def _hand_on(self) -> None:
         """Pass the committer's role to a producer asleep on the open batch, or give it
         up when none is (call with ``_batch_lock`` held)."""
         waiting = self._batch.waiters
         if waiting:
-            waiting.pop().release()
+            self._committer = waiter = waiting[-1]
+            waiter.release()  # then unlisted: a signal between leaves it woken and listed
+            waiting.pop()
         else:
-            self._committing = False
+            self._committer = None
 
-    def _commit_batch(self, batch: _Batch) -> None:
-        """Commit the open batch (we hold the committer's role), then pass the role on."""
+    def _commit_batch(self, batch: _Batch, me: _thread.LockType) -> None:
+        """Commit the open batch (`me` holds the committer's role), then pass the role
+        on.  An interrupt outside the store's calls is ``_commit``'s to repair."""
         with self._batch_lock:
             if self._arriving:
                 gatherer = self._gatherer = _thread.allocate_lock()
                 gatherer.acquire()
             else:
                 gatherer = None
-        try:
-            if gatherer is not None:
-                gatherer.acquire(timeout=_GATHER_S)  # released by the last arriving producer
-        except BaseException:  # interrupted: the batch stays open for the next committer
-            with self._batch_lock:
-                self._gatherer = None
-                self._hand_on()
-            raise
+        if gatherer is not None:
+            gatherer.acquire(timeout=_GATHER_S)  # released by the last arriving producer
         with self._batch_lock:
             self._gatherer = None
             self._batch = _Batch()
@@ -726,13 +826,16 @@ class DurableRuntime:
         with self._batch_lock:
             batch.done = True
             self._hand_on()
-            for waiter in batch.waiters:
-                waiter.release()
+            _wake_all(batch)
         if interrupted is not None:
             raise interrupted
 
-    def _start(self, claimed: Claimed, fn: Callable[..., Any] | None) -> None:
-        """Push a task this process holds onto the native ring."""
+    def _start(
+        self, claimed: Claimed, fn: Callable[..., Any] | None, progress: list[int] | None = None
+    ) -> None:
+        """Push a task this process holds onto the native ring (and count it in
+        ``progress[0]``).  If that fails it gives the task back to the store (and sets
+        ``progress[1]``) before it raises."""
         if fn is None:
             fn = resolve(claimed.name)
         try:
@@ -756,25 +859,29 @@ class DurableRuntime:
             self._results.put(Finish(claimed.id, FAILED, error=encode_error(exc)))
             return
         run = _Run(self, claimed, fn, args, kwargs)
-        with self._lock:
-            self._inflight[claimed.id] = run
-        task = run.task
-        options = None
-        if task is not None and task.options.timeout:
-            options = TaskOptions(task.name, claimed.priority, timeout=task.options.timeout)
-        try:
+        try:  # from the first line: a signal anywhere leaves no lease held forever
+            with self._lock:
+                self._inflight[claimed.id] = run
+            task = run.task
+            options = None
+            if task is not None and task.options.timeout:
+                options = TaskOptions(task.name, claimed.priority, timeout=task.options.timeout)
             nh = self.engine._submit_handle(run, (), None, claimed.priority, options, False)
+            run.native = nh
+            if options is not None:
+                nh.add_done_callback(run._native_done)
+            if progress is not None:
+                progress[0] += 1
         except BaseException:
             with self._lock:
-                run.state = 2
+                run.state = 2  # queued after all: its worker finds it ended
                 self._inflight.pop(claimed.id, None)
                 self._held -= 1
+                if progress is not None:
+                    progress[1] = 1  # the caller gives back none of it again
             with contextlib.suppress(Exception):
                 self.store.release(self.owner, [claimed.id])
             raise
-        run.native = nh
-        if options is not None:
-            nh.add_done_callback(run._native_done)
 
     # -- the end of a run -----------------------------------------------------------------
 
@@ -804,6 +911,23 @@ class DurableRuntime:
                 self._results.put(Finish(claimed.id, RETRYING, error=encode_error(exc), run_at=at))
                 return
         self._results.put(Finish(claimed.id, FAILED, error=encode_error(exc)))
+
+    def _lost(self, run: _Run) -> None:
+        """An async task that shutdown() cancelled when its deadline passed: it goes
+        back to the store as a task whose worker died does (another delivery, counted
+        as lost), at once instead of when its lease expires.  Before, it failed for good
+        with CancelledError, while a plain task cut off the same way ran again."""
+        with self._lock:
+            if run.state == 2:
+                return
+            run.state = 2
+            if self._inflight.pop(run.claimed.id, None) is not None:
+                self._held -= 1
+        try:
+            self.store.extend(self.owner, [run.claimed.id], 0.0)  # its lease ends now
+            self.store.recover_expired(time.time())
+        except Exception as exc:  # its lease expires: the next worker runs it then
+            report_unraisable(exc, f"cytask could not give back task {run.claimed.id}")
 
     def _write_loop(self) -> None:
         self.engine._own_thread()  # the engine's work, not the application's (gil_share)
@@ -1266,6 +1390,19 @@ class _Batch:
         self.waiters: list[_thread.LockType] = []  # held locks of producers asleep on it
         self.done = False
         self.error: BaseException | None = None
+
+
+def _wake_all(batch: _Batch) -> None:
+    """Wake the producers asleep on a committed batch (call with ``_batch_lock`` held).
+    Each is woken, then unlisted: one a signal left listed is woken again (harmless:
+    its lock is its own, used once)."""
+    waiters = batch.waiters
+    while waiters:
+        try:  # noqa: SIM105 (contextlib.suppress is Python code: a signal may raise in it)
+            waiters[-1].release()
+        except RuntimeError:  # woken already
+            pass
+        waiters.pop()
 
 
 def _hostname() -> str:

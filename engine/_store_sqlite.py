@@ -115,6 +115,8 @@ _pause = time.sleep  # between tries for the write lock (a test counts them)
 _AUTOCHECKPOINT_PAGES = 10_000
 #: seconds between background checkpoints while commits come
 _CHECKPOINT_EVERY = 0.2
+#: seconds between looks that the store's path still names the file opened (a stat())
+_FILE_CHECK_S = 0.001
 
 _INSERT = (
     "INSERT INTO tasks (id, name, codec, payload, priority, state, max_lost, run_at, "
@@ -291,7 +293,12 @@ class SQLiteStore(Store):
             raise ValueError(
                 f"Expected one of {', '.join(_SYNC)} for synchronous, got {sync!r} (in {url!r})"
             )
-        self.url = url
+        # the absolute path: a relative one would follow the process's working folder,
+        # and a connection opened after a chdir() (a new thread's reader, a fork's
+        # writer) would open another file
+        path = os.path.abspath(path)
+        query = url.partition("?")[2]
+        self.url = f"sqlite:///{urllib.parse.quote(path)}" + (f"?{query}" if query else "")
         self.path = path
         self.synchronous = sync
         self.durable_on_power_loss = _SYNC[sync] >= 2
@@ -314,6 +321,10 @@ class SQLiteStore(Store):
         self.checkpoints = 0  # background checkpoints done (for tests)
         self._data_version = -1
         self._changes = 0  # the writing connection's total_changes at its last commit
+        # (st_dev, st_ino) of the file the writing connection opened: a commit checks that
+        # the path still names it (a deleted file takes commits that nobody else sees)
+        self._file_id: tuple[int, int] | None = None
+        self._file_checked = -1.0  # time.monotonic() it was last seen the same (_lock)
         with _GATE:  # a fork meanwhile waits, then finds this store among _stores
             try:
                 db = self._writer()
@@ -364,7 +375,35 @@ class SQLiteStore(Store):
                 self._raise(exc, "open")
             self._db = db
             self._changes = db.total_changes
+            self._file_id = self._path_id()
         return db
+
+    def _path_id(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def _check_same_file(self) -> None:
+        """Refuse to commit into a file that was deleted or replaced since the writing
+        connection opened it: SQLite goes on writing to the open file (WAL), and what
+        it commits there is lost to every other process, and to this one at its exit.
+        Looked at most once per ``_FILE_CHECK_S`` (a stat() is 4% of a one-row commit):
+        commits of that last moment are lost with the rows the file held before."""
+        now = time.monotonic()
+        if now - self._file_checked < _FILE_CHECK_S:
+            return
+        found = self._path_id()
+        if found == self._file_id:
+            self._file_checked = now
+            return
+        what = "deleted" if found is None else "replaced by another file"
+        raise StoreError(
+            f"store {self.url!r}: the file was {what} after this process opened it; "
+            f"nothing more is committed to the old one (it would be lost): restart the "
+            f"process to open the store anew"
+        )
 
     def _lock_and_execute(self, db: sqlite3.Connection, sql: str, params: Any = ()) -> None:
         """Run the statement that takes the write lock, waiting while another process
@@ -470,6 +509,7 @@ class SQLiteStore(Store):
             db = self._writer()
             try:
                 self._lock_and_execute(db, "BEGIN IMMEDIATE")
+                self._check_same_file()  # under the write lock: nobody moves it meanwhile
                 yield db
                 db.execute("COMMIT")
                 if db.total_changes != self._changes:
@@ -582,7 +622,9 @@ class SQLiteStore(Store):
                 if self._closed:
                     raise StoreError(f"store {self.url!r} is closed")
                 try:
-                    self._lock_and_execute(self._writer(), sql, values)
+                    db = self._writer()
+                    self._check_same_file()
+                    self._lock_and_execute(db, sql, values)
                 except sqlite3.Error as exc:
                     self._raise(exc, "enqueue")
             self._wrote()

@@ -25,10 +25,71 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 __all__ = ["worker_main"]
+
+
+def _count(option: str) -> Callable[[str], int]:
+    """An argparse type: a whole number of threads >= 1, errors naming `option`."""
+
+    def parse(text: str) -> int:
+        from cytask._core import LIMITS
+
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"Expected a whole number, got {text!r}") from None
+        if not 1 <= value <= LIMITS["workers"]:
+            raise argparse.ArgumentTypeError(
+                f"Expected {option} in [1, {LIMITS['workers']}] (worker threads; a worker "
+                f"with none would run nothing), got {value}"
+            )
+        return value
+
+    return parse
+
+
+def _seconds(option: str, *, positive: bool = False, finite: bool = True) -> Callable[[str], float]:
+    """An argparse type: seconds >= 0 (> 0 if `positive`; inf only if not `finite`),
+    checked before the worker starts, errors naming `option`."""
+
+    def parse(text: str) -> float:
+        from cytask._validate import check_duration, check_nonneg_number
+
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"Expected a number of seconds, got {text!r}"
+            ) from None
+        check = check_duration if finite else check_nonneg_number
+        try:
+            check(value, option, positive=positive)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
+
+    return parse
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = _parser()
+    args = parser.parse_args(list(argv))
+    if args.max_workers is not None:
+        from cytask._core import LIMITS
+
+        workers = args.workers
+        if workers is None:
+            workers = min(os.cpu_count() or 2, LIMITS["workers"])
+        if args.max_workers < workers:
+            why = "" if args.workers is not None else ": --workers defaults to the CPUs"
+            parser.error(
+                f"argument --max-workers: Expected --max-workers >= --workers "
+                f"({workers}{why}), got {args.max_workers}"
+            )
+    return args
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,9 +103,14 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         help="the store URL: sqlite:////var/app/tasks.db or redis://host:6379/0",
     )
-    p.add_argument("--workers", type=int, default=None, help="worker threads (default: CPUs)")
     p.add_argument(
-        "--max-workers", type=int, default=None, help="grow up to this many while tasks block"
+        "--workers", type=_count("--workers"), default=None, help="worker threads (default: CPUs)"
+    )
+    p.add_argument(
+        "--max-workers",
+        type=_count("--max-workers"),
+        default=None,
+        help="grow up to this many while tasks block",
     )
     p.add_argument(
         "--serializer",
@@ -54,19 +120,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--lease",
-        type=float,
+        type=_seconds("--lease", positive=True),
         default=30.0,
         help="seconds before a dead worker's tasks run elsewhere (extended while running)",
     )
     p.add_argument(
         "--drain-timeout",
-        type=float,
+        type=_seconds("--drain-timeout", finite=False),
         default=30.0,
         help="on SIGTERM/SIGINT, seconds running tasks may take to finish (default 30)",
     )
     p.add_argument(
         "--result-ttl",
-        type=float,
+        type=_seconds("--result-ttl"),
         default=3600.0,
         help="seconds finished tasks stay in the store (default 3600)",
     )
@@ -79,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def worker_main(argv: Sequence[str]) -> int:
     try:
-        args = _parser().parse_args(list(argv))
+        args = _parse(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 2
     from cytask import Engine, StoreError, _durable

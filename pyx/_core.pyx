@@ -655,8 +655,13 @@ cdef class Core:
 
     def _stop_workers(self):
         """Workers exit once every ring is empty."""
+        cdef int slot
         ct_store_i32(&self._stopping, 1)
         ct_parker_notify_all(&self._parker)
+        for slot in range(INLINE_SLOT):   # nappers too: a nap lasts up to linger
+            ct_store_u32(&self._workers[slot].nap, 1)
+            if ct_load_i32(&self._workers[slot].alive):   # (one spawned later sees _stopping)
+                ct_futex_wake_all(&self._workers[slot].nap)
 
     def _cancel_queued(self, str why):
         """Pop every queued task and cancel it; returns how many were cancelled."""

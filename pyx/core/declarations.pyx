@@ -65,6 +65,7 @@ cdef extern from "ct_park.h":
     int ct_waitset_wait(ct_waitset *w, const int32_t *status, int32_t terminal_from,
                         int64_t deadline_ns) noexcept nogil
     uint32_t ct_load_u32 "ct_load_seqcst"(uint32_t *p) noexcept nogil
+    void ct_store_u32 "ct_store_seqcst"(uint32_t *p, uint32_t v) noexcept nogil
 
 cdef extern from "ct_gil.h":
     int64_t ct_thread_cpu_ns() noexcept nogil
@@ -248,7 +249,9 @@ ctypedef struct ct_worker:
     # 1 while this worker blocks on its own engine (a wait, a full ring) and a stand-in
     # holds its place: read and written only by its own thread, under the GIL
     int32_t lent
-    # a napping worker's timed sleep (futex word that stays 0: nobody wakes a napper)
+    # a napping worker's timed sleep (futex word): 0 while the engine runs (producers
+    # never wake a napper); _stop_workers stores 1 (SEQ_CST, after _stopping) and wakes
+    # it, and a nap that begins after that store returns at once
     uint32_t nap
     char _pad[32]
 

@@ -121,7 +121,8 @@ cdef void *_wait_for_item(Core self, ct_worker *w, bint has_deferred) noexcept n
             _pass_wake_on(self)
             return NULL
         idle_timeout = False
-        if self._linger_ns and ct_now_ns() - w.took_ns < self._linger_ns:
+        if self._linger_ns and ct_now_ns() - w.took_ns < self._linger_ns \
+                and not ct_load_i32(&self._stopping):
             # a steady stream: nap instead of parking, so that producers need not
             # wake this worker for each task (one wake, one GIL take per batch)
             ct_add_i32(&self._napping, 1)
@@ -420,6 +421,7 @@ cdef object _reset_after_fork_impl(Core self, str why):
         ct_store_i32(&w.abandoned, 0)
         w.task_started_ns = 0
         w.lent = 0
+        w.nap = 0
     ct_store_i32(&self._live_workers, 0)
     ct_store_i32(&self._surplus, 0)
     ct_store_i32(&self._reserved, 0)

@@ -6,7 +6,7 @@ import random
 import threading
 import time
 
-from cytask import Engine
+from cytask import Engine, TaskStatus
 
 
 def test_ten_thousand_single_submissions_to_idle_engine_all_complete() -> None:
@@ -151,6 +151,33 @@ def test_shutdown_with_a_napping_worker_drains_at_once() -> None:
     eng.shutdown(wait=True, timeout=10)  # the napper sees the stop when its nap ends
     assert late.result(timeout=0) == 7
     assert eng._napping_workers() == 0 and eng._live() == 0
+
+
+def test_shutdown_wakes_a_napping_worker() -> None:
+    # Nobody woke a napper, shutdown() included: a task queued during the nap was
+    # cancelled by a shutdown(timeout) shorter than the nap, the worker idle, and an
+    # idle engine's shutdown() waited the nap out.  Each is tried a few times (the
+    # machine may be loaded): once is enough, as the old code could never do it.
+    def queued_task_runs() -> bool:
+        eng = Engine(workers=1, linger=0.1)
+        eng.submit(int).result(timeout=10)
+        _wait_until(lambda: eng._napping_workers() == 1)
+        late = eng.submit(int, 7)
+        eng.shutdown(wait=True, timeout=0.05)  # half the nap
+        ran = late.status == TaskStatus.SUCCEEDED
+        eng.shutdown(wait=True)
+        return ran
+
+    def idle_shutdown_is_quick() -> bool:
+        eng = Engine(workers=1, linger=0.1)
+        eng.submit(int).result(timeout=10)
+        _wait_until(lambda: eng._napping_workers() == 1)
+        began = time.monotonic()
+        eng.shutdown(wait=True)
+        return time.monotonic() - began < 0.05 and eng._live() == 0
+
+    assert any(queued_task_runs() for _ in range(5))
+    assert any(idle_shutdown_is_quick() for _ in range(5))
 
 
 def test_tasks_queued_for_a_napper_do_not_wake_the_auto_scaler() -> None:

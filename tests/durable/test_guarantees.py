@@ -306,3 +306,40 @@ def test_an_engine_that_only_produces_subscribes_to_nothing(redis_server: Any) -
     finally:
         producer.shutdown()
         client.close()
+
+
+_async_started = threading.Event()
+
+
+@task(name="guarantees.long_async")
+async def long_async(seconds: float) -> str:
+    import asyncio
+
+    _record("long_async")
+    _async_started.set()
+    await asyncio.sleep(seconds)
+    return "finished"
+
+
+def test_an_async_task_cut_off_by_shutdown_runs_again(engines: list[Engine], url: str) -> None:
+    # shutdown(timeout) cancels an async task still running at its deadline.  Before,
+    # the store recorded that as the task's own failure (CancelledError, for good),
+    # while a plain task cut off the same way ran again after its lease.  Now it goes
+    # back at once, as a task whose worker died: lost once, delivered again
+    _async_started.clear()
+    first = Engine(workers=1, store=url)
+    h = first.submit(long_async, 0.3)
+    assert _async_started.wait(30)
+    first.shutdown(wait=True, timeout=0.05)
+    store = open_store(url)
+    try:
+        rec = store.get(h.task_id)
+        assert rec is not None and rec.status == "pending", (rec.status, rec.error)
+        assert (rec.attempts, rec.lost) == (1, 1)
+        second = Engine(workers=1, store=url)
+        engines.append(second)
+        assert second.get(h.task_id).result(timeout=30) == "finished"  # type: ignore[union-attr]
+        rec = store.get(h.task_id)
+        assert rec is not None and (rec.attempts, rec.lost) == (2, 1)
+    finally:
+        store.close()

@@ -186,3 +186,63 @@ def test_a_version_1_store_is_migrated_in_place(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / "t.db")
     assert db.execute("SELECT value FROM cytask_meta").fetchone() == (str(SCHEMA_VERSION),)
     db.close()
+
+
+def test_a_deleted_or_replaced_file_takes_no_more_commits(tmp_path: Path) -> None:
+    # SQLite goes on writing to a file deleted under it (the open inode): before, every
+    # delay() "committed" rows no other process could see, lost at exit.  Each commit
+    # now refuses, naming the problem; a file put in its place is not written either
+    import asyncio
+
+    from cytask import Engine
+
+    path = tmp_path / "t.db"
+    eng = Engine(workers=0, store=f"sqlite:///{path}")
+    try:
+        eng.submit(int, 1)
+        for f in tmp_path.glob("t.db*"):
+            f.unlink()
+        time.sleep(0.002)  # past the store's look interval (_FILE_CHECK_S)
+        with pytest.raises(StoreError, match="the file was deleted after this process opened"):
+            eng.submit(int, 2)
+        with pytest.raises(StoreError, match="was deleted"):
+            eng.submit_many(int, [(i,) for i in range(300)])  # the transaction path too
+
+        async def requests() -> list[object]:
+            return await asyncio.gather(
+                *(eng.asubmit(int, i) for i in range(3)), return_exceptions=True
+            )
+
+        errors = asyncio.run(requests())
+        assert all(isinstance(e, StoreError) and "was deleted" in str(e) for e in errors), errors
+        open_store(f"sqlite:///{path}").close()  # another store file at the same path
+        time.sleep(0.002)
+        with pytest.raises(StoreError, match="replaced by another file"):
+            eng.submit(int, 3)
+    finally:
+        eng.shutdown()
+
+
+def test_a_relative_path_stays_the_same_file_after_chdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A relative path was opened again relative to the working folder of the moment:
+    # after a chdir(), a new thread's reader opened (and created) another, empty file
+    from cytask import Engine
+
+    monkeypatch.chdir(tmp_path)
+    eng = Engine(workers=0, store="sqlite:///rel.db")
+    try:
+        h = eng.submit(int, 1)
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        monkeypatch.chdir(elsewhere)
+        found: list[object] = []
+        t = threading.Thread(target=lambda: found.append(eng.get(h.task_id)))
+        t.start()
+        t.join(30)
+        assert found and found[0] is not None
+        assert not list(elsewhere.iterdir())
+        assert eng._durable.store.url == f"sqlite:///{tmp_path}/rel.db"  # type: ignore[union-attr]
+    finally:
+        eng.shutdown()

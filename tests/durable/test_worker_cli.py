@@ -80,3 +80,43 @@ def test_sigterm_drains_within_the_deadline_and_gives_back_the_rest(tmp_path: Pa
     # nothing left leased to the stopped worker: finished, or back to pending for the next
     assert states.get(2, 0) == 0, states
     assert states.get(4, 0) >= 1 and states.get(4, 0) + states.get(0, 0) == 6, states
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--workers", "0"], "argument --workers: Expected --workers in [1, "),
+        (["--workers", "x"], "argument --workers: Expected a whole number, got 'x'"),
+        (["--max-workers", "0"], "argument --max-workers: Expected --max-workers in [1, "),
+        (["--workers", "4", "--max-workers", "2"],
+         "argument --max-workers: Expected --max-workers >= --workers (4), got 2"),
+        (["--lease", "0"], "argument --lease: Expected --lease > 0, got 0.0"),
+        (["--lease", "inf"], "argument --lease: Expected a finite number of seconds for --lease"),
+        (["--lease", "x"], "argument --lease: Expected a number of seconds, got 'x'"),
+        (["--drain-timeout", "-1"], "argument --drain-timeout: Expected --drain-timeout >= 0"),
+        (["--drain-timeout", "nan"], "argument --drain-timeout: Expected --drain-timeout >= 0"),
+        (["--result-ttl", "-5"], "argument --result-ttl: Expected --result-ttl >= 0"),
+        (["--result-ttl", "inf"], "argument --result-ttl: Expected a finite number of seconds"),
+    ],
+)  # fmt: skip
+def test_a_bad_option_value_is_a_usage_error_naming_the_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str], message: str
+) -> None:
+    # Checked before the worker starts.  Before: --workers 0 started a worker that ran
+    # nothing, forever; --drain-timeout -1 ran, then failed with a traceback when asked
+    # to drain; --lease inf left the feeder failing (select() cannot sleep that long);
+    # the rest named the Engine argument (lease, result_ttl), not the option
+    url = f"sqlite:///{tmp_path}/t.db"
+    assert main(["worker", "json", "--store", url, "--burst", "--quiet", *options]) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+
+
+def test_a_lease_must_be_a_finite_number_of_seconds(tmp_path: Path) -> None:
+    from cytask import Engine
+
+    url = f"sqlite:///{tmp_path}/t.db"
+    with pytest.raises(ValueError, match="Expected a finite number of seconds for lease"):
+        Engine(workers=1, store=url, lease=float("inf"))
+    with pytest.raises(TypeError, match="Expected int or float for lease, got str"):
+        Engine(workers=1, store=url, lease="30")  # type: ignore[arg-type]
