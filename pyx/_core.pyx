@@ -655,13 +655,7 @@ cdef class Core:
 
     def _stop_workers(self):
         """Workers exit once every ring is empty."""
-        cdef int slot
-        ct_store_i32(&self._stopping, 1)
-        ct_parker_notify_all(&self._parker)
-        for slot in range(INLINE_SLOT):   # nappers too: a nap lasts up to linger
-            ct_store_u32(&self._workers[slot].nap, 1)
-            if ct_load_i32(&self._workers[slot].alive):   # (one spawned later sees _stopping)
-                ct_futex_wake_all(&self._workers[slot].nap)
+        _stop_workers_impl(self)
 
     def _cancel_queued(self, str why):
         """Pop every queued task and cancel it; returns how many were cancelled."""
@@ -737,12 +731,21 @@ cdef int _alive_workers(Core self) noexcept nogil:
     return n
 
 
+cdef void _stop_workers_impl(Core self) noexcept:
+    cdef int slot
+    ct_store_i32(&self._stopping, 1)
+    ct_parker_notify_all(&self._parker)
+    for slot in range(INLINE_SLOT):   # nappers too: a nap lasts up to linger
+        ct_store_u32(&self._workers[slot].nap, 1)
+        if ct_load_i32(&self._workers[slot].alive):   # (one spawned later sees _stopping)
+            ct_futex_wake_all(&self._workers[slot].nap)
+
+
 cdef void _keep_forever(Core core) noexcept:
     if _alive_workers(core):
         _kept_forever.append(core)
         core._closed = True
-        ct_store_i32(&core._stopping, 1)
-        ct_parker_notify_all(&core._parker)
+        _stop_workers_impl(core)
 
 # thread ident -> (address of its core, slot) for current_task(); written by workers
 # under the GIL.  An address, not a reference: a worker does not keep its engine alive
