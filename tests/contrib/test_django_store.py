@@ -95,12 +95,14 @@ def read_elsewhere(alias: str, *ids: str, env: dict[str, str] = ENV) -> dict[str
 def run_worker(
     *extra: str, store: str = djsettings.WORKER_STORE, env: dict[str, str] = ENV
 ) -> subprocess.CompletedProcess[str]:
-    """A real `cytask worker` on the "stored" alias's store, as the README says to run
-    it; ``--burst``: it exits once the store holds nothing to run."""
+    """A real `cytask worker` on the "stored" alias's store, run as the README says:
+    from the project's folder (here tests/, where `contrib.djsettings` is), without
+    PYTHONPATH; ``--burst``: it exits once the store holds nothing to run."""
+    env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
     proc = subprocess.run(
-        [sys.executable, "-m", "cytask", "worker", "cytask.contrib.django",
+        [str(Path(sys.executable).parent / "cytask"), "worker", "cytask.contrib.django",
          "--store", store, "--burst", *extra],
-        env=env, capture_output=True, text=True, timeout=120,
+        cwd=TESTS, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     return proc
