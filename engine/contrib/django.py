@@ -582,8 +582,9 @@ def _timestamp(seconds: float | None) -> dt.datetime | None:
     """Store time (``time.time()``) as ``timezone.now()`` would give it."""
     if seconds is None:
         return None
-    when = dt.datetime.fromtimestamp(seconds, dt.UTC)
-    return when if settings.USE_TZ else timezone.make_naive(when)
+    if settings.USE_TZ:
+        return dt.datetime.fromtimestamp(seconds, dt.UTC)
+    return dt.datetime.fromtimestamp(seconds)  # local time, as timezone.now() without USE_TZ
 
 
 def _enqueue_stored(
@@ -605,8 +606,10 @@ def _enqueue_stored(
         worker_ids=[],
     )
     delay = None
-    if task.run_after is not None:  # an aware datetime (validate_task)
-        delay = max(0.0, (task.run_after - dt.datetime.now(dt.UTC)).total_seconds())
+    if task.run_after is not None:
+        after = task.run_after  # naive only where USE_TZ is False (validate_task)
+        now_dt = dt.datetime.now(dt.UTC) if after.tzinfo is not None else dt.datetime.now()
+        delay = max(0.0, (after - now_dt).total_seconds())
     now = time.time()
     spec = {
         "task": task.module_path,

@@ -351,3 +351,18 @@ def test_many_threads_enqueue_through_the_store_and_every_task_ends() -> None:
         assert len(rs) == per_thread
         for n, r in enumerate(rs):
             assert wait_finished(r, timeout=30).return_value == i + n
+
+
+def test_naive_datetimes_where_use_tz_is_off() -> None:
+    """Without USE_TZ Django passes naive local times: run_after is one, and the
+    result's times are naive local times too, as timezone.now() gives them."""
+    from django.test import override_settings
+
+    with override_settings(USE_TZ=False):
+        run_after = dt.datetime.now() + dt.timedelta(seconds=0.3)
+        r = djtasks.add.using(backend="stored-local", run_after=run_after).enqueue(2, 2)
+        assert r.enqueued_at.tzinfo is None
+        wait_finished(r)
+        assert r.return_value == 4 and r.task.run_after == run_after
+        assert r.enqueued_at <= run_after <= r.started_at <= r.finished_at
+        assert r.finished_at <= dt.datetime.now()
