@@ -126,6 +126,7 @@ class TaskRecord:
     progress_message: str | None
     owner: str | None
     cancel_requested: bool = False  # cancel() while it ran: its worker tells the task
+    payload: str | bytes | None = None  # the encoded [args, kwargs], as enqueued
 
     @property
     def status(self) -> str:

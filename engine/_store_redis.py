@@ -351,7 +351,9 @@ redis.call('PUBLISH', P .. ':wake', 1)
 return 1
 """
 
-_FIELDS = ("n", "c", "pr", "s", "a", "l", "ra", "eq", "st", "fi", "r", "e", "pg", "pm", "o", "cx")
+_FIELDS = (
+    "n", "c", "pr", "s", "a", "l", "ra", "eq", "st", "fi", "r", "e", "pg", "pm", "o", "cx", "p"
+)  # fmt: skip
 
 
 def _text(b: bytes | None) -> str | None:
@@ -738,11 +740,12 @@ def _flat_tasks(tasks: Sequence[NewTask]) -> list[Any]:
 
 
 def _record(task_id: str, f: list[bytes | None]) -> TaskRecord:
-    name, codec, prio, state, attempts, lost, ra, eq, st, fi, r, e, pg, pm, owner, cx = f
+    name, codec, prio, state, attempts, lost, ra, eq, st, fi, r, e, pg, pm, owner, cx, p = f
     c = _text(codec) or "json"
     return TaskRecord(
         task_id, _text(name) or "", c, int(prio or 2), int(state or 0), int(attempts or 0),
         int(lost or 0), float(ra or 0.0), float(eq or 0.0), _float(st), _float(fi),
         r.decode() if r is not None and c == "json" else r, _text(e), float(pg or 0.0),
         _text(pm), _text(owner), cx is not None,
+        p.decode() if p is not None and c == "json" else p,
     )  # fmt: skip

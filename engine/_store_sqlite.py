@@ -162,7 +162,7 @@ _RECOVER = (
 )
 _COLUMNS = (
     "id, name, codec, priority, state, attempts, lost, run_at, enqueued_at, started_at, "
-    "finished_at, result, error, progress, progress_message, owner, cancel_requested"
+    "finished_at, result, error, progress, progress_message, owner, cancel_requested, payload"
 )
 
 
@@ -863,8 +863,9 @@ class SQLiteStore(Store):
 
 
 def _record(row: Sequence[Any]) -> TaskRecord:
-    rec = TaskRecord(*row[:-1])
-    rec.cancel_requested = bool(row[-1])
+    rec = TaskRecord(*row[:-2])
+    rec.cancel_requested = bool(row[-2])
+    rec.payload = row[-1]
     return rec
 
 

@@ -98,3 +98,11 @@ def active_language() -> str | None:
     from django.utils import translation
 
     return translation.get_language()
+
+
+@task
+def stamp() -> int:
+    """When it ran, on this process's clock (the order of a worker's runs)."""
+    import time
+
+    return time.perf_counter_ns()

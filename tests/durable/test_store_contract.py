@@ -273,3 +273,15 @@ def test_redis_urls_are_checked_when_the_engine_is_made(redis_server: Any) -> No
         open_store("redis://127.0.0.1:1/0?retry_for=0.1")
     store = open_store(f"valkey://127.0.0.1:{redis_server.port}/0?prefix=v")
     store.close()
+
+
+def test_get_returns_the_payload_as_enqueued_until_the_task_expires(store: Store) -> None:
+    """A reader in another process (Django's get_result) rebuilds the call from it."""
+    payload = '[[1,"\\u00e9"],{"k":[2]}]'
+    store.enqueue([NewTask("idp", "mod.fn", "json", payload, 2, 0.0, 10)])
+    rec = store.get("idp")
+    assert rec is not None and rec.payload == payload and isinstance(rec.payload, str)
+    assert len(store.claim("a", 1, time.time() + 30)) == 1
+    assert store.finish("a", [Finish("idp", SUCCEEDED, result="3")], time.time()) == 1
+    rec = store.get("idp")
+    assert rec is not None and rec.state == SUCCEEDED and rec.payload == payload
