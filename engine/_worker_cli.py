@@ -164,6 +164,20 @@ def worker_main(argv: Sequence[str]) -> int:
                 return 2
     finally:
         _durable.PRODUCE_ONLY = False
+    # before the engine: its feeder claims tasks as soon as it starts, and a SIGTERM
+    # from then on must drain them, not kill the process holding them
+    stop = threading.Event()
+    signals = 0
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            os._exit(128 + signum)  # a second signal: leave now, leases bring the tasks back
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
     try:
         eng = Engine(
             workers=args.workers,
@@ -180,18 +194,6 @@ def worker_main(argv: Sequence[str]) -> int:
     except Exception as exc:  # StoreError: cannot open, locked, too new ...
         print(f"cytask worker: error: {exc}", file=sys.stderr)
         return 2
-    stop = threading.Event()
-    signals = 0
-
-    def on_signal(signum: int, frame: Any) -> None:
-        nonlocal signals
-        signals += 1
-        if signals > 1:
-            os._exit(128 + signum)  # a second signal: leave now, leases bring the tasks back
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
     out: TextIO = sys.stderr
     show = not args.quiet and out.isatty()
     store = eng._durable.store if eng._durable is not None else None

@@ -120,3 +120,32 @@ def test_a_lease_must_be_a_finite_number_of_seconds(tmp_path: Path) -> None:
         Engine(workers=1, store=url, lease=float("inf"))
     with pytest.raises(TypeError, match="Expected int or float for lease, got str"):
         Engine(workers=1, store=url, lease="30")  # type: ignore[arg-type]
+
+
+def test_a_sigterm_while_the_engine_starts_drains(tmp_path: Path) -> None:
+    # the signal lands once the engine's feeder runs (it may have claimed tasks), before
+    # Engine() returned: the worker must drain, not die holding claimed tasks
+    (tmp_path / "clitasks.py").write_text(
+        TASKS
+        + textwrap.dedent("""
+        import os, signal
+        from cytask import _durable
+
+        init = _durable.DurableRuntime.__init__
+
+        def init_then_sigterm(self, *args, **kwargs):
+            init(self, *args, **kwargs)
+            if not _durable.PRODUCE_ONLY:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        _durable.DurableRuntime.__init__ = init_then_sigterm
+    """)
+    )
+    url = f"sqlite:///{tmp_path}/t.db"
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    worker = subprocess.run(
+        [sys.executable, "-m", "cytask", "worker", "clitasks", "--store", url, "--workers", "1"],
+        cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True, timeout=60,
+    )  # fmt: skip
+    assert worker.returncode == 0, worker.stderr
+    assert "draining" in worker.stderr and "stopped" in worker.stderr
