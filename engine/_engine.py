@@ -487,6 +487,7 @@ class Engine(_core.Core):
             return None
         if self._timer is None:
             self._timer = Timer(self.name)
+            self._timer.stop_with(self)
             self._own_thread(ident=self._timer._thread.ident)
         try:
             return self._timer.call_at(deadline, action, *args)

@@ -23,6 +23,7 @@ import heapq
 import itertools
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -95,8 +96,17 @@ class Timer:
         self._cond = threading.Condition(self._lock)
         self._stopped = False
         self._cancelled = 0  # about how many tombstones the heap holds
+        self._owner: weakref.ref[object] | None = None  # see stop_with
         self._thread = threading.Thread(target=self._run, name=f"{name}-timer", daemon=True)
         self._thread.start()
+
+    def stop_with(self, owner: object) -> None:
+        """Stop (without joining) once `owner` is gone, if nothing stopped it before
+        (an engine collected without its shutdown: a subclass's ``__del__``)."""
+        self._owner = weakref.ref(owner, self._owner_gone)
+
+    def _owner_gone(self, _: weakref.ref[object]) -> None:
+        self.stop(join=False)
 
     def __len__(self) -> int:
         """Live (not cancelled) entries; O(n), for tests and debugging."""

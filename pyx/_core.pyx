@@ -182,9 +182,20 @@ cdef class Core:
 
     def __dealloc__(self):
         cdef int lvl
+        cdef uint32_t seq
+        if self._workers != NULL and _alive_workers(self):
+            # Core.__del__ keeps a core for its live workers (Engine._orphaned); here it
+            # did not run (a subclass's __del__ that skipped it).  Last resort: stop the
+            # workers and wait, GIL released, until they left.  None is in a Python
+            # section (one would hold a reference), so each leaves at once.
+            _stop_workers_impl(self)
+            with nogil:
+                while _alive_workers(self):
+                    seq = ct_load_u32(&self._exited.seq)
+                    if _alive_workers(self):
+                        ct_futex_wait(&self._exited.seq, seq, 10_000_000)
         if self._rings_ready:
-            # none of its workers runs here: an engine dropped with live workers is
-            # kept by its shutdown until they have left (Engine.__del__)
+            # none of its workers runs here (see above and Engine._orphaned)
             for lvl in range(N_LEVELS):
                 _drain_ring_unlocked(self, lvl)
                 ct_ring_free(&self._rings[lvl])

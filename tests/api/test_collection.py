@@ -197,3 +197,24 @@ def test_an_engine_whose_shutdown_timed_out_is_kept_until_its_busy_worker_leaves
         """
     )
     assert out == "ok\n"
+
+
+def test_a_subclass_whose_del_skips_the_engines_is_still_safe() -> None:
+    # its __del__ replaces the one that keeps the engine for its workers: the core's
+    # deallocation then stops them and waits for them itself
+    out = _run(
+        """
+        class MyEngine(cytask.Engine):
+            def __del__(self):
+                pass
+
+        for i in range(20):
+            eng = MyEngine(workers=2)
+            eng.submit(pow, 2, 8).result(timeout=10)
+            eng = None
+            gc.collect()
+        wait_for(lambda: threads() == BASE, "every thread to leave")
+        print("ok")
+        """
+    )
+    assert out == "ok\n"
