@@ -454,33 +454,16 @@ class SQLiteStore(Store):
             if self._checkpointer is None:
                 with self._start_lock:  # not self._lock: _write() calls this holding it
                     if self._checkpointer is None and not self._closed:
+                        dirty, closing = self._dirty, self._closing
+                        # the store weakly: a store nobody uses any more (its engine
+                        # dropped, shut down or not) is collected, which wakes the
+                        # thread to leave
+                        ref = weakref.ref(self, lambda _: (closing.set(), dirty.set()))
                         self._checkpointer = threading.Thread(
-                            target=self._checkpoint_loop, name="cytask-sqlite-checkpoint",
-                            daemon=True,
+                            target=_checkpoint_loop, args=(ref, dirty, closing),
+                            name="cytask-sqlite-checkpoint", daemon=True,
                         )  # fmt: skip
                         self._checkpointer.start()
-
-    def _checkpoint_loop(self) -> None:
-        """Checkpoint the WAL off the commit path: a commit that crosses SQLite's
-        threshold would otherwise pay the checkpoint's fsyncs (here: half of each
-        single-row commit's time).  Idle, it waits on an event: no CPU."""
-        while True:
-            self._dirty.wait()
-            if self._closed:
-                return
-            if self._closing.wait(_CHECKPOINT_EVERY):  # let commits gather
-                return
-            self._dirty.clear()
-            if self._closed:  # close() set closed before the event this clear erased
-                return
-            with _GATE:
-                try:
-                    if self._checkpoint_db is None:
-                        self._checkpoint_db = self._connect()
-                    self._checkpoint_db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    self.checkpoints += 1
-                except (sqlite3.Error, StoreError):
-                    pass  # busy or gone: the next round, or SQLite's own threshold
 
     def _raise(self, exc: sqlite3.Error, what: str) -> NoReturn:
         text = str(exc)
@@ -860,6 +843,36 @@ class SQLiteStore(Store):
                     db.close()
         self._db = self._watch = self._checkpoint_db = None
         self._readers.clear()
+
+
+def _checkpoint_loop(
+    ref: weakref.ref[SQLiteStore], dirty: threading.Event, closing: threading.Event
+) -> None:
+    """Checkpoint the WAL off the commit path: a commit that crosses SQLite's
+    threshold would otherwise pay the checkpoint's fsyncs (here: half of each
+    single-row commit's time).  Idle, it waits on an event: no CPU.  It holds the
+    store only while it checkpoints."""
+    while True:
+        dirty.wait()
+        store = ref()
+        if store is None or store._closed:
+            return
+        store = None
+        if closing.wait(_CHECKPOINT_EVERY):  # let commits gather
+            return
+        dirty.clear()
+        store = ref()
+        if store is None or store._closed:  # (close() may have set it before that clear)
+            return
+        with _GATE:
+            try:
+                if store._checkpoint_db is None:
+                    store._checkpoint_db = store._connect()
+                store._checkpoint_db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                store.checkpoints += 1
+            except (sqlite3.Error, StoreError):
+                pass  # busy or gone: the next round, or SQLite's own threshold
+        store = None
 
 
 def _record(row: Sequence[Any]) -> TaskRecord:

@@ -218,3 +218,114 @@ def test_a_subclass_whose_del_skips_the_engines_is_still_safe() -> None:
         """
     )
     assert out == "ok\n"
+
+
+def test_engines_dropped_mid_flight_by_many_threads_end_every_task() -> None:
+    # engines dropped while a stand-in worker is lent (a task waits on its own
+    # engine's handle), while time limits replace stuck workers of an auto-scaling
+    # engine, while the timer hands due tasks to a full level, from a done-callback,
+    # from eight threads at once, while another thread reads stats() and the tasks
+    # call current_task()/current_worker_core() through weak references: every
+    # handle ends, every engine is collected, every thread leaves
+    out = _run(
+        """
+        from cytask._core import current_worker_core
+
+        lock = threading.Lock()
+        refs, handles = [], []
+        start = threading.Barrier(8)
+
+        def who():  # the engine's own references may all be gone meanwhile
+            gc.collect()
+            me = cytask.current_task()
+            assert me is not None and current_worker_core().name.startswith("cytask-")
+            return me.task_id
+
+        def one(i):
+            kind = i % 5
+            gate = threading.Event()
+            hs = []
+            if kind == 0:  # a lent worker: its task waits for another task of its engine
+                eng = cytask.Engine(workers=1)
+                inner = eng.submit(gate.wait, 10)
+                hs += [inner, eng.submit(lambda: inner.result(timeout=10))]
+            elif kind == 1:  # time-limit replacements while the pool grows
+                eng = cytask.Engine(workers=1, max_workers=4)
+                slow = cytask.task(timeout=0.005, engine=eng)(time.sleep)
+                hs += [slow.delay(0.02) for _ in range(3)] + [eng.submit(who) for _ in range(5)]
+            elif kind == 2:  # due tasks handed off to a full level
+                eng = cytask.Engine(workers=1, queue_size=2)
+                hs.append(eng.submit(gate.wait, 10))
+                hs += [eng.add_task(abs, -j, delay=0.001) for j in range(12)]
+            elif kind == 3:  # the last reference dropped by a done-callback
+                eng = cytask.Engine(workers=2)
+                box = [eng]
+                hs.append(eng.submit(time.sleep, 0.001))
+                hs[-1].add_done_callback(lambda h, box=box: box.clear())
+                hs += [eng.submit(who) for _ in range(5)]
+            else:  # retries and delays pending
+                eng = cytask.Engine(workers=2)
+                flaky = cytask.task(retries=3, retry_backoff=0.001, engine=eng)(int)
+                hs += [flaky.delay("x") for _ in range(3)]
+                hs += [eng.add_task(abs, -1, delay=0.005) for _ in range(3)]
+            with lock:
+                refs.append(weakref.ref(eng))
+                handles.extend(hs)
+            eng = None
+            gate.set()
+
+        stop = threading.Event()
+
+        def poll():
+            while not stop.is_set():
+                for r in list(refs):
+                    e = r()
+                    if e is not None:
+                        e.stats()
+                    e = None
+
+        def run(t):
+            start.wait()
+            for i in range(t, 120, 8):
+                one(i)
+
+        poller = threading.Thread(target=poll)
+        poller.start()
+        ts = [threading.Thread(target=run, args=(t,)) for t in range(8)]
+        [t.start() for t in ts]
+        [t.join() for t in ts]
+        for h in handles:
+            try:
+                h.result(timeout=20)
+            except (cytask.TaskTimeout, ValueError):
+                pass
+        assert all(h.done() for h in handles)
+        handles = h = None
+        stop.set()  # (its strong references would keep an engine in a cycle alive)
+        poller.join()
+        wait_for(lambda: all(r() is None for r in refs), "every engine to be collected", 60)
+        wait_for(lambda: threads() == BASE, "every thread to leave", 60)
+        print("ok")
+        """
+    )
+    assert out == "ok\n"
+
+
+def test_a_dropped_store_engine_leaves_no_thread_behind(tmp_path: object) -> None:
+    # a producer (workers=0) with a store, dropped with or without shutdown(): its
+    # store's background checkpointer must not keep the store, and itself, for good
+    out = _run(
+        f"""
+        for i in range(6):
+            eng = cytask.Engine(workers=0, store="sqlite:///{tmp_path}/tasks.db")
+            h = eng.submit(abs, -1)
+            if i % 2:
+                eng.shutdown()
+            ref = weakref.ref(eng._durable.store)
+            eng = h = None
+            wait_for(lambda: ref() is None, "the store to be collected")
+        wait_for(lambda: threads() == BASE, "every thread to leave")
+        print("ok")
+        """
+    )
+    assert out == "ok\n"
