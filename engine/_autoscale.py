@@ -55,6 +55,9 @@ class Supervisor:
         if threading.current_thread() is not self._thread:
             self._thread.join()
 
+    def _is_stopped(self) -> bool:
+        return self._stopped
+
     def _run(self) -> None:
         eng = self._engine()
         if eng is None:
@@ -77,9 +80,11 @@ class Supervisor:
             wait = retry_at - time.monotonic()
             if queued == 0 or live >= self._max or eng.closed or wait > 0:
                 eng = None
-                if self._stopped:
-                    return
-                _core.grower_park(address, min(_PARK, wait) if wait > 0 else _PARK)
+                # _stopped is looked at inside, after the park counts this thread as
+                # a waiter: stop() sets it and then pokes, so either is seen
+                _core.grower_park(
+                    address, min(_PARK, wait) if wait > 0 else _PARK, self._is_stopped
+                )
                 cpu0, t0 = time.process_time(), time.monotonic()
                 continue
             time.sleep(_TICK)

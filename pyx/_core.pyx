@@ -339,7 +339,7 @@ cdef class Core:
     def _grower_park(self, double timeout):
         """The auto-scaler sleeps here (GIL released) until work arrives with no
         idle worker, or `timeout` seconds pass."""
-        _grower_park_impl(self, timeout)
+        _grower_park_impl(self, timeout, None)
 
     # -- native tasks -----------------------------------------------------------
 
@@ -707,22 +707,30 @@ def _max_spinning():
     return max(1, cpus // 2)
 
 
-cdef void _grower_park_impl(Core self, double timeout) noexcept:
+cdef object _grower_park_impl(Core self, double timeout, stopped):
+    """`stopped()` (or None) is asked once the caller counts as a waiter and has read
+    the sequence: a stop that sets it and then pokes (Supervisor.stop) is seen here,
+    or its poke changes the sequence before the wait; never missed."""
     cdef uint32_t s
     cdef int64_t t = <int64_t>(timeout * 1e9) if timeout < FOREVER_S else -1
-    with nogil:
-        ct_store_i32(&self._grower.waiters, 1)
-        s = ct_load_u32(&self._grower.seq)
-        if _all_empty(self) or ct_load_i32(&self._parker.sleepers):
-            ct_futex_wait(&self._grower.seq, s, t)
+    ct_store_i32(&self._grower.waiters, 1)
+    s = ct_load_u32(&self._grower.seq)
+    try:
+        if stopped is not None and stopped():
+            return
+        with nogil:
+            if _all_empty(self) or ct_load_i32(&self._parker.sleepers):
+                ct_futex_wait(&self._grower.seq, s, t)
+    finally:
         ct_store_i32(&self._grower.waiters, 0)
 
 
-def grower_park(size_t core, double timeout):
+def grower_park(size_t core, double timeout, stopped=None):
     """``Core._grower_park`` of the core at address `core`, holding no reference to
     it: the auto-scaler's sleep must not keep a dropped engine alive (the core stays
-    alive meanwhile: see ``cytask._autoscale.Supervisor._run``)."""
-    _grower_park_impl(<Core><PyObject *>core, timeout)
+    alive meanwhile: see ``cytask._autoscale.Supervisor._run``).  Returns at once
+    if `stopped()` is true (see _grower_park_impl)."""
+    _grower_park_impl(<Core><PyObject *>core, timeout, stopped)
 
 
 # cores dropped with live workers that could not be shut down (see Core.__del__): a C

@@ -329,3 +329,28 @@ def test_a_dropped_store_engine_leaves_no_thread_behind(tmp_path: object) -> Non
         """
     )
     assert out == "ok\n"
+
+
+def test_dropping_an_auto_scaling_engine_does_not_wait_for_its_scaler_to_wake() -> None:
+    # the last reference goes (or shutdown(wait=False) is called) just as the
+    # auto-scaler decides to park: its stop must not be missed, which left the
+    # dropping thread waiting out the scaler's whole park (1 s)
+    out = _run(
+        """
+        sys.setswitchinterval(1e-6)  # GIL switches everywhere: the race, often
+        worst = 0.0
+        for i in range(300):
+            eng = cytask.Engine(workers=1, max_workers=4)
+            for j in range(i % 5):
+                eng.submit(abs, -j)
+            t = time.perf_counter()
+            if i % 2:
+                eng.shutdown(wait=False)
+            eng = None
+            worst = max(worst, time.perf_counter() - t)
+        assert worst < 0.5, worst
+        wait_for(lambda: threads() == BASE, "every thread to leave")
+        print("ok")
+        """
+    )
+    assert out == "ok\n"
