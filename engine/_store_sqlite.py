@@ -458,7 +458,7 @@ class SQLiteStore(Store):
                         # the store weakly: a store nobody uses any more (its engine
                         # dropped, shut down or not) is collected, which wakes the
                         # thread to leave
-                        ref = weakref.ref(self, lambda _: (closing.set(), dirty.set()))
+                        ref = weakref.ref(self, functools.partial(_store_gone, closing, dirty))
                         self._checkpointer = threading.Thread(
                             target=_checkpoint_loop, args=(ref, dirty, closing),
                             name="cytask-sqlite-checkpoint", daemon=True,
@@ -843,6 +843,12 @@ class SQLiteStore(Store):
                     db.close()
         self._db = self._watch = self._checkpoint_db = None
         self._readers.clear()
+
+
+def _store_gone(closing: threading.Event, dirty: threading.Event, _: object) -> None:
+    """The store was collected: its checkpointer wakes and leaves."""
+    closing.set()
+    dirty.set()
 
 
 def _checkpoint_loop(
