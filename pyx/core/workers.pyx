@@ -382,6 +382,9 @@ cdef object _worker_loop(Core self, int slot):
             self._own_thread(False)
             self._current[slot] = None
         finally:   # the slot is free, and shutdown sees it, whatever happened above
+            # Once alive is 0 the core may be freed, but only by a thread holding the
+            # GIL: this one holds it from here to its return and runs no Python code,
+            # so the stores below still land in a live core.
             ct_store_i32(&w.alive, 0)
             ct_add_i32(<int32_t *>&self._exited.seq, 1)
             ct_futex_wake_all(&self._exited.seq)
