@@ -104,10 +104,12 @@ async def drain(engine: Engine, timeout: float | None = 30.0, cancel_pending: bo
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
             loop.call_soon_threadsafe(finish, exc)
 
-    # not a daemon: an interpreter that exits meanwhile still waits for the drain,
-    # which ends by its deadline
-    threading.Thread(target=run, name=f"{engine.name}-drain").start()
+    # the handlers first: a quit signal that comes as the drain starts must hurry it
+    # (gunicorn kills a worker 2 s after its quick-shutdown SIGQUIT)
     with _ctrl_c_hurries(engine, loop, finish):
+        # not a daemon: an interpreter that exits meanwhile still waits for the drain,
+        # which ends by its deadline
+        threading.Thread(target=run, name=f"{engine.name}-drain").start()
         await asyncio.shield(done)
 
 
