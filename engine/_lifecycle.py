@@ -285,4 +285,11 @@ def _drain_in_thread(eng: Engine, drain: _Drain, signum: int) -> None:
 
 
 _register_exit_hook()
+# After the modules whose own fork hooks reinitialise locks (logging's is the one every
+# library takes): a child's hooks run in registration order, and ours start threads (a
+# store's feeder, which logs through redis-py).  Registered first, ours ran while logging's
+# lock was still held by the forking thread, and a thread that blocked on it then waited
+# forever (logging gives the lock a fresh state, not a release).
+import logging  # noqa: E402, F401  (already imported by cytask; imported here for the order)
+
 os.register_at_fork(after_in_child=_after_fork_in_child)

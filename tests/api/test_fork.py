@@ -159,3 +159,37 @@ def test_a_closed_engine_stays_closed_in_the_child() -> None:
         """
     )
     assert lines == ["7"]
+
+
+def test_the_childs_threads_can_log_at_once() -> None:
+    # an engine's fork hook starts threads in the child (a store's feeder logs through
+    # redis-py); they ran before logging's own hook gave its lock a fresh state, so one
+    # that asked for a logger then waited forever.  A resource reset runs inside that
+    # hook: a thread it starts must get a logger.
+    lines = _run(
+        """
+        import os, threading
+        import cytask
+        from cytask import _lifecycle
+
+        got = []
+
+        def reset_in_child():
+            t = threading.Thread(target=lambda: got.append(logging.getLogger("child")))
+            t.start()
+            t.join(5)
+
+        import logging
+        _lifecycle.register_fork_hooks(
+            before=lambda: None, after_in_parent=lambda: None, after_in_child=reset_in_child
+        )
+        eng = cytask.Engine(workers=1)
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if got else 1)
+        _, status = os.waitpid(pid, 0)
+        print("child", os.waitstatus_to_exitcode(status))
+        eng.shutdown()
+        """
+    )
+    assert lines == ["child 0"]
