@@ -292,7 +292,8 @@ class Gen:
         elif r < 0.5:
             op = self.pick([f"~{el}", f"-{el}", f"{el} + {el}", f"{el} * 3", f"{el} & True",
                             f"{el} - 1", f"abs({el})", f"{el} / 2", f"{el} // 2", el,
-                            f"{el} < 1", f"int({el}) + 1", f"float({el}) * 0.5"])  # fmt: skip
+                            f"{el} < 1", f"int({el}) + 1", f"float({el}) * 0.5",
+                            "arr.shape[0] * k", "arr.shape[-1] + k"])  # fmt: skip
             body = []
             ret = op
         elif r < 0.75:
