@@ -935,7 +935,11 @@ class _NpKinds:
                 return "p"
             if self._is_shape(it):
                 return "p"
-            return "n" if not (isinstance(it, ast.Name) and it.id in self.tuples) else None
+            if isinstance(it, ast.Tuple | ast.List):  # for v in (k, 2): one of the elements
+                return self.join([self.kind(x) for x in it.elts], True)
+            if isinstance(it, ast.Name) and it.id in self.tuples:
+                return "p" if self.env.get(it.id, "p") == "p" else None
+            return "n"
         if isinstance(e, ast.Constant):
             return "p"
         if isinstance(e, ast.Name):

@@ -286,8 +286,10 @@ class Gen:
         el = "arr[k % arr.shape[0]]"
         if r < 0.25:
             start = self.pick(["0", "0.0", "False"])
-            op = self.pick(["s + arr[j]", "s * 2 + arr[j]", "max(s, arr[j])", "s - arr[j]"])
-            body = [f"    s = {start}", "    for j in range(arr.shape[0]):", f"        s = {op}"]
+            op = self.pick(["s + arr[j]", "s * 2 + arr[j]", "max(s, arr[j])", "s - arr[j]",
+                            "s + j * 2", "j"])  # fmt: skip
+            over = self.pick(["range(arr.shape[0])", "range(arr.shape[0])", "(k, 2)", "arr.shape"])
+            body = [f"    s = {start}", f"    for j in {over}:", f"        s = {op}"]
             ret = "s"
         elif r < 0.5:
             op = self.pick([f"~{el}", f"-{el}", f"{el} + {el}", f"{el} * 3", f"{el} & True",
