@@ -862,9 +862,14 @@ class _NpKinds:
                 self.pairs.append((sub.target, ast.BinOp(_as_load(sub.target), sub.op, sub.value)))
             elif isinstance(sub, ast.For):
                 self.pairs.append((sub.target, _ElementOf(sub.iter)))
+        shape_all: dict[str, bool] = {}  # local -> every value assigned is an ``x.shape``
         for target, value in self.pairs:
             if isinstance(target, ast.Name) and isinstance(value, ast.Tuple):
                 self.tuples.add(target.id)
+            if isinstance(target, ast.Name):
+                shape_all[target.id] = shape_all.get(target.id, True) and _is_shape(value)
+        # an array's shape is a tuple of Python ints, never of NumPy scalars
+        self.shapes = {n for n, every in shape_all.items() if every}
         self.local_names = {n for t, _ in self.pairs for n in _targets(t)}
         for _ in range(2 * len(self.pairs) + 2):  # a fixpoint: kinds only grow
             before = dict(self.kinds)
@@ -895,6 +900,10 @@ class _NpKinds:
         elif old != k:
             self.kinds[name] = "m"
 
+    def _is_shape(self, e: ast.AST) -> bool:
+        """``e`` is an array's shape (``arr.shape``, or a local only ever assigned one)."""
+        return _is_shape(e) or (isinstance(e, ast.Name) and e.id in self.shapes)
+
     def _global(self, node: ast.AST) -> Any:
         if isinstance(node, ast.Name) and node.id not in self.kinds:
             return self.g.get(node.id, getattr(builtins, node.id, None))
@@ -924,7 +933,13 @@ class _NpKinds:
             it = e.iter
             if isinstance(it, ast.Call) and self._global(it.func) is range:
                 return "p"
-            return "n" if not (isinstance(it, ast.Name) and it.id in self.tuples) else None
+            if self._is_shape(it):
+                return "p"
+            if isinstance(it, ast.Tuple | ast.List):  # for v in (k, 2): one of the elements
+                return self.join([self.kind(x) for x in it.elts], True)
+            if isinstance(it, ast.Name) and it.id in self.tuples:
+                return "p" if self.env.get(it.id, "p") == "p" else None
+            return "n"
         if isinstance(e, ast.Constant):
             return "p"
         if isinstance(e, ast.Name):
@@ -932,6 +947,8 @@ class _NpKinds:
                 return self.env.get(e.id, "_")  # "_": not known yet
             return "p"  # an argument (never a NumPy scalar) or a frozen constant
         if isinstance(e, ast.Subscript):
+            if self._is_shape(e.value):
+                return "p"  # arr.shape[0]: a Python int
             if isinstance(e.value, ast.Name) and e.value.id in self.tuples:
                 return "p" if self.env.get(e.value.id, "p") == "p" else None
             return "n"
@@ -989,6 +1006,10 @@ class _NpKinds:
         if isinstance(e, ast.Call) and e.args:
             return ast.BoolOp(ast.Or(), [self.dyn(x) for x in e.args])
         return ast.Constant(True)  # not reached: other kinds are never "m"
+
+
+def _is_shape(e: ast.AST) -> bool:
+    return isinstance(e, ast.Attribute) and e.attr == "shape"
 
 
 class _ElementOf(ast.expr):

@@ -622,6 +622,42 @@ def either(a, flag: bool):  # type: ignore[no-untyped-def]
     return a[0] if flag else 0
 
 
+def shape_scaled(a, k: int):  # type: ignore[no-untyped-def]
+    return a.shape[0] * k  # a Python int, not np.int64
+
+
+def shape_local(a, k: int):  # type: ignore[no-untyped-def]
+    s = a.shape
+    return s[-1] + k
+
+
+def first_of_display(a, k: int):  # type: ignore[no-untyped-def]
+    for v in (k, 2):  # an element of a tuple of ints is an int
+        return v * 2
+    return 0
+
+
+def last_of_display(a, k: int):  # type: ignore[no-untyped-def]
+    out = 0
+    for v in [k, 2]:
+        out = v
+    return out
+
+
+def first_of_tuple_local(a, k: int):  # type: ignore[no-untyped-def]
+    pair = (k, 3)
+    for v in pair:
+        return v
+    return 0
+
+
+def shape_loop(a, k: int):  # type: ignore[no-untyped-def]
+    t = k
+    for n in a.shape:
+        t = n
+    return t
+
+
 @pytest.mark.parametrize(
     ("fn", "args"),
     [
@@ -640,6 +676,13 @@ def either(a, flag: bool):  # type: ignore[no-untyped-def]
         (swap_np, (np.array([5]), 0)),
         (swap_np, (np.array([5]), 1)),
         (swap_np, (np.array([5]), 2)),
+        (shape_scaled, (np.arange(4), 3)),
+        (shape_scaled, (np.arange(4.0), 2**62)),  # past int64: Python's int
+        (shape_local, (np.arange(4), 3)),
+        (shape_loop, (np.arange(4), 3)),
+        (first_of_display, (np.arange(4), 5)),
+        (last_of_display, (np.arange(4), 5)),
+        (first_of_tuple_local, (np.arange(4), 5)),
     ],
 )
 def test_result_types_are_pythons(

@@ -286,13 +286,16 @@ class Gen:
         el = "arr[k % arr.shape[0]]"
         if r < 0.25:
             start = self.pick(["0", "0.0", "False"])
-            op = self.pick(["s + arr[j]", "s * 2 + arr[j]", "max(s, arr[j])", "s - arr[j]"])
-            body = [f"    s = {start}", "    for j in range(arr.shape[0]):", f"        s = {op}"]
+            op = self.pick(["s + arr[j]", "s * 2 + arr[j]", "max(s, arr[j])", "s - arr[j]",
+                            "s + j * 2", "j"])  # fmt: skip
+            over = self.pick(["range(arr.shape[0])", "range(arr.shape[0])", "(k, 2)", "arr.shape"])
+            body = [f"    s = {start}", f"    for j in {over}:", f"        s = {op}"]
             ret = "s"
         elif r < 0.5:
             op = self.pick([f"~{el}", f"-{el}", f"{el} + {el}", f"{el} * 3", f"{el} & True",
                             f"{el} - 1", f"abs({el})", f"{el} / 2", f"{el} // 2", el,
-                            f"{el} < 1", f"int({el}) + 1", f"float({el}) * 0.5"])  # fmt: skip
+                            f"{el} < 1", f"int({el}) + 1", f"float({el}) * 0.5",
+                            "arr.shape[0] * k", "arr.shape[-1] + k"])  # fmt: skip
             body = []
             ret = op
         elif r < 0.75:
