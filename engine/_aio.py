@@ -77,6 +77,9 @@ class AsyncRunner:
         self._drain_scheduled = False
         self._closed = False  # under _lock: the loop is stopping; submit() refuses
         self._stop_started = False  # loop thread only
+        # the events of later stop() calls, set with the first one's (loop thread only);
+        # a task for each, created on a loop about to close, was never awaited
+        self._also_finished: list[threading.Event] = []
         self._loop = asyncio.new_event_loop()
         ready = threading.Event()
         self._thread = threading.Thread(
@@ -248,16 +251,14 @@ class AsyncRunner:
         self._thread.join(_GRACE)
 
     def _begin_stop(self, timeout: float | None, finished: threading.Event) -> None:
-        if self._stop_started:
-            self._loop.create_task(self._signal_when_stopped(finished))
+        if self._stop_started:  # a second stop (shutdown again): told by the first
+            if self._closed:
+                finished.set()
+            else:
+                self._also_finished.append(finished)
             return
         self._stop_started = True
         self._loop.create_task(self._stop_when_done(timeout, finished))
-
-    async def _signal_when_stopped(self, finished: threading.Event) -> None:
-        while not self._closed:
-            await asyncio.sleep(0.01)
-        finished.set()
 
     async def _stop_when_done(self, timeout: float | None, finished: threading.Event) -> None:
         loop = self._loop
@@ -290,6 +291,8 @@ class AsyncRunner:
         self._end_leftovers(why)  # those that ignored the cancellation
         loop.stop()
         finished.set()  # now: a done-callback would never run on a stopping loop
+        for other in self._also_finished:
+            other.set()
 
     def _end(
         self, handle: TaskHandle[Any], coro: Coroutine[Any, Any, Any] | None, why: str

@@ -206,3 +206,42 @@ def test_an_await_given_up_before_its_task_ends_reports_nothing(engine: Engine) 
         sys.unraisablehook = previous
     assert h.result(timeout=0) is True
     assert reported == []
+
+
+def test_two_stops_of_the_event_loop_leave_no_task_behind() -> None:
+    # shutdown() twice (a timed-out drain, then the fixture's; or two threads): the second
+    # stop's task on the loop was still pending when the first stop closed the loop,
+    # and Python reported "Task was destroyed but it is pending!" and a coroutine never
+    # awaited.  Checked in a subprocess, where those reports reach stderr.
+    import subprocess
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import asyncio, gc, threading, time
+        import cytask
+
+        async def nap():
+            await asyncio.sleep(0.3)
+
+        for _ in range(3):
+            eng = cytask.Engine(workers=1)
+            h = eng.submit(nap)
+            while eng._async is None or not eng._async.active:  # nap() runs on the loop
+                time.sleep(0.001)
+            runner = eng._async
+            first = threading.Thread(target=runner.stop, args=(None,))
+            first.start()
+            runner.stop(None)  # while the first waits for nap()
+            first.join()
+            eng.shutdown()
+            eng = runner = h = None
+            gc.collect()
+        print("ok")
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0 and proc.stdout == "ok\n", proc.stdout + proc.stderr
+    assert proc.stderr == ""
