@@ -366,25 +366,8 @@ class CytaskBackend(BaseTaskBackend):
         state = self._state
         if state.store_url is not None:
             return _enqueue_stored(type(self), state, task, args, kwargs)
-        result: TaskResult[Any] = TaskResult(
-            task=task,
-            id=_new_id(),
-            status=TaskResultStatus.READY,
-            enqueued_at=None,
-            started_at=None,
-            last_attempted_at=None,
-            finished_at=None,
-            args=args,
-            kwargs=kwargs,
-            backend=self.alias,
-            errors=[],
-            worker_ids=[],
-        )
-        delay = None
-        if task.run_after is not None:
-            after = task.run_after
-            now = dt.datetime.now(dt.UTC) if after.tzinfo is not None else dt.datetime.now()
-            delay = max(0.0, (after - now).total_seconds())
+        result = _ready_result(task, _new_id(), args, kwargs, self.alias)
+        delay = _delay_of(task)
         run = _run_async if inspect.iscoroutinefunction(task.func) else _run
         eng = state.engine
         _set(result, enqueued_at=timezone.now())
@@ -587,13 +570,13 @@ def _timestamp(seconds: float | None) -> dt.datetime | None:
     return dt.datetime.fromtimestamp(seconds)  # local time, as timezone.now() without USE_TZ
 
 
-def _enqueue_stored(
-    sender: type, state: _Alias, task: Task[Any, Any], args: Any, kwargs: Any
+def _ready_result(
+    task: Task[Any, Any], result_id: str, args: Any, kwargs: Any, alias: str
 ) -> TaskResult[Any]:
-    """Commit one durable task that runs ``task`` (see ``run_stored``); returns at once."""
-    result: TaskResult[Any] = TaskResult(  # normalizes args and kwargs: non-JSON fails here
+    """A READY TaskResult (Django's constructor normalizes args and kwargs to JSON)."""
+    return TaskResult(
         task=task,
-        id="",
+        id=result_id,
         status=TaskResultStatus.READY,
         enqueued_at=None,
         started_at=None,
@@ -601,15 +584,27 @@ def _enqueue_stored(
         finished_at=None,
         args=args,
         kwargs=kwargs,
-        backend=state.alias,
+        backend=alias,
         errors=[],
         worker_ids=[],
     )
-    delay = None
-    if task.run_after is not None:
-        after = task.run_after  # naive only where USE_TZ is False (validate_task)
-        now_dt = dt.datetime.now(dt.UTC) if after.tzinfo is not None else dt.datetime.now()
-        delay = max(0.0, (after - now_dt).total_seconds())
+
+
+def _delay_of(task: Task[Any, Any]) -> float | None:
+    """Seconds until ``run_after`` (naive only where USE_TZ is False: validate_task)."""
+    if task.run_after is None:
+        return None
+    after: dt.datetime = task.run_after
+    now = dt.datetime.now(dt.UTC) if after.tzinfo is not None else dt.datetime.now()
+    return max(0.0, (after - now).total_seconds())
+
+
+def _enqueue_stored(
+    sender: type, state: _Alias, task: Task[Any, Any], args: Any, kwargs: Any
+) -> TaskResult[Any]:
+    """Commit one durable task that runs ``task`` (see ``run_stored``); returns at once."""
+    result = _ready_result(task, "", args, kwargs, state.alias)  # non-JSON args fail here
+    delay = _delay_of(task)
     now = time.time()
     spec = {
         "task": task.module_path,
