@@ -435,15 +435,20 @@ def _succeed(sender: type, state: _Alias, result: TaskResult[Any], value: Any) -
 
 def _fail(sender: type, state: _Alias, result: TaskResult[Any], exc: BaseException) -> None:
     with state.lock:
-        result.errors.append(
-            TaskError(
-                exception_class_path=_module_path(type(exc)),
-                traceback="".join(traceback.format_exception(exc)),
-            )
-        )
-        _set(result, finished_at=timezone.now(), status=TaskResultStatus.FAILED)
+        _mark_failed(result, exc)
     # inside the caller's `except`: Django logs the failure with logger.exception
     task_finished.send(sender, task_result=result)
+
+
+def _mark_failed(result: TaskResult[Any], exc: BaseException) -> None:
+    """FAILED now, with the error as Django records it (class path and traceback)."""
+    result.errors.append(
+        TaskError(
+            exception_class_path=_module_path(type(exc)),
+            traceback="".join(traceback.format_exception(exc)),
+        )
+    )
+    _set(result, finished_at=timezone.now(), status=TaskResultStatus.FAILED)
 
 
 def _adopt_request_locals() -> None:
@@ -805,12 +810,6 @@ def _stored_succeeded(sender: type, result: TaskResult[Any], value: Any) -> Any:
 
 
 def _stored_failed(sender: type, result: TaskResult[Any], exc: BaseException) -> None:
-    result.errors.append(
-        TaskError(
-            exception_class_path=_module_path(type(exc)),
-            traceback="".join(traceback.format_exception(exc)),
-        )
-    )
-    _set(result, finished_at=timezone.now(), status=TaskResultStatus.FAILED)
+    _mark_failed(result, exc)
     # inside the caller's `except`: Django logs the failure with logger.exception
     task_finished.send(sender, task_result=result)
