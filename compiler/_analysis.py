@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from cytask.compiler._counters import SAFE_COUNTER, mark_safe_counters
+
 __all__ = ["Analysis", "Reason", "analyze"]
 
 INT64_MIN = -(2**63)
@@ -733,6 +735,7 @@ def _hint_name(hint: Any) -> str:
 
 UNBOUND = "_ct_unbound"  # attribute set on a Name load (or an AugAssign) to check
 BOUND_PREFIX = "__ct_d_"
+BLOCK = 256  # the iterations of a range loop between two tests of the flag, see _block
 PEEL_MAX_NODES = 400  # the largest loop body (in AST nodes) compiled twice, see _peel
 NP_PREFIX = "__ct_n_"
 _ALL = None  # an unreachable point: every name is (vacuously) assigned
@@ -1130,6 +1133,8 @@ class _Rewriter(ast.NodeTransformer):
             load = _helper("ct_bound", load, ast.Name(BOUND_PREFIX + load.id, ast.Load()))
         load = _helper("ct_inplace", load)
         helper = _BINOP_HELPER.get(type(node.op))
+        if getattr(node, SAFE_COUNTER, False):
+            helper = None  # a counter that cannot overflow, see _counters
         value: ast.expr = (
             _helper(helper, load, node.value)
             if helper is not None
@@ -1231,7 +1236,49 @@ class _Rewriter(ast.NodeTransformer):
         node.body[:0] = [ast.If(_flag_up(), [ast.Break()], []), *after]
         if not pre and _peelable(node, self.a):
             return self._peel(node)
+        if _is_range(node.iter, self.a) and _blockable(node):
+            assert isinstance(node.iter, ast.Call)
+            start, stop = (
+                (ast.Constant(0), *node.iter.args) if len(node.iter.args) == 1 else node.iter.args
+            )
+            return [*pre, *self._block(node, start, stop)]
         return [*pre, node] if pre else node
+
+    def _block(self, node: ast.For, start: ast.expr, stop: ast.expr) -> list[ast.stmt]:
+        """``for t in range(start, stop)`` in blocks of ``BLOCK`` iterations.
+
+        The flag is tested once per block instead of once per iteration, so the inner
+        loop has one exit and LLVM unrolls and schedules it as it would hand-written
+        code (it unrolls ``range(m)``, not ``range(s, e)``, so ``t`` is ``s + j``).  A
+        raised flag still ends the loop, at most ``BLOCK - 1`` iterations late; those
+        run on dummy values whose results are thrown away (the call runs again in
+        Python), and every inner loop tests the flag before it starts.  Only for a
+        body without a ``break`` of its own, which would end the block instead of the
+        loop.
+        """
+        assert isinstance(node.target, ast.Name)
+        self.loops += 1
+        s, m, b, j = (f"__ct_{x}{self.loops}" for x in "smbj")
+
+        def load(name: str) -> ast.Name:
+            return ast.Name(name, ast.Load())
+
+        at = ast.Assign([node.target], ast.BinOp(load(s), ast.Add(), load(j)))
+        node.body = [at, *node.body[1:]]  # (without the per-iteration flag test)
+        node.target = ast.Name(j, ast.Store())
+        node.iter = ast.Call(load("range"), [load(m)], [])
+        left = ast.BinOp(load(b), ast.Sub(), load(s))
+        more = ast.Compare(load(s), [ast.Lt()], [load(b)])
+        blocks = ast.While(
+            ast.BoolOp(ast.And(), [more, ast.UnaryOp(ast.Not(), _flag_up())]),
+            [
+                _set(m, ast.Call(load("min"), [ast.Constant(BLOCK), left], [])),
+                node,
+                ast.AugAssign(ast.Name(s, ast.Store()), ast.Add(), load(m)),
+            ],
+            [],
+        )
+        return [_set(b, stop), _set(s, start), blocks]
 
     def _peel(self, node: ast.For) -> list[ast.stmt]:
         """``for t in range(n)``: the first iteration on its own, then the rest.
@@ -1261,7 +1308,10 @@ class _Rewriter(ast.NodeTransformer):
                 ast.UnaryOp(ast.Not(), _flag_up()),
             ],
         )
-        return [_set(count, n), ast.If(go, [*first, node], [])]
+        rest: list[ast.stmt] = [node]
+        if _blockable(node):
+            rest = self._block(node, ast.Constant(1), ast.Name(count, ast.Load()))
+        return [_set(count, n), ast.If(go, [*first, *rest], [])]
 
     def visit_Return(self, node: ast.Return) -> ast.stmt | list[ast.stmt]:
         is_np = self.np_kinds.dyn(node.value) if node.value is not None else None
@@ -1307,6 +1357,20 @@ def _peelable(node: ast.For, a: Analysis) -> bool:
             if isinstance(sub, ast.Break | ast.Continue | ast.Return | ast.For | ast.While):
                 return False
     return size <= PEEL_MAX_NODES
+
+
+def _blockable(node: ast.For) -> bool:
+    """A loop that ``_block`` may split: no ``else``, no ``break`` of its own."""
+    if node.orelse or not isinstance(node.target, ast.Name):
+        return False
+    todo: list[ast.AST] = list(node.body[1:])  # (after the flag test)
+    while todo:
+        sub = todo.pop()
+        if isinstance(sub, ast.Break):
+            return False
+        if not isinstance(sub, ast.For | ast.While):  # an inner loop's break is its own
+            todo.extend(ast.iter_child_nodes(sub))
+    return True
 
 
 def _is_range(node: ast.AST, a: Analysis) -> bool:
@@ -1383,6 +1447,7 @@ def _rewrite(node: ast.FunctionDef | ast.AsyncFunctionDef, a: Analysis) -> str |
             if kind in ("n", "m"):
                 a.np_result = True
     mixed = {n for n, k in np_kinds.kinds.items() if k == "m"}
+    mark_safe_counters(fn_node)
     fn_node = _Rewriter(a, unbound.needs, mixed, np_kinds).visit(fn_node)
     # the checks raise a flag local to the function, which LLVM keeps in a register;
     # every way out of the function copies it to the caller's slot

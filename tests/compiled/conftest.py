@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import cytask
-from cytask.compiler import CompiledTask, NativeEntry
+from cytask.compiler import CompiledTask, NativeEntry, compile_task
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -74,3 +74,12 @@ def run_compiled(ct: CompiledTask, args: tuple[Any, ...], engine: cytask.Engine)
     if plan is not None:
         return outcome(lambda: plan(*args))
     return outcome(lambda: ct.python_fn(*args))
+
+
+def check(fn: Callable[..., Any], args: tuple[Any, ...], engine: cytask.Engine) -> CompiledTask:
+    """Compile ``fn``, run it on ``args`` compiled and in Python: the same outcome."""
+    ct = compile_task(fn)
+    want = outcome(lambda: fn(*args))
+    got = run_compiled(ct, args, engine)
+    assert same(want, got), f"{fn.__name__}{args!r}: Python {want!r}, compiled {got!r}"
+    return ct

@@ -19,25 +19,17 @@ from unittest import mock
 
 import numpy as np
 import pytest
-from conftest import outcome, run_compiled, same
+from conftest import check, outcome, run_compiled, same
 
 import cytask
 from cytask import Engine, task
-from cytask.compiler import CompiledTask, NativeEntry, compile_task
+from cytask.compiler import NativeEntry, compile_task
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 DIRECTION = 0.0
 RATE = 2
 NAN_LIMIT = math.nan
-
-
-def check(fn: Callable[..., Any], args: tuple[Any, ...], engine: cytask.Engine) -> CompiledTask:
-    ct = compile_task(fn)
-    want = outcome(lambda: fn(*args))
-    got = run_compiled(ct, args, engine)
-    assert same(want, got), f"{fn.__name__}{args!r}: Python {want!r}, compiled {got!r}"
-    return ct
 
 
 # -- 1. range() past int64 ------------------------------------------------------------

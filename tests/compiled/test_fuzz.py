@@ -2,7 +2,8 @@
 
 Each generated function comes from a grammar of the subset that compiles: ints at
 the edges (0, +-2**31, +-2**53, +-2**63), floats with nan, inf and -0.0, bools,
-``range`` loops with int64-edge bounds, branches that leave locals unbound, tuples,
+``range`` loops with int64-edge bounds (some longer than a block of the flag test),
+counters that start near 0 or near int64's end, branches that leave locals unbound, tuples,
 arrays of each accepted dtype (element arithmetic, stores, in-place operations),
 module constants that are rebound between calls (-0.0, nan), ``max`` of a bool and
 an int, and a decorator under the task.  Each is written to a real module (the
@@ -225,9 +226,19 @@ class Gen:
             self.depth += 1
             body = self.stmts(depth + 1, self.rng.randint(1, 2))
             self.depth -= 1
-            if self.chance(0.3):  # no break: a loop whose first iteration is peeled off
+            if self.chance(0.3):  # no break: peeled off, then tested for the flag per block
                 bound = self.pick(["a", "b", "K_INT", "0", "1"])
-                return [f"{pad}for {i} in range(min({bound}, 30)):", *body]
+                size = self.pick([30, 30, 600])  # 600: three blocks
+                loop = [f"{pad}for {i} in range(min({bound}, {size})):", *body]
+                if not self.chance(0.4):
+                    return loop
+                # a counter: unchecked when it starts at <= 0, checked when it may overflow
+                start = lit(self.pick([0, -1, -(2**63), 5, 2**63 - 300, 2**63 - 1]))
+                counter = self.name("i")
+                step = [f"{pad}    {counter} += 1"]
+                if self.chance(0.5):
+                    step = [f"{pad}    if {self.bool_()}:", f"{pad}        {counter} += 1"]
+                return [f"{pad}{counter} = {start}", *loop, *step]
             return [
                 f"{pad}{guard} = 0",
                 f"{pad}for {i} in range({args}):",

@@ -1,0 +1,305 @@
+"""Range loops tested for the flag once per block, and counters left unchecked: still exact.
+
+Two speed-ups bring a compiled loop to hand-written ``njit`` code (issue 8's speed
+goal): the flag ("run this call in Python") is tested once per ``BLOCK`` iterations,
+so the inner loop has one exit and LLVM unrolls it; and ``n += 1`` on a counter that
+provably cannot overflow compiles to a plain add.  Each test here pins a way either
+could give another answer than Python, or fail to stop.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import check as check_any_path
+
+import cytask
+from cytask.compiler import CompiledTask, compile_task
+from cytask.compiler._analysis import BLOCK
+
+INT64_MAX = 2**63 - 1
+PLAIN_INCREMENT = "= ct_inplace({name}, __ct_err) + 1"
+PER_ITERATION_TEST = "if ct_flag(__ct_err) != 0:\n"
+
+
+def check(fn: Callable[..., Any], args: tuple[Any, ...], engine: cytask.Engine) -> CompiledTask:
+    ct = check_any_path(fn, args, engine)
+    assert ct.native is not None, ct.fallback_reason
+    return ct
+
+
+def source(fn: Callable[..., Any]) -> str:
+    ct = compile_task(fn)
+    assert ct.analysis is not None and ct.analysis.numba_source is not None, ct.fallback_reason
+    return ct.analysis.numba_source
+
+
+# -- blocks --------------------------------------------------------------------------------
+
+
+def add_steps(n: int, step: int) -> int:
+    acc = 0
+    for _ in range(n):
+        acc += step
+    return acc
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (0, 1),
+        (1, 5),
+        (BLOCK, 3),
+        (BLOCK + 1, 3),
+        (3 * BLOCK + 17, -7),
+        (1000, 2**53),  # overflows in the fourth block (iteration 1024 would be past)
+        (1000, 2**54),  # overflows in the third block: Python's big int
+        (-5, 1),
+    ],
+)
+def test_a_blocked_loop_gives_pythons_answer(args: tuple[int, int], engine: cytask.Engine) -> None:
+    check(add_steps, args, engine)
+    src = source(add_steps)
+    assert "while __ct_s" in src and PER_ITERATION_TEST not in src
+
+
+def stepped(lo: int, hi: int, step: int) -> int:
+    total = 0
+    for i in range(lo, hi, step):
+        if i % 3 == 0:
+            continue
+        total += i
+    return total
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (0, 2000, 1),
+        (2000, -2000, -3),
+        (-(2**63), INT64_MAX, 2**62),
+        (INT64_MAX - 600, INT64_MAX, 1),  # the sum overflows
+        (0, 10, 0),  # ValueError
+    ],
+)
+def test_a_blocked_range_with_bounds_and_continue(
+    args: tuple[int, int, int], engine: cytask.Engine
+) -> None:
+    check(stepped, args, engine)
+    assert "while __ct_s" in source(stepped)
+
+
+def first_over(n: int, x: int) -> int:
+    for i in range(n):
+        x = x * 2
+        if x > 5000000000000000000:
+            return i
+    return -1
+
+
+def test_a_flag_raised_in_a_block_ends_the_loop() -> None:
+    """x overflows at iteration 62 of 2**62: without the per-block test the loop never ends.
+
+    Python returns 62 there.  Compiled, x wraps to -2**63 and then stays 0, so the
+    ``return`` is never reached: the loop must stop at the end of that block and hand
+    the call back.  In a subprocess: a loop that does not stop would spin a worker
+    thread for good.
+    """
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.path.insert(0, sys.argv[1])
+        from test_loops import first_over
+        from cytask import Engine
+        from cytask.compiler import NativeEntry, compile_task
+
+        ct = compile_task(first_over)
+        plan = ct.plan((2**62, 1), {})
+        assert isinstance(plan, NativeEntry), ct.fallback_reason
+        with Engine(workers=1) as eng:
+            h = eng.submit_native(
+                plan.address, (2**62, 1), plan.arg_kinds, plan.result_kind, fallback=first_over
+            )
+            print(h.result(timeout=20))
+        """
+    )
+    folder = str(Path(__file__).parent)
+    done = subprocess.run(
+        [sys.executable, "-c", code, folder], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(first_over(2**62, 1))] == ["62"]
+
+
+def with_break(n: int, limit: int) -> int:
+    total = 0
+    for i in range(n):
+        if total > limit:
+            break
+        total += i
+    return total
+
+
+def test_a_loop_with_its_own_break_keeps_the_per_iteration_test(engine: cytask.Engine) -> None:
+    for args in [(10_000, 500), (10_000, INT64_MAX - 1)]:
+        check(with_break, args, engine)
+    src = source(with_break)
+    assert "while __ct_s" not in src and PER_ITERATION_TEST in src
+
+
+def nested_break(n: int) -> int:
+    hits = 0
+    for i in range(n):
+        for j in range(n):
+            if j > i:
+                break  # the inner loop's own: the outer loop is still blocked
+            hits += j
+    return hits
+
+
+def test_a_break_of_an_inner_loop_does_not_stop_blocking(engine: cytask.Engine) -> None:
+    for n in (0, 3, 300):
+        check(nested_break, (n,), engine)
+    src = source(nested_break)
+    assert src.count("while __ct_s") == 1 and PER_ITERATION_TEST in src
+
+
+# -- counters ------------------------------------------------------------------------------
+
+
+def count_inside(n: int, seed: int) -> int:
+    x = seed
+    inside = 0
+    for _ in range(n):
+        x = (x * 1103515245 + 12345) & 0x7FFFFFFF
+        if x < 2**30:
+            inside += 1
+    return inside
+
+
+def test_a_counter_compiles_to_a_plain_add(engine: cytask.Engine) -> None:
+    for args in [(0, 1), (1000, 7), (5000, 2**40)]:
+        check(count_inside, args, engine)
+    assert PLAIN_INCREMENT.format(name="inside") in source(count_inside)
+
+
+def count_from(n: int, start: int) -> int:
+    c = start  # an argument: unknown
+    for _ in range(n):
+        c += 1
+    return c
+
+
+def count_near_max(n: int) -> int:
+    c = 9223372036854775800  # > 0: the rule needs c0 <= 0
+    for _ in range(n):
+        c += 1
+    return c
+
+
+def count_twice(n: int) -> int:
+    c = 0
+    for _ in range(n):
+        c += 1
+        c += 1
+    return c
+
+
+def count_nested(n: int) -> int:
+    c = 0
+    for _ in range(n):
+        for _ in range(n):
+            c += 1  # n * n increments: not bounded by one loop's length
+    return c
+
+
+def count_in_while(n: int) -> int:
+    c = 0
+    i = 0
+    while i < n:
+        c += 1
+        i += 1
+    return c
+
+
+def count_two_loops(n: int) -> int:
+    c = 0
+    for _ in range(n):
+        c += 1
+    for _ in range(n):
+        c += 1  # (stores: 3)
+    return c
+
+
+def count_by_two(n: int) -> int:
+    c = 0
+    for _ in range(n):
+        c += 2
+    return c
+
+
+def count_init_in_branch(n: int, flag: bool) -> int:
+    c = -1
+    if flag:
+        c = 0
+    for _ in range(n):
+        c += 1
+    return c
+
+
+def count_reset_per_row(n: int) -> int:
+    total = 0
+    for i in range(n):
+        row = 0  # in the block of the inner loop: reset before each one
+        for _ in range(i):
+            row += 1
+        total = total + row
+    return total
+
+
+@pytest.mark.parametrize(
+    "fn, args",
+    [
+        (count_from, (10, INT64_MAX - 3)),
+        (count_from, (10, 5)),
+        (count_near_max, (10,)),
+        (count_near_max, (3,)),
+        (count_twice, (100,)),
+        (count_nested, (30,)),
+        (count_in_while, (300,)),
+        (count_two_loops, (300,)),
+        (count_by_two, (300,)),
+        (count_init_in_branch, (300, True)),
+    ],
+)
+def test_what_is_not_provably_a_counter_stays_checked(
+    fn: Callable[..., int], args: tuple[Any, ...], engine: cytask.Engine
+) -> None:
+    check(fn, args, engine)
+    assert PLAIN_INCREMENT.format(name="c") not in source(fn)
+    assert "ct_add(ct_inplace(c, __ct_err)" in source(fn)
+
+
+def test_a_counter_reset_in_an_outer_loop_is_plain(engine: cytask.Engine) -> None:
+    for n in (0, 1, 50):
+        check(count_reset_per_row, (n,), engine)
+    assert PLAIN_INCREMENT.format(name="row") in source(count_reset_per_row)
+
+
+def count_maybe_unbound(n: int, flag: bool) -> int:
+    if flag:
+        c = 0
+    for _ in range(n):
+        c += 1
+    return c
+
+
+def test_a_counter_that_may_be_unbound_still_raises(engine: cytask.Engine) -> None:
+    for args in [(3, True), (3, False), (0, False)]:
+        check(count_maybe_unbound, args, engine)
