@@ -23,7 +23,9 @@ test all work), made on first use in each process: a server that imports the app
 then forks workers (gunicorn ``--preload``) starts no thread before the fork, and each
 worker process makes its own engine.  Results live in that process's memory, so with
 several worker processes read a task's result in the process that ran it (or use a
-durable store).  ``Cytask(engine=eng)`` shares one engine of yours between apps instead.
+durable store).  ``Cytask(engine=eng)`` shares one engine of yours between apps instead:
+it stays yours to shut down, and ``shutdown(app)`` drains only the tasks that app
+submitted through the extension (then refuses its submissions).
 
 Configuration (``app.config``; keywords of ``Cytask(...)`` give the defaults):
 ``CYTASK_WORKERS`` (default: ``Engine``'s), ``CYTASK_GIL_SHARE`` (default 0.2: the
@@ -60,6 +62,7 @@ import functools
 import inspect
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -98,6 +101,10 @@ class CytaskState:
         self._engine = engine
         self._generation = generation()
         self._lock = threading.Lock()
+        # a shared engine outlives this app's shutdown(): what the app submitted
+        # through the extension is drained instead, and later submissions refused
+        self._outstanding: set[TaskHandle[Any]] = set()
+        self._closed = False
         _states.add(self)
 
     @property
@@ -118,8 +125,32 @@ class CytaskState:
         """True once this process made (or was given) the engine."""
         return self._engine is not None and (self._shared or self._generation == generation())
 
+    def submitting(self) -> Engine:
+        """The engine to submit to; refused once ``shutdown()`` drained a shared one."""
+        if self._closed:
+            raise RuntimeError(
+                f"cytask was shut down for app {self.app_name!r}: submit to the shared "
+                "engine directly, or register the app again with a new Cytask(...)"
+            )
+        return self.engine
+
+    def track(self, handle: TaskHandle[R]) -> TaskHandle[R]:
+        """Remember `handle` until it ends, for the drain of a shared engine."""
+        if self._shared:
+            self._outstanding.add(handle)
+            handle.add_done_callback(self._outstanding.discard)
+        return handle
+
     def shutdown(self, timeout: float | None = None) -> None:
-        """Drain the engine, if this process has one, for at most `timeout` seconds."""
+        """Drain the engine, if this process has one, for at most `timeout` seconds.
+
+        A shared engine (``Cytask(engine=...)``) is its owner's and keeps running:
+        only the tasks this app submitted through the extension are drained (those
+        still queued after `timeout` are cancelled), and the app submits no more.
+        """
+        if self._shared:
+            self._drain_own(timeout)
+            return
         if not self.started:
             return
         eng = self.engine
@@ -127,6 +158,26 @@ class CytaskState:
             return
         eng.shutdown(wait=True, timeout=timeout)
         self._log_drained(eng)
+
+    def _drain_own(self, timeout: float | None) -> None:
+        self._closed = True
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pending = list(self._outstanding)
+        for h in pending:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not h.wait(left):
+                break
+        late = [h for h in pending if not h.done()]
+        # those still queued are cancelled; one already running finishes on the engine
+        cancelled = sum(1 for h in late if not h.running() and h.cancel())
+        log.info(
+            "cytask tasks of app %r drained from the shared engine: %d ended, %d cancelled, "
+            "%d still running",
+            self.app_name,
+            len(pending) - len(late),
+            cancelled,
+            len(late) - cancelled,
+        )
 
     def _drain_at_exit(self) -> None:
         what = f"cytask engine of app {self.app_name!r}"
@@ -258,16 +309,17 @@ class Cytask:
         use_ctx = st.app_context if app_context is None else app_context
         if not isinstance(use_ctx, bool):
             raise TypeError(f"Expected bool or None for app_context, got {app_context!r}")
+        eng = st.submitting()
         if not use_ctx:
-            return st.engine.add_task(fn, *args, priority=priority, delay=delay, **kwargs)
+            return st.track(eng.add_task(fn, *args, priority=priority, delay=delay, **kwargs))
         app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
         if isinstance(fn, Task):  # keeps its retries and time limit, in the app context
             prio = int(check_priority(priority))
             wait = check_duration(delay, "delay", allow_none=True, none_means="no delay")
             wrapped = in_app_context(app, fn.fn)
-            return st.engine._dispatch(wrapped, args, kwargs, prio, fn.options, wait)
-        return st.engine.add_task(
-            in_app_context(app, fn), *args, priority=priority, delay=delay, **kwargs
+            return st.track(eng._dispatch(wrapped, args, kwargs, prio, fn.options, wait))
+        return st.track(
+            eng.add_task(in_app_context(app, fn), *args, priority=priority, delay=delay, **kwargs)
         )
 
     def get(self, task_id: int) -> TaskHandle[Any] | None:
@@ -275,7 +327,11 @@ class Cytask:
         return self.engine.get(task_id)
 
     def shutdown(self, app: Flask | None = None, timeout: float | None = None) -> None:
-        """Drain the engine of `app` (default: the current app) now."""
+        """Drain the engine of `app` (default: the current app) now.
+
+        A shared engine keeps running for its other users: only `app`'s own tasks are
+        drained (see ``CytaskState.shutdown``).
+        """
         self.state(app).shutdown(timeout)
 
 

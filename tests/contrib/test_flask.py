@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -174,19 +176,68 @@ def test_misuse_is_named() -> None:
         ext.submit(int)
 
 
-def test_shared_engine() -> None:
+Shared = tuple[cytask.Engine, Cytask, Any, Any]
+
+
+@pytest.fixture
+def shared() -> Iterator[Shared]:
+    """One engine of the user's, given to the extension, and two apps that share it."""
     eng = cytask.Engine(workers=1)
     try:
         ext = Cytask(engine=eng)
         a, b = flask.Flask("a"), flask.Flask("b")
         ext.init_app(a)
         ext.init_app(b)
-        for app in (a, b):
-            with app.app_context():
-                assert ext.engine is eng
-                assert ext.submit(int, "5").result(timeout=10) == 5
+        yield eng, ext, a, b
     finally:
         eng.shutdown()
+
+
+def test_shared_engine(shared: Shared) -> None:
+    eng, ext, a, b = shared
+    for app in (a, b):
+        with app.app_context():
+            assert ext.engine is eng
+            assert ext.submit(int, "5").result(timeout=10) == 5
+
+
+def test_shutting_down_one_app_leaves_a_shared_engine_running(shared: Shared) -> None:
+    """``shutdown(a)`` drains a's tasks; b and the engine's owner go on using it."""
+    eng, ext, a, b = shared
+    gate = threading.Event()
+    with a.app_context():
+        blocker = ext.submit(gate.wait, 10)
+        queued = [ext.submit(int, str(i)) for i in range(5)]
+    state = ext.state(a)
+
+    def open_gate_once_the_drain_began() -> None:
+        while not state._closed:
+            time.sleep(0.001)
+        gate.set()
+
+    threading.Thread(target=open_gate_once_the_drain_began).start()
+    ext.shutdown(a, timeout=10)
+    assert blocker.result(timeout=0) is True
+    assert [h.result(timeout=0) for h in queued] == [0, 1, 2, 3, 4]
+    assert not eng.closed
+    with b.app_context():
+        assert ext.submit(int, "7").result(timeout=10) == 7
+    assert eng.submit(int, "8").result(timeout=10) == 8
+    with a.app_context(), pytest.raises(RuntimeError, match="shut down for app 'a'"):
+        ext.submit(int, "9")
+
+
+def test_a_shared_engine_drain_cancels_what_is_queued_past_its_deadline(shared: Shared) -> None:
+    eng, ext, a, _ = shared
+    gate = threading.Event()
+    with a.app_context():
+        running = ext.submit(gate.wait, 30)
+        queued = ext.submit(int, "1")
+    ext.shutdown(a, timeout=0.05)
+    assert queued.cancelled()  # a terminal state, reported by its handle
+    assert not running.done() and not running.cancel_requested and not eng.closed
+    gate.set()
+    assert running.result(timeout=10) is True
 
 
 def run_script(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
