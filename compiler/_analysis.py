@@ -35,6 +35,7 @@ INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 MAX_NATIVE_ARGS = 8  # CT_MAX_NATIVE_ARGS in pyx/include/ct_native.h
 
+RESERVED_PREFIX = "__ct_"  # every name the rewrite adds starts with it
 ERR = "__ct_err"  # the function's own flag (a stack slot's address, see _nbhelpers)
 ERR_OUT = "__ct_errout"  # the caller's flag, written when the function returns
 USER = "__ct_user"
@@ -337,6 +338,12 @@ class _Checker(ast.NodeVisitor):
                 self.locals.add(sub.id)
             elif isinstance(sub, ast.arg):
                 self.locals.add(sub.arg)
+            name = sub.id if isinstance(sub, ast.Name) else getattr(sub, "arg", None)
+            if isinstance(name, str) and name.startswith(RESERVED_PREFIX):
+                # the rewrite's own names (flags, loop counters): one of the user's
+                # would be overwritten by them
+                self.numba(sub, f"the name {name}: names starting with {RESERVED_PREFIX} are "
+                                "cytask's own in compiled code; rename it")  # fmt: skip
         self._hints(node)
         self._find_views(node)
         body = list(node.body)

@@ -381,3 +381,19 @@ def test_the_lcg_loop_compiles_to_the_instructions_of_hand_written_njit(tmp_path
     theirs = hot_loop(hand.inspect_asm(hand.signatures[0]))
     assert ours[1] > 0 and theirs[1] > 0, (ours, theirs)
     assert ours[0] / ours[1] <= theirs[0] / theirs[1], (ours, theirs)
+
+
+def uses_a_rewrite_name(n: int) -> int:
+    total = 0
+    for i in range(n):
+        for _ in range(2):
+            __ct_s3 = i  # the blocked outer loop's own start (a wrong sum before)
+            total += __ct_s3
+    return total
+
+
+def test_a_local_named_like_the_rewrites_own_is_refused(engine: cytask.Engine) -> None:
+    ct = compile_task(uses_a_rewrite_name)
+    assert ct.native is None, "compiled: the loop's own __ct_s3 would be overwritten"
+    assert "__ct_s3" in (ct.fallback_reason or "") and "rename it" in (ct.fallback_reason or "")
+    check_any_path(uses_a_rewrite_name, (600,), engine)
