@@ -28,11 +28,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cytask.compiler._counters import SAFE_COUNTER, mark_safe_counters
+from cytask.compiler._intervals import SAFE_ARITH, mark_safe_arithmetic
 
 __all__ = ["Analysis", "Reason", "analyze"]
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
+INT64_RANGE = (INT64_MIN, INT64_MAX)  # what an int argument may be
 MAX_NATIVE_ARGS = 8  # CT_MAX_NATIVE_ARGS in pyx/include/ct_native.h
 
 RESERVED_PREFIX = "__ct_"  # every name the rewrite adds starts with it
@@ -1070,7 +1072,7 @@ class _Rewriter(ast.NodeTransformer):
     def visit_BinOp(self, node: ast.BinOp) -> ast.expr:
         self.generic_visit(node)
         helper = _BINOP_HELPER.get(type(node.op))
-        if helper is None:
+        if helper is None or getattr(node, SAFE_ARITH, False):  # (see _intervals)
             return node
         return ast.copy_location(_helper(helper, node.left, node.right), node)
 
@@ -1140,8 +1142,8 @@ class _Rewriter(ast.NodeTransformer):
             load = _helper("ct_bound", load, ast.Name(BOUND_PREFIX + load.id, ast.Load()))
         load = _helper("ct_inplace", load)
         helper = _BINOP_HELPER.get(type(node.op))
-        if getattr(node, SAFE_COUNTER, False):
-            helper = None  # a counter that cannot overflow, see _counters
+        if getattr(node, SAFE_COUNTER, False) or getattr(node, SAFE_ARITH, False):
+            helper = None  # cannot overflow: see _counters, _intervals
         value: ast.expr = (
             _helper(helper, load, node.value)
             if helper is not None
@@ -1455,6 +1457,11 @@ def _rewrite(node: ast.FunctionDef | ast.AsyncFunctionDef, a: Analysis) -> str |
                 a.np_result = True
     mixed = {n for n, k in np_kinds.kinds.items() if k == "m"}
     mark_safe_counters(fn_node)
+    kinds = a.arg_kinds or ""
+    arg_ranges = {
+        n: INT64_RANGE if kinds[i : i + 1] == "i" else None for i, n in enumerate(a.arg_names)
+    }
+    mark_safe_arithmetic(fn_node, arg_ranges, a.constants, a.fn.__globals__)
     fn_node = _Rewriter(a, unbound.needs, mixed, np_kinds).visit(fn_node)
     # the checks raise a flag local to the function, which LLVM keeps in a register;
     # every way out of the function copies it to the caller's slot

@@ -3,7 +3,8 @@
 Each generated function comes from a grammar of the subset that compiles: ints at
 the edges (0, +-2**31, +-2**53, +-2**63), floats with nan, inf and -0.0, bools,
 ``range`` loops with int64-edge bounds (some longer than a block of the flag test),
-counters that start near 0 or near int64's end, branches that leave locals unbound, tuples,
+counters that start near 0 or near int64's end, masks (``& 0x7FFFFFFF``) whose ranges let
+the compiler drop checks, branches that leave locals unbound, tuples,
 arrays of each accepted dtype (element arithmetic, stores, in-place operations),
 module constants that are rebound between calls (-0.0, nan), ``max`` of a bool and
 an int, and a decorator under the task.  Each is written to a real module (the
@@ -113,6 +114,9 @@ class Gen:
             if leaf < 0.7 and known:
                 return self.pick(known)
             return self.pick(["K_INT", *map(lit, INTS), *map(lit, range(-9, 10))])
+        if r < 0.38:  # a bounded value: the range analysis may drop checks on its uses
+            mask = self.pick([0xFF, 0x7FFFFFFF, 0xFFFFFFFF, 0x100000002, 2**62 - 1, 2**63 - 1])
+            return f"({self.int_(depth + 1)} & {mask})"
         if r < 0.65:
             op = self.pick(["+", "-", "*", "//", "%"])
             right = self.int_(depth + 1)
