@@ -1072,8 +1072,13 @@ class _Rewriter(ast.NodeTransformer):
     def visit_BinOp(self, node: ast.BinOp) -> ast.expr:
         self.generic_visit(node)
         helper = _BINOP_HELPER.get(type(node.op))
-        if helper is None or getattr(node, SAFE_ARITH, False):  # (see _intervals)
+        if helper is None:
             return node
+        if getattr(node, SAFE_ARITH, False):  # cannot overflow: see _intervals
+            wrapped = ast.Call(
+                ast.Name(f"{helper}_wrapped", ast.Load()), [node.left, node.right], []
+            )
+            return ast.copy_location(wrapped, node)
         return ast.copy_location(_helper(helper, node.left, node.right), node)
 
     # -- assignments: shadow locals, checked stores --
@@ -1142,13 +1147,15 @@ class _Rewriter(ast.NodeTransformer):
             load = _helper("ct_bound", load, ast.Name(BOUND_PREFIX + load.id, ast.Load()))
         load = _helper("ct_inplace", load)
         helper = _BINOP_HELPER.get(type(node.op))
-        if getattr(node, SAFE_COUNTER, False) or getattr(node, SAFE_ARITH, False):
-            helper = None  # cannot overflow: see _counters, _intervals
         value: ast.expr = (
             _helper(helper, load, node.value)
             if helper is not None
             else ast.BinOp(load, node.op, node.value)
         )
+        if getattr(node, SAFE_COUNTER, False):  # see _counters (never a dummy: plain +)
+            value = ast.BinOp(load, node.op, node.value)
+        elif getattr(node, SAFE_ARITH, False) and helper is not None:  # see _intervals
+            value = ast.Call(ast.Name(f"{helper}_wrapped", ast.Load()), [load, node.value], [])
         assign = ast.Assign([node.target], self._store(node.target, value))
         return [ast.copy_location(assign, node), *after]
 

@@ -36,6 +36,7 @@ from cytask.compiler._analysis import MATH_1, MATH_2, MATH_TO_INT
 __all__ = [
     "ct_abs",
     "ct_add",
+    "ct_add_wrapped",
     "ct_addr",
     "ct_bound",
     "ct_eq",
@@ -56,6 +57,7 @@ __all__ = [
     "ct_min",
     "ct_mod",
     "ct_mul",
+    "ct_mul_wrapped",
     "ct_ne",
     "ct_neg",
     "ct_np_int64",
@@ -69,6 +71,7 @@ __all__ = [
     "ct_step",
     "ct_store",
     "ct_sub",
+    "ct_sub_wrapped",
     "ct_truediv",
 ]
 
@@ -275,6 +278,9 @@ def _stub(name: str) -> Callable[..., Any]:
 ct_add = _stub("ct_add")
 ct_sub = _stub("ct_sub")
 ct_mul = _stub("ct_mul")
+ct_add_wrapped = _stub("ct_add_wrapped")
+ct_sub_wrapped = _stub("ct_sub_wrapped")
+ct_mul_wrapped = _stub("ct_mul_wrapped")
 ct_truediv = _stub("ct_truediv")
 ct_floordiv = _stub("ct_floordiv")
 ct_mod = _stub("ct_mod")
@@ -552,6 +558,32 @@ def _checked(
 overload(ct_add, prefer_literal=True)(_checked(_sadd, operator.add, 1))
 overload(ct_sub, prefer_literal=True)(_checked(_ssub, operator.sub, -1))
 overload(ct_mul)(_checked(_smul, operator.mul))
+
+
+def _wrapping(ovf: Any) -> Callable[..., Any]:
+    """``+ - *`` on ints proven unable to overflow (``_intervals``), as wrapping int64.
+
+    Not Numba's own operators: those carry LLVM's ``nsw`` (an overflow is undefined
+    behaviour), and the proof holds only until a check raises the flag.  After that,
+    values are dummies that may overflow here, and undefined behaviour on that path
+    would let LLVM drop the very check that raised the flag.
+    """
+
+    def typer(a: Any, b: Any) -> Any:
+        if not (_isint(a) and _isint(b)):
+            return None
+
+        def impl(a: Any, b: Any) -> Any:
+            return ovf(np.int64(a), np.int64(b))[0]
+
+        return impl
+
+    return typer
+
+
+overload(ct_add_wrapped)(_wrapping(_sadd))
+overload(ct_sub_wrapped)(_wrapping(_ssub))
+overload(ct_mul_wrapped)(_wrapping(_smul))
 
 
 # -- / // % ----------------------------------------------------------------------
