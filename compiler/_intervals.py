@@ -4,8 +4,8 @@ Every int operation in a compiled task is checked for int64 overflow (Python's i
 not overflow).  Many cannot: ``(x * 1103515245 + 12345) & 0x7FFFFFFF`` is below 2**31,
 so multiplying it again by a 31-bit constant stays below 2**62.  This module proves
 that from the source, before the rewrite, and marks such operations (``SAFE_ARITH``);
-the rewrite leaves them as plain int64 arithmetic, which LLVM then optimises as it
-would hand-written code (it can, e.g., fold chains of masked multiplies).
+the rewrite compiles them as wrapping int64 arithmetic (``ct_add_wrapped`` and the
+like), which LLVM then optimises as it would hand-written code.
 
 The analysis is flow-insensitive and deliberately simple, so that it is easy to trust:
 
@@ -20,8 +20,9 @@ The analysis is flow-insensitive and deliberately simple, so that it is easy to 
   builtins) has no range, and no operation on it is marked.
 
 An operation is marked when both operands have ranges and every result in their
-product lies in int64.  Values computed after the flag was raised are dummies; plain
-int64 ``+ - *`` on them wraps silently and is thrown away with the rest.
+product lies in int64.  Values computed after the flag was raised are dummies that may
+lie outside these ranges; the wrapping operations (not Numba's, whose overflow is
+undefined behaviour for LLVM) compute something on them, which is thrown away.
 """
 
 from __future__ import annotations
