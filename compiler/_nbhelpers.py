@@ -560,7 +560,7 @@ overload(ct_sub, prefer_literal=True)(_checked(_ssub, operator.sub, -1))
 overload(ct_mul)(_checked(_smul, operator.mul))
 
 
-def _wrapping(ovf: Any) -> Callable[..., Any]:
+def _wrapping(ovf: Any, plain: Callable[[Any, Any], Any]) -> Callable[..., Any]:
     """``+ - *`` on ints proven unable to overflow (``_intervals``), as wrapping int64.
 
     Not Numba's own operators: those carry LLVM's ``nsw`` (an overflow is undefined
@@ -571,7 +571,12 @@ def _wrapping(ovf: Any) -> Callable[..., Any]:
 
     def typer(a: Any, b: Any) -> Any:
         if not (_isint(a) and _isint(b)):
-            return None
+            # (an argument hinted int that the dispatcher was given as a float: what
+            # ct_add and the like do for floats)
+            def impl_other(a: Any, b: Any) -> Any:
+                return plain(a, b)
+
+            return impl_other
 
         def impl(a: Any, b: Any) -> Any:
             return ovf(np.int64(a), np.int64(b))[0]
@@ -581,9 +586,9 @@ def _wrapping(ovf: Any) -> Callable[..., Any]:
     return typer
 
 
-overload(ct_add_wrapped)(_wrapping(_sadd))
-overload(ct_sub_wrapped)(_wrapping(_ssub))
-overload(ct_mul_wrapped)(_wrapping(_smul))
+overload(ct_add_wrapped)(_wrapping(_sadd, operator.add))
+overload(ct_sub_wrapped)(_wrapping(_ssub, operator.sub))
+overload(ct_mul_wrapped)(_wrapping(_smul, operator.mul))
 
 
 # -- / // % ----------------------------------------------------------------------

@@ -13,8 +13,9 @@ import ast
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pytest
-from conftest import check
+from conftest import check, outcome, same
 
 import cytask
 from cytask.compiler import compile_task
@@ -226,3 +227,24 @@ def test_the_proven_operators_compile_unchecked_and_the_others_stay_checked() ->
 @pytest.mark.parametrize("args", [(0, 0), (3, 0), (50, 7), (3, 300), (300, 3)])
 def test_a_ranged_loop_gives_pythons_answer(args: tuple[int, int], engine: cytask.Engine) -> None:
     check(lcg_counted, args, engine)
+
+
+def first_times_one(arr: np.ndarray, k: int) -> float:
+    return float(arr[0]) + k * 1  # k * 1 cannot overflow: a wrapped multiply
+
+
+def test_a_proven_operator_on_a_float_given_for_an_int_hint() -> None:
+    """The dispatcher compiles for what it is given: a float for ``k: int`` still runs.
+
+    (``plan()`` sends such a call to Python; the compiled callable itself must not
+    fail to type and turn the dispatcher off for good.)
+    """
+    assert "ct_mul_wrapped(k, 1)" in source(first_times_one)
+    ct = compile_task(first_times_one)
+    assert ct._callable is not None
+    arr = np.array([1.5, 2.0])
+    call = ct._callable
+    for k in (2.5, 3, -(2**63)):
+        got = outcome(lambda k=k: call(arr, k))
+        assert same(got, outcome(lambda k=k: first_times_one(arr, k))), got
+    assert ct.fallback_reason is None, ct.fallback_reason
