@@ -381,7 +381,9 @@ def parse_url(url: str) -> tuple[str, dict[str, str]]:
     query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
     own = {k: v for k, v in query if k in _OWN_OPTIONS}
     rest = urllib.parse.urlencode([(k, v) for k, v in query if k not in _OWN_OPTIONS])
-    return urllib.parse.urlunsplit(parts._replace(query=rest)), own
+    # by hand, not urlunsplit: that drops the "//" of a URL without a host for schemes
+    # it does not know (unix:///run/redis.sock became unix:/run/redis.sock, refused)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}{'?' if rest else ''}{rest}", own
 
 
 class _PubSubWatch(Watch):
@@ -479,14 +481,19 @@ class RedisStore(Store):
             redis.ConnectionError,
             redis.TimeoutError,
         )
+        # a ConnectionError to redis-py, but no outage: the URL's credentials are refused
+        self._refused: tuple[type[BaseException], ...] = (
+            redis.AuthenticationError,
+            redis.exceptions.AuthorizationError,
+        )
         self._redis_error: type[BaseException] = redis.RedisError
         self._response_error: type[BaseException] = redis.ResponseError
         self._no_script: type[BaseException] = redis.exceptions.NoScriptError
         try:
             # typed Any: redis-py annotates replies for every client mode at once
-            self._redis: Any = redis.Redis.from_url(
-                client_url, socket_connect_timeout=5.0, socket_keepalive=True
-            )
+            # keepalive is TCP's: a unix socket's connection refuses the argument
+            tcp = {} if client_url.startswith("unix:") else {"socket_keepalive": True}
+            self._redis: Any = redis.Redis.from_url(client_url, socket_connect_timeout=5.0, **tcp)
         except (ValueError, TypeError) as exc:
             raise ValueError(f"Expected a valid Redis URL for store, got {url!r}: {exc}") from exc
         self._wake_channel = f"{self.prefix}:wake"
@@ -521,6 +528,8 @@ class RedisStore(Store):
         while True:
             try:
                 return fn(*args)
+            except self._refused as exc:  # no retry: a wrong password stays wrong
+                self._raise(exc, what, refused=True)
             except self._errors as exc:
                 left = deadline - time.monotonic()
                 if left <= 0 or self._closed:
@@ -530,8 +539,22 @@ class RedisStore(Store):
             except self._redis_error as exc:
                 self._raise(exc, what)
 
-    def _raise(self, exc: BaseException, what: str, *, unreachable: bool = False) -> NoReturn:
-        if unreachable:
+    def _raise(
+        self, exc: BaseException, what: str, *, unreachable: bool = False, refused: bool = False
+    ) -> NoReturn:
+        if refused:
+            why = (
+                f"Redis refused the credentials of the store URL ({exc}); put the server's "
+                f"user and password in it: redis://user:password@host:6379/0 "
+                f"(redis://:password@host:6379/0 without ACL users)"
+            )
+        elif "DB index is out of range" in str(exc):
+            db = self._redis.connection_pool.connection_kwargs.get("db", 0)
+            why = (
+                f"{exc}: the database number {db} in the store URL is past the server's "
+                f"`databases` setting (16 unless configured; 0 is the first)"
+            )
+        elif unreachable:
             for_ = "" if math.isinf(self.retry_for) else f" for {self.retry_for:g} s"
             why = (
                 f"Redis was unreachable{for_} ({exc}); start it, or raise retry_for in the "

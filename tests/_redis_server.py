@@ -16,7 +16,7 @@ class RedisServer:
     Redis acknowledged.
     """
 
-    def __init__(self, folder: str, *, persist: bool = False) -> None:
+    def __init__(self, folder: str, *, persist: bool = False, extra: tuple[str, ...] = ()) -> None:
         import shutil
         import socket
 
@@ -28,6 +28,7 @@ class RedisServer:
             self.port = s.getsockname()[1]
         self.folder = folder
         self.persist = persist
+        self.extra = extra  # more redis-server options: ("--requirepass", "x"), ...
         self.proc: subprocess.Popen[bytes] | None = None
 
     def url(self, prefix: str = "cytask", **options: object) -> str:
@@ -42,7 +43,7 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [self.binary or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
              "--dir", self.folder, "--save", "", "--appendonly", "no", *aof,
-             "--logfile", os.path.join(self.folder, "redis.log")],
+             "--logfile", os.path.join(self.folder, "redis.log"), *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         deadline = time.monotonic() + 20
@@ -50,7 +51,7 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):  # up (with a password)
                         return
             except OSError:
                 pass
