@@ -854,14 +854,16 @@ class DurableRuntime:
         except Exception as exc:
             run = _Run(self, claimed, _never, (), {})
             with self._lock:
-                self._inflight[claimed.id] = run
+                self._track(run)
                 run.state = 2
-            self._results.put(Finish(claimed.id, FAILED, error=encode_error(exc)))
+            self._results.put(
+                Finish(claimed.id, FAILED, error=encode_error(exc), attempt=claimed.attempts)
+            )
             return
         run = _Run(self, claimed, fn, args, kwargs)
         try:  # from the first line: a signal anywhere leaves no lease held forever
             with self._lock:
-                self._inflight[claimed.id] = run
+                self._track(run)
             task = run.task
             options = None
             if task is not None and task.options.timeout:
@@ -883,6 +885,18 @@ class DurableRuntime:
                 self.store.release(self.owner, [claimed.id])
             raise
 
+    def _track(self, run: _Run) -> None:
+        """List `run` in ``_inflight`` (call with ``_lock`` held).  A run of an earlier
+        attempt of the task may still be listed: this process lost its lease (stopped
+        past it: SIGSTOP, a suspended VM, Redis away), the task went back to READY and
+        came to this process again.  That run is no longer this process's: it leaves
+        the count of leases held, and its end is dropped by the store (Finish.attempt)
+        and left out here (``_write``)."""
+        old = self._inflight.get(run.claimed.id)
+        if old is not None and old is not run:
+            self._held -= 1
+        self._inflight[run.claimed.id] = run
+
     # -- the end of a run -----------------------------------------------------------------
 
     def _ended(self, run: _Run, value: Any, exc: BaseException | None) -> None:
@@ -896,9 +910,11 @@ class DurableRuntime:
             try:
                 data = encode_result(claimed.codec, value)
             except TypeError as bad:
-                self._results.put(Finish(claimed.id, FAILED, error=encode_error(bad)))
+                self._results.put(
+                    Finish(claimed.id, FAILED, error=encode_error(bad), attempt=claimed.attempts)
+                )
                 return
-            self._results.put(Finish(claimed.id, SUCCEEDED, result=data))
+            self._results.put(Finish(claimed.id, SUCCEEDED, result=data, attempt=claimed.attempts))
             return
         task = run.task
         if task is not None and not isinstance(exc, TaskTimeout):
@@ -908,9 +924,16 @@ class DurableRuntime:
                 from cytask._engine import _backoff
 
                 at = time.time() + _backoff(options, tries)
-                self._results.put(Finish(claimed.id, RETRYING, error=encode_error(exc), run_at=at))
+                self._results.put(
+                    Finish(
+                        claimed.id, RETRYING, error=encode_error(exc), run_at=at,
+                        attempt=claimed.attempts,
+                    )
+                )  # fmt: skip
                 return
-        self._results.put(Finish(claimed.id, FAILED, error=encode_error(exc)))
+        self._results.put(
+            Finish(claimed.id, FAILED, error=encode_error(exc), attempt=claimed.attempts)
+        )
 
     def _lost(self, run: _Run) -> None:
         """An async task that shutdown() cancelled when its deadline passed: it goes
@@ -921,7 +944,8 @@ class DurableRuntime:
             if run.state == 2:
                 return
             run.state = 2
-            if self._inflight.pop(run.claimed.id, None) is not None:
+            if self._inflight.get(run.claimed.id) is run:  # else an older attempt: uncounted
+                del self._inflight[run.claimed.id]
                 self._held -= 1
         try:
             self.store.extend(self.owner, [run.claimed.id], 0.0)  # its lease ends now
@@ -974,7 +998,7 @@ class DurableRuntime:
         delay = 0.01
         while True:
             try:
-                self.store.finish(self.owner, batch, time.time())
+                recorded = self.store.finish(self.owner, batch, time.time())
                 break
             except Exception as exc:  # a full disk or a long lock: keep the results, retry
                 report_unraisable(exc, "cytask store writer (will retry)")
@@ -985,7 +1009,10 @@ class DurableRuntime:
         retried = False
         with self._lock:
             for f in batch:
-                if self._inflight.pop(f.id, None) is not None:
+                run = self._inflight.get(f.id)
+                # the end of an older attempt than the one listed leaves that one alone
+                if run is not None and f.attempt in (0, run.claimed.attempts):
+                    del self._inflight[f.id]
                     self._held -= 1
                 retried = retried or f.state == RETRYING
             waiters = [self._waiters.pop(f.id, None) for f in batch] if self._waiters else []
@@ -993,9 +1020,19 @@ class DurableRuntime:
             for ev in events or ():
                 ev.set()
         if self._callbacks:
-            self._fire([f.id for f in batch if f.state != RETRYING])
+            ended = [f.id for f in batch if f.state != RETRYING]
+            if recorded < len(batch):  # some were dropped (a lost lease): not ended by us
+                ended = [tid for tid in ended if self._ended_in_store(tid)]
+            self._fire(ended)
         if not self._stopping.is_set():
             self._wake()  # capacity freed (and a retry may be due soon)
+
+    def _ended_in_store(self, task_id: str) -> bool:
+        try:
+            rec = self.store.get(task_id)
+        except Exception:  # the watcher looks again in 50 ms
+            return False
+        return rec is None or rec.terminal
 
     # -- waiting, cancelling --------------------------------------------------------------
 
@@ -1104,7 +1141,7 @@ class DurableRuntime:
             run.state = 2
         if run.native is not None:
             run.native.cancel()
-        self._results.put(Finish(task_id, CANCELLED))
+        self._results.put(Finish(task_id, CANCELLED, attempt=run.claimed.attempts))
         return True
 
     def get(self, task_id: object) -> DurableHandle[Any] | None:
@@ -1294,11 +1331,15 @@ class DurableRuntime:
 
     def _maintain(self, now: float) -> None:
         store = self.store
-        store.recover_expired(now)
+        # extend first: a process that was stopped past its leases (SIGSTOP, a suspended
+        # VM, a long outage of Redis) and finds them still its own (no other process
+        # recovered them meanwhile) keeps them, rather than recovering its own running
+        # tasks, running them again and counting them lost
         with self._lock:
             held = [tid for tid, run in self._inflight.items() if run.state != 2]
         if held:
             store.extend(self.owner, held, now + self.lease)
+        store.recover_expired(now)
         if self.result_ttl is not None:
             store.expire(now - self.result_ttl)
 

@@ -103,6 +103,11 @@ class Finish:
     result: str | bytes | None = None
     error: str | None = None  # JSON: {"type": "module.Class", "message": ..., "traceback": ...}
     run_at: float = 0.0  # RETRYING: when it is due again
+    # the claim's attempt number (``Claimed.attempts``), a fencing token: the end of an
+    # older run is dropped once the task was claimed again, also by the same owner (a
+    # process stopped past its lease, whose task went back and came to it again); 0
+    # checks only the owner
+    attempt: int = 0
 
 
 @dataclass(slots=True)
@@ -182,7 +187,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def finish(self, owner: str, done: Sequence[Finish], now: float) -> int:
         """Record the end of runs in one commit; returns how many were recorded (those
-        whose lease ``owner`` still held: a result of a lost lease is dropped)."""
+        whose lease ``owner`` still held, on the attempt ``Finish.attempt`` names: a
+        result of a lost lease is dropped)."""
 
     @abc.abstractmethod
     def release(self, owner: str, ids: Sequence[str]) -> int:

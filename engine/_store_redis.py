@@ -160,11 +160,12 @@ return held
 _FINISH = """
 local P, owner, now = ARGV[1], ARGV[2], ARGV[3]
 local done, counts = 0, {0, 0, 0, 0, 0, 0, 0}
-for i = 4, #ARGV, 5 do
+for i = 4, #ARGV, 6 do
   local id, state, result, err, ra = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local att = ARGV[i + 5]  -- the run's attempt (a fencing token); '0': the owner only
   local key = P .. ':t:' .. id
-  local f = redis.call('HMGET', key, 's', 'o')
-  if f[1] == '2' and f[2] == owner then
+  local f = redis.call('HMGET', key, 's', 'o', 'a')
+  if f[1] == '2' and f[2] == owner and (att == '0' or f[3] == att) then
     redis.call('HDEL', key, 'o', 'lu')
     redis.call('ZREM', P .. ':lease', id)
     redis.call('HSET', key, 's', state)
@@ -636,7 +637,7 @@ class RedisStore(Store):
         for f in done:
             if f.result is not None and not f.result:
                 raise ValueError(f"task {f.id}: an encoded result is never empty")
-            args += [f.id, f.state, f.result or "", f.error or "", repr(f.run_at)]
+            args += [f.id, f.state, f.result or "", f.error or "", repr(f.run_at), f.attempt]
         return int(self._script("finish", args))
 
     def release(self, owner: str, ids: Sequence[str]) -> int:

@@ -147,7 +147,8 @@ _HAS_WORK = (
 _ANY_READY = f"SELECT 1 FROM tasks WHERE state = {READY} LIMIT 1"
 _FINISH = (
     "UPDATE tasks SET state = ?, result = ?, error = ?, finished_at = ?, run_at = ?, "
-    f"owner = NULL, lease_until = NULL WHERE id = ? AND owner = ? AND state = {RUNNING}"
+    f"owner = NULL, lease_until = NULL WHERE id = ? AND owner = ? AND state = {RUNNING} "
+    "AND (? = 0 OR attempts = ?)"  # Finish.attempt: 0 checks only the owner
 )
 _LOST_ERROR = (
     '\'{"type": "cytask.WorkerLost", "message": "its worker died (lease expired) \' '
@@ -643,7 +644,7 @@ class SQLiteStore(Store):
     def finish(self, owner: str, done: Sequence[Finish], now: float) -> int:
         rows = [
             (f.state, f.result, f.error, None if f.state == RETRYING else now,
-             f.run_at if f.state == RETRYING else 0.0, f.id, owner)
+             f.run_at if f.state == RETRYING else 0.0, f.id, owner, f.attempt, f.attempt)
             for f in done
         ]  # fmt: skip
         with self._write("finish") as db:

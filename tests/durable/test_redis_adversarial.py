@@ -4,16 +4,22 @@ stopped and killed.  Each test failed on the code before its fix."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
 import sys
+import textwrap
 import time
-from collections.abc import Iterator
+import urllib.parse
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from _redis_server import RedisServer
 
-from cytask import StoreError
-from cytask._store import open_store
+from cytask import Engine, StoreError
+from cytask._store import NewTask, open_store
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -62,3 +68,133 @@ def test_a_unix_socket_url_opens(locked: RedisServer) -> None:
         store.close()
     with pytest.raises(StoreError, match="No such file"):
         open_store(f"unix://{sock}.missing?retry_for=0.1")
+
+
+TASKS = textwrap.dedent("""
+    import os, time
+    from cytask import current_task, task
+
+    @task(name="adv.held")
+    def held(go: str) -> int:
+        me = current_task()
+        open(f"{go}.started{me.attempt}", "w").close()
+        deadline = time.monotonic() + 60
+        while not os.path.exists(go):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the test never said go")
+            time.sleep(0.005)
+        return me.attempt
+""")
+
+
+def _worker(root: Path, url: str, *extra: str) -> subprocess.Popen[bytes]:
+    with open(root / "worker.log", "ab") as log:  # the child keeps its own copy
+        return subprocess.Popen(
+            [sys.executable, "-m", "cytask", "worker", "advtasks", "--store", url, "--quiet",
+             *extra],
+            cwd=root, env=dict(os.environ, PYTHONPATH=str(root)), stdout=subprocess.DEVNULL,
+            stderr=log,
+        )  # fmt: skip
+
+
+def _until(what: str, check: Callable[[], object], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.005)
+
+
+def test_a_worker_stopped_past_its_lease_never_writes_an_older_attempts_result(
+    tmp_path: Path, url: str
+) -> None:
+    # SIGSTOP a worker while it runs a task, past its lease; another process recovers
+    # the task (READY again); SIGCONT: the same worker claims it again (attempt 2)
+    # while its first run is still going.  Before: the first run's end passed the
+    # owner check (same process) and was committed as the task's result, with
+    # attempts == 2, and the second run then ran after that result was committed;
+    # the worker's count of leases it held also drifted by one per such task.
+    (tmp_path / "advtasks.py").write_text(TASKS)
+    go = tmp_path / "go"
+    store = open_store(url)
+    reader = Engine(workers=0, store=url)
+    worker = _worker(tmp_path, url, "--workers", "1", "--lease", "0.5")
+    try:
+        payload = json.dumps([[str(go)], {}])
+        store.enqueue([NewTask("held1", "adv.held", "json", payload, 2, 0.0, 10)])
+        _until("the first run started", Path(f"{go}.started1").exists)
+        worker.send_signal(signal.SIGSTOP)
+        # another worker's feeder, once the lease passed: the task goes back
+        _until("the lease expired", lambda: store.recover_expired(time.time()) == 1)
+        rec = store.get("held1")
+        assert rec is not None and rec.status == "pending" and rec.attempts == 1
+        worker.send_signal(signal.SIGCONT)
+
+        def claimed_again() -> bool:
+            r = store.get("held1")
+            return r is not None and r.status == "running" and r.attempts == 2
+
+        _until("the worker claimed the task again", claimed_again)
+        go.touch()  # the first run ends now, the second after it (one worker thread)
+        h = reader.get("held1")
+        assert h is not None
+        assert h.result(timeout=30) == 2, "the result of attempt 1 was written over attempt 2"
+        assert h.attempts == 2
+        _until("the second run started", Path(f"{go}.started2").exists)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, (tmp_path / "worker.log").read_text()
+        rec = store.get("held1")
+        assert rec is not None and rec.status == "succeeded" and rec.result == "2"
+        assert store.counts()["running"] == 0
+    finally:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGCONT)
+            worker.kill()
+            worker.wait(30)
+        reader.shutdown()
+        store.close()
+
+
+def test_a_worker_stopped_past_its_lease_keeps_what_nobody_took(
+    tmp_path: Path, redis_url: str
+) -> None:
+    # SIGSTOP past the lease, SIGCONT, and no other process recovered the task
+    # meanwhile: the lease is still the worker's.  Before: its feeder recovered its own
+    # expired leases before it extended them, so it put its running task back, ran it
+    # a second time beside the first, and counted it lost (max_lost dead-letters it)
+    import redis
+
+    (tmp_path / "advtasks.py").write_text(TASKS)
+    go = tmp_path / "go"
+    prefix = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(redis_url).query))["prefix"]
+    client = redis.Redis.from_url(redis_url.partition("?")[0])
+    store = open_store(redis_url)
+    worker = _worker(tmp_path, redis_url, "--workers", "2", "--lease", "0.5")
+    try:
+        payload = json.dumps([[str(go)], {}])
+        store.enqueue([NewTask("held2", "adv.held", "json", payload, 2, 0.0, 10)])
+        _until("the first run started", Path(f"{go}.started1").exists)
+        worker.send_signal(signal.SIGSTOP)
+        stopped = time.time()  # no extension after this: the lease ends by stopped + 0.5
+        _until("the lease passed", lambda: time.time() > stopped + 0.6)
+        lease_until = float(client.hget(f"{prefix}:t:held2", "lu") or 0)
+        assert lease_until < time.time()
+        worker.send_signal(signal.SIGCONT)
+
+        def maintained() -> bool:  # extended, or (before) recovered and claimed again
+            r = store.get("held2")
+            lu = float(client.hget(f"{prefix}:t:held2", "lu") or 0)
+            return r is not None and (lu > lease_until or r.attempts > 1)
+
+        _until("the worker's feeder ran its maintenance", maintained)
+        go.touch()
+        _until("the task ended", lambda: store.get("held2").terminal)  # type: ignore[union-attr]
+        rec = store.get("held2")
+        assert rec is not None and (rec.attempts, rec.lost) == (1, 0), (rec.attempts, rec.lost)
+        assert rec.result == "1" and not Path(f"{go}.started2").exists()
+    finally:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGCONT)
+            worker.kill()
+            worker.wait(30)
+        store.close()
+        client.close()
