@@ -64,7 +64,7 @@ from cytask._store import (
     open_store,
 )
 from cytask._task import Task
-from cytask._validate import check_callable, check_duration
+from cytask._validate import MIN_LEASE_S, check_callable, check_duration
 
 if TYPE_CHECKING:
     from cytask._engine import Engine
@@ -392,6 +392,12 @@ class DurableRuntime:
         if serializer not in ("json", "pickle"):
             raise ValueError(f"Expected 'json' or 'pickle' for serializer, got {serializer!r}")
         check_duration(lease, "lease", positive=True)  # inf: the feeder could not sleep
+        if lease < MIN_LEASE_S:
+            raise ValueError(
+                f"Expected lease >= {MIN_LEASE_S} seconds (leases are extended every "
+                f"lease/3 while a task runs; a shorter one lapses under a live worker), "
+                f"got {lease!r}"
+            )
         self.engine = engine
         self.store = open_store(store)
         self.codec = serializer
@@ -1216,7 +1222,7 @@ class DurableRuntime:
 
     def _feed(self) -> None:
         store = self.store
-        maint_every = max(0.05, self.lease / 3)
+        maint_every = self.lease / 3  # lease >= MIN_LEASE_S: at most 30 times a second
         next_maint = 0.0
         cancels_every = min(maint_every, _CANCEL_LOOK_S)
         next_cancels = 0.0

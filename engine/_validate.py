@@ -9,7 +9,14 @@ from typing import Any
 
 from cytask._enums import Priority
 
+#: the shortest durable lease (s): the feeder extends leases every lease/3, and a
+#: shorter one left too little slack for a round trip and a turn at the GIL (2 engines
+#: on one store, lease=0.02: a live worker's 0.5 s task ran 3 times, or was
+#: dead-lettered as lost 10 times)
+MIN_LEASE_S = 0.1
+
 __all__ = [
+    "MIN_LEASE_S",
     "check_callable",
     "check_duration",
     "check_int",

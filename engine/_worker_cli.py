@@ -28,6 +28,8 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
+from cytask._validate import MIN_LEASE_S
+
 __all__ = ["worker_main"]
 
 
@@ -51,9 +53,11 @@ def _count(option: str) -> Callable[[str], int]:
     return parse
 
 
-def _seconds(option: str, *, positive: bool = False, finite: bool = True) -> Callable[[str], float]:
-    """An argparse type: seconds >= 0 (> 0 if `positive`; inf only if not `finite`),
-    checked before the worker starts, errors naming `option`."""
+def _seconds(
+    option: str, *, positive: bool = False, finite: bool = True, minimum: float = 0.0
+) -> Callable[[str], float]:
+    """An argparse type: seconds >= 0 (> 0 if `positive`, >= `minimum`; inf only if not
+    `finite`), checked before the worker starts, errors naming `option`."""
 
     def parse(text: str) -> float:
         from cytask._validate import check_duration, check_nonneg_number
@@ -69,6 +73,8 @@ def _seconds(option: str, *, positive: bool = False, finite: bool = True) -> Cal
             check(value, option, positive=positive)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"Expected {option} >= {minimum}, got {value}")
         return value
 
     return parse
@@ -120,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--lease",
-        type=_seconds("--lease", positive=True),
+        type=_seconds("--lease", positive=True, minimum=MIN_LEASE_S),
         default=30.0,
         help="seconds before a dead worker's tasks run elsewhere (extended while running)",
     )

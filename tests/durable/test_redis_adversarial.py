@@ -198,3 +198,12 @@ def test_a_worker_stopped_past_its_lease_keeps_what_nobody_took(
             worker.wait(30)
         store.close()
         client.close()
+
+
+def test_a_lease_too_short_to_extend_is_refused(url: str) -> None:
+    # Before: lease=0.02 was taken, while leases were extended every 50 ms at best: with
+    # two engines on one store a live worker's 0.5 s task ran 3 times (SQLite), or was
+    # dead-lettered as "its worker died 10 times" (Redis), every worker alive
+    with pytest.raises(ValueError, match=r"Expected lease >= 0\.1 seconds .* got 0\.02"):
+        Engine(workers=1, store=url, lease=0.02)
+    Engine(workers=1, store=url, lease=0.1).shutdown()  # the shortest: extended every 33 ms

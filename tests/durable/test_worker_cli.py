@@ -93,6 +93,7 @@ def test_sigterm_drains_within_the_deadline_and_gives_back_the_rest(tmp_path: Pa
         (["--lease", "0"], "argument --lease: Expected --lease > 0, got 0.0"),
         (["--lease", "inf"], "argument --lease: Expected a finite number of seconds for --lease"),
         (["--lease", "x"], "argument --lease: Expected a number of seconds, got 'x'"),
+        (["--lease", "0.02"], "argument --lease: Expected --lease >= 0.1, got 0.02"),
         (["--drain-timeout", "-1"], "argument --drain-timeout: Expected --drain-timeout >= 0"),
         (["--drain-timeout", "nan"], "argument --drain-timeout: Expected --drain-timeout >= 0"),
         (["--result-ttl", "-5"], "argument --result-ttl: Expected --result-ttl >= 0"),
