@@ -1360,7 +1360,7 @@ class DurableRuntime:
         claimed stays the parent's.  After shutdown the child's runtime only reads.
         """
         self._abandoned = (self.store, self._wake_r, self._wake_w, self._watch)
-        store = open_store(self.store.url)
+        store = self.store.reopen()  # its options too, not only its URL
         rt = DurableRuntime(
             self.engine,
             store,

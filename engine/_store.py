@@ -265,6 +265,13 @@ class Store(abc.ABC):
         """A ``Watch`` for the feeder of one engine (closed by it)."""
         return Watch()
 
+    def reopen(self) -> Store:
+        """A new store on the same data with the same options (a fork child's own:
+        connections never cross a fork).  A store with options beyond its URL
+        overrides this: reopened from the URL alone, a store made with
+        ``prefix="app"`` wrote the child's tasks under another prefix."""
+        return open_store(self.url)
+
     @abc.abstractmethod
     def close(self) -> None:
         """Close connections; the store is unusable afterwards."""

@@ -738,6 +738,11 @@ class RedisStore(Store):
     def requeue(self, task_id: str) -> bool:
         return bool(self._script("requeue", [task_id, repr(time.time())]))
 
+    def reopen(self) -> RedisStore:
+        return RedisStore(
+            self.url, prefix=self.prefix, max_lost=self.max_lost, retry_for=self.retry_for
+        )
+
     def watch(self) -> Watch:
         w = _PubSubWatch(self)
         with self._lock:

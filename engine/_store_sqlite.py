@@ -674,6 +674,14 @@ class SQLiteStore(Store):
             ).rowcount
         return n > 0
 
+    def reopen(self) -> SQLiteStore:
+        return SQLiteStore(
+            self.url,
+            synchronous=self.synchronous,
+            busy_timeout=self.busy_timeout,
+            max_lost=self.max_lost,
+        )
+
     @_gated
     def get(self, task_id: str) -> TaskRecord | None:
         try:

@@ -207,3 +207,48 @@ def test_a_lease_too_short_to_extend_is_refused(url: str) -> None:
     with pytest.raises(ValueError, match=r"Expected lease >= 0\.1 seconds .* got 0\.02"):
         Engine(workers=1, store=url, lease=0.02)
     Engine(workers=1, store=url, lease=0.1).shutdown()  # the shortest: extended every 33 ms
+
+
+def test_a_fork_child_keeps_the_stores_keyword_options(url: str, tmp_path: Path) -> None:
+    # Before: the child's runtime reopened the store from its URL alone: a store made
+    # with prefix="..." put the child's tasks under the default prefix, where the
+    # parent (and every worker of that prefix) never saw them; retry_for, max_lost,
+    # synchronous and busy_timeout fell back to their defaults too
+    if url.startswith("redis"):
+        base, _, query = url.partition("?")
+        prefix = dict(urllib.parse.parse_qsl(query))["prefix"]
+        options = {"prefix": f"{prefix}-kw", "retry_for": 3.0, "max_lost": 4}
+        url = base
+    else:
+        options = {"synchronous": "full", "busy_timeout": 7.0, "max_lost": 4}
+    code = f"""
+        import os, warnings
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads
+        from cytask import Engine
+        from cytask._store import open_store
+
+        options = {options!r}
+        store = open_store({url!r}, **options)
+        eng = Engine(workers=0, store=store)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            mine = eng._durable.store
+            same = all(getattr(mine, k) == v for k, v in options.items())
+            h = eng.submit(max, 1, 2)
+            os.write(w, (h.task_id if same and mine is not store else "differs").encode())
+            os._exit(0)
+        got = os.read(r, 64).decode()
+        os.waitpid(pid, 0)
+        assert got != "differs", "the child's store lost its options"
+        rec = store.get(got)
+        assert rec is not None, "the child's task went elsewhere"
+        assert rec.name == "builtins.max"
+        eng.shutdown()
+        print("ok")
+    """
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr
