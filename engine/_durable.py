@@ -1001,17 +1001,9 @@ class DurableRuntime:
                 last = time.monotonic()
 
     def _write(self, batch: list[Finish]) -> None:
-        delay = 0.01
-        while True:
-            try:
-                recorded = self.store.finish(self.owner, batch, time.time())
-                break
-            except Exception as exc:  # a full disk or a long lock: keep the results, retry
-                report_unraisable(exc, "cytask store writer (will retry)")
-                if self._stopping.is_set() and delay > 1.0:
-                    return  # shutting down: the leases expire and the tasks run again
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        recorded = self._commit_results(batch)
+        if recorded < 0:
+            return  # shutting down: the leases expire and the tasks run again
         retried = False
         with self._lock:
             for f in batch:
@@ -1032,6 +1024,51 @@ class DurableRuntime:
             self._fire(ended)
         if not self._stopping.is_set():
             self._wake()  # capacity freed (and a retry may be due soon)
+
+    def _commit_results(self, batch: list[Finish]) -> int:
+        """``store.finish`` until the store takes the batch: how many it recorded, or -1
+        when a shutdown gave up.  An outage (a transient StoreError) is waited out.  A
+        store that answers but refuses is not retried with the whole batch forever:
+        before, one result larger than Redis takes (proto-max-bulk-len) kept this
+        process's writer retrying, and no later result of the process was ever
+        committed.  The batch is halved until the refused end is alone; refused three
+        times while a short end of the same task is taken, that task is recorded FAILED
+        with the store's reason."""
+        delay = 0.01
+        refusals = 0
+        while True:
+            try:
+                return self.store.finish(self.owner, batch, time.time())
+            except Exception as exc:
+                report_unraisable(exc, "cytask store writer (will retry)")
+                if not (isinstance(exc, StoreError) and exc.transient):
+                    if len(batch) > 1:
+                        half = len(batch) // 2
+                        first = self._commit_results(batch[:half])
+                        second = self._commit_results(batch[half:]) if first >= 0 else -1
+                        return -1 if second < 0 else first + second
+                    refusals += 1
+                    if refusals >= 3:
+                        recorded = self._record_refused(batch[0], exc)
+                        if recorded >= 0:
+                            return recorded
+                if self._stopping.is_set() and delay > 1.0:
+                    return -1
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _record_refused(self, f: Finish, exc: Exception) -> int:
+        """Record the end the store refused as a failure naming the refusal (a retry
+        stays a retry); -1 if the store refuses that too (it is down: retry)."""
+        why = StoreError(
+            f"the store refused to record the end of task {f.id} (the task ran): {exc}"
+        )
+        state = f.state if f.state in (RETRYING, CANCELLED) else FAILED
+        short = Finish(f.id, state, error=encode_error(why), run_at=f.run_at, attempt=f.attempt)
+        try:
+            return self.store.finish(self.owner, [short], time.time())
+        except Exception:
+            return -1
 
     def _ended_in_store(self, task_id: str) -> bool:
         try:

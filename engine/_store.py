@@ -64,8 +64,12 @@ class StoreError(CytaskError):
     """The store cannot do what was asked: cannot open, locked, corrupt, full, too new.
 
     The message names the store and the problem; the store object stays usable
-    (a failed write was rolled back).
+    (a failed write was rolled back).  ``transient``: the same call may succeed later
+    (Redis unreachable or read-only, a locked or full database); False when the store
+    answered and refused this very call (a value larger than Redis takes).
     """
+
+    transient: bool = False
 
 
 @dataclass(slots=True)

@@ -64,6 +64,11 @@ T = TypeVar("T")
 _OWN_OPTIONS = ("prefix", "max_lost", "retry_for")
 #: ids per script call in bulk steps (promote, recover, expire): each call is short
 _STEP = 1000
+#: error replies that say "not now" rather than "never" (failover, maxmemory, a long
+#: script, a dataset loading)
+_TRANSIENT = (
+    "READONLY", "OOM", "BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS",
+)  # fmt: skip
 
 # A task's hash fields: n name, c codec, p payload, pr priority, s state, a attempts,
 # l lost, ml max_lost, ra run_at, eq enqueued_at, st started_at, fi finished_at,
@@ -555,6 +560,11 @@ class RedisStore(Store):
                 f"{exc}: the database number {db} in the store URL is past the server's "
                 f"`databases` setting (16 unless configured; 0 is the first)"
             )
+        elif "invalid bulk length" in str(exc):
+            why = (
+                f"{exc}: a task's arguments or result are larger than the server takes "
+                f"(its proto-max-bulk-len, 512 MB unless configured)"
+            )
         elif unreachable:
             for_ = "" if math.isinf(self.retry_for) else f" for {self.retry_for:g} s"
             why = (
@@ -563,7 +573,10 @@ class RedisStore(Store):
             )
         else:
             why = str(exc)
-        raise StoreError(f"store {self.url!r}: {what} failed: {why}") from exc
+        err = StoreError(f"store {self.url!r}: {what} failed: {why}")
+        # a refusal the same call may get past later: a failover, memory, a busy script
+        err.transient = unreachable or str(exc).startswith(_TRANSIENT)
+        raise err from exc
 
     def _script(self, name: str, args: list[Any]) -> Any:
         return self._call(name, self._evalsha, name, args)

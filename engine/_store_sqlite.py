@@ -482,7 +482,9 @@ class SQLiteStore(Store):
             why = f"the file cannot be opened for writing ({text})"
         else:
             why = text
-        raise StoreError(f"store {self.url!r}: {what} failed: {why}") from exc
+        err = StoreError(f"store {self.url!r}: {what} failed: {why}")
+        err.transient = "locked" in low or "busy" in low or "full" in low
+        raise err from exc
 
     @contextmanager
     def _write(self, what: str) -> Iterator[sqlite3.Connection]:

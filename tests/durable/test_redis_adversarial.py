@@ -84,6 +84,14 @@ TASKS = textwrap.dedent("""
                 raise TimeoutError("the test never said go")
             time.sleep(0.005)
         return me.attempt
+
+    @task(name="adv.echo")
+    def echo(x):
+        return x
+
+    @task(name="adv.big")
+    def big(n: int) -> str:
+        return "x" * n
 """)
 
 
@@ -252,3 +260,49 @@ def test_a_fork_child_keeps_the_stores_keyword_options(url: str, tmp_path: Path)
         capture_output=True, text=True, timeout=60, cwd=tmp_path,
     )  # fmt: skip
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr
+
+
+@pytest.fixture
+def small(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server that takes no value over 1 MB (proto-max-bulk-len)."""
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    s = RedisServer(str(folder), extra=("--proto-max-bulk-len", "1mb"))
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop(kill=True)
+
+
+def test_a_result_the_server_refuses_fails_its_task_and_stalls_nothing(
+    small: RedisServer, tmp_path: Path
+) -> None:
+    # Before: the writer retried the batch holding the refused result forever ("will
+    # retry"), so that task and every later result of the worker stayed uncommitted:
+    # their leases were extended forever, and the worker ran on, committing nothing
+    (tmp_path / "advtasks.py").write_text(TASKS)
+    url = small.url("big")
+    producer = Engine(workers=0, store=url)
+    worker = _worker(tmp_path, url, "--workers", "2")
+    try:
+        sys.path.insert(0, str(tmp_path))
+        import advtasks  # type: ignore[import-not-found]
+
+        with pytest.raises(StoreError, match=r"larger than the server takes.*proto-max-bulk"):
+            producer.submit(advtasks.echo, "y" * 2_000_000)  # the producer is told at once
+        before = producer.submit_many(advtasks.echo, [(i,) for i in range(50)])
+        huge = producer.submit(advtasks.big, 2_000_000)
+        after = producer.submit_many(advtasks.echo, [(i,) for i in range(50, 300)])
+        assert [h.result(timeout=20) for h in before + after] == list(range(300))
+        with pytest.raises(Exception, match=r"refused to record the end .*larger than"):
+            huge.result(timeout=20)
+        assert huge.status.value == "failed" and huge.attempts == 1
+        assert producer.submit(advtasks.big, 1000).result(timeout=20) == "x" * 1000
+        assert worker.poll() is None
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("advtasks", None)
+        worker.kill()
+        worker.wait(30)
+        producer.shutdown()
