@@ -656,11 +656,34 @@ class DurableRuntime:
         now = time.time()
         run_at = now + delay if delay else now
         max_lost = getattr(self.store, "max_lost", 10)
-        return [
+        rows = [
             NewTask(new_task_id(), name, codec, encode_args(codec, a, k, fn), priority, run_at,
                     max_lost)
             for a, k in calls
         ]  # fmt: skip
+        if self.store.max_value is not None:  # here, not in a commit shared with others
+            for row in rows:
+                self._check_size(name, row.payload)
+        return rows
+
+    def _check_size(self, name: str, p: str | bytes) -> None:
+        """Refuse arguments larger than the store takes (asking it again first: the
+        limit may have been raised since)."""
+        for reread in (False, True):
+            if reread:
+                self.store.reread_limits()
+            limit = self.store.max_value
+            if limit is None:
+                return
+            size = len(p) if isinstance(p, bytes) or len(p) * 4 <= limit else len(p.encode())
+            if size <= limit:
+                return
+            if reread:
+                raise ValueError(
+                    f"Expected the arguments of task {name} to encode to at most {limit} "
+                    f"bytes (the store's limit: Redis' proto-max-bulk-len), got {size} "
+                    f"bytes: pass a reference to the data (a path, a key) instead"
+                )
 
     def _hold(self, n: int, held: list[int]) -> int:
         """Reserve leases for up to n new tasks this process will run itself (committed

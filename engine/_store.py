@@ -172,6 +172,9 @@ class Store(abc.ABC):
 
     url: str
     durable_on_power_loss: bool
+    #: the largest encoded payload or result (bytes) the store takes, None if unknown:
+    #: a producer is told at submit, before its row joins a commit shared with others
+    max_value: int | None = None
 
     @abc.abstractmethod
     def enqueue(
@@ -268,6 +271,10 @@ class Store(abc.ABC):
     def watch(self) -> Watch:
         """A ``Watch`` for the feeder of one engine (closed by it)."""
         return Watch()
+
+    def reread_limits(self) -> None:
+        """Read ``max_value`` from the server again (it may have been reconfigured)."""
+        return None  # a store without a server keeps its limits
 
     def reopen(self) -> Store:
         """A new store on the same data with the same options (a fork child's own:

@@ -515,6 +515,19 @@ class RedisStore(Store):
         self._sources = scripts
         self._scripts = {name: self._redis.register_script(src) for name, src in scripts.items()}
         self._call("open", self._redis.ping)
+        self.max_value = self._bulk_limit()
+
+    def reread_limits(self) -> None:
+        self.max_value = self._bulk_limit()
+
+    def _bulk_limit(self) -> int:
+        """The server's proto-max-bulk-len: no argument of a command may be longer (512
+        MB unless configured; that too where CONFIG is not allowed)."""
+        try:
+            found = self._redis.config_get("proto-max-bulk-len")
+            return int(found.get("proto-max-bulk-len") or found.get(b"proto-max-bulk-len"))
+        except Exception:  # CONFIG denied (ACL, a managed Redis) or renamed
+            return 512 * 1024 * 1024
 
     def __repr__(self) -> str:
         return f"<RedisStore {self.url!r} prefix={self.prefix!r}>"

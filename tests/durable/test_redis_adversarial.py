@@ -14,6 +14,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _redis_server import RedisServer
@@ -289,7 +290,7 @@ def test_a_result_the_server_refuses_fails_its_task_and_stalls_nothing(
         sys.path.insert(0, str(tmp_path))
         import advtasks  # type: ignore[import-not-found]
 
-        with pytest.raises(StoreError, match=r"larger than the server takes.*proto-max-bulk"):
+        with pytest.raises(ValueError, match=r"at most 1048576 bytes .*got 20000\d\d bytes"):
             producer.submit(advtasks.echo, "y" * 2_000_000)  # the producer is told at once
         before = producer.submit_many(advtasks.echo, [(i,) for i in range(50)])
         huge = producer.submit(advtasks.big, 2_000_000)
@@ -305,4 +306,39 @@ def test_a_result_the_server_refuses_fails_its_task_and_stalls_nothing(
         sys.modules.pop("advtasks", None)
         worker.kill()
         worker.wait(30)
+        producer.shutdown()
+
+
+def test_an_oversized_submit_fails_alone_not_the_requests_sharing_its_commit(
+    small: RedisServer,
+) -> None:
+    # Every request an event loop serves in one turn shares one commit (asubmit).
+    # Before: one request's arguments over the server's proto-max-bulk-len failed
+    # that commit, and every other request of the turn got its StoreError
+    import asyncio
+
+    producer = Engine(workers=0, store=small.url("turn"))
+    try:
+
+        async def turn() -> list[Any]:
+            return await asyncio.gather(
+                producer.asubmit(max, 1, 2),
+                producer.asubmit(max, "y" * 2_000_000, "z"),
+                producer.asubmit(max, 3, 4),
+                return_exceptions=True,
+            )
+
+        first, big, last = asyncio.run(turn())
+        assert not isinstance(first, BaseException), first  # before: the big one's error
+        assert not isinstance(last, BaseException), last
+        assert isinstance(big, ValueError) and "proto-max-bulk-len" in str(big), big
+        assert producer.get(first.task_id) is not None and producer.get(last.task_id) is not None
+        # the server's limit raised since the store opened: the next submit sees it
+        import redis
+
+        client = redis.Redis(port=small.port)
+        client.config_set("proto-max-bulk-len", 1024 * 1024 * 1024)
+        assert producer.submit(max, "y" * 2_000_000, "z").task_id
+        client.close()
+    finally:
         producer.shutdown()
