@@ -42,6 +42,7 @@ __all__ = [
     "SCHEDULED",
     "STATE_NAMES",
     "SUCCEEDED",
+    "TICK_KEEP_S",
     "Claimed",
     "Finish",
     "NewTask",
@@ -58,6 +59,9 @@ N = TypeVar("N", int, float)
 # states as stored (the numbers are part of the on-disk format: never renumber)
 READY, SCHEDULED, RUNNING, RETRYING, SUCCEEDED, FAILED, CANCELLED = 0, 1, 2, 3, 4, 5, 6
 STATE_NAMES = ("pending", "scheduled", "running", "retrying", "succeeded", "failed", "cancelled")
+#: a periodic tick is remembered this long past the results' cutoff (result_ttl), so
+#: that an engine whose timer fires late (a busy machine, a clock behind) finds it taken
+TICK_KEEP_S = 3600.0
 
 
 class StoreError(CytaskError):
@@ -240,7 +244,9 @@ class Store(abc.ABC):
     def claim_tick(self, key: str, tick: int) -> bool:
         """True for exactly one caller per (key, tick) across all processes: a
         periodic schedule's run at that tick (ms since the epoch) belongs to it.
-        ``expire`` forgets ticks older than its cutoff."""
+        ``expire`` forgets ticks ``TICK_KEEP_S`` older than its cutoff: with
+        result_ttl=0 it forgot a tick at once, and an engine whose timer fired a
+        moment later claimed the same tick again (the schedule ran twice)."""
 
     @abc.abstractmethod
     def expire(self, finished_before: float) -> int:

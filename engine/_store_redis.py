@@ -47,6 +47,7 @@ from typing import Any, NoReturn, TypeVar
 
 from cytask._store import (
     STATE_NAMES,
+    TICK_KEEP_S,
     Claimed,
     Finish,
     NewTask,
@@ -721,7 +722,7 @@ class RedisStore(Store):
             total += n
             if n < _STEP:
                 break
-        cutoff = int(finished_before * 1000)
+        cutoff = int((finished_before - TICK_KEEP_S) * 1000)
         self._call(
             "expire", self._redis.zremrangebyscore, f"{self.prefix}:ticks", "-inf", f"({cutoff}"
         )

@@ -48,6 +48,7 @@ from cytask._store import (
     SCHEDULED,
     STATE_NAMES,
     SUCCEEDED,
+    TICK_KEEP_S,
     Claimed,
     Finish,
     NewTask,
@@ -770,7 +771,8 @@ class SQLiteStore(Store):
                 f"DELETE FROM tasks WHERE state >= {SUCCEEDED} AND finished_at < ?",
                 (finished_before,),
             ).rowcount
-            db.execute("DELETE FROM ticks WHERE tick < ?", (int(finished_before * 1000),))
+            cutoff = int((finished_before - TICK_KEEP_S) * 1000)
+            db.execute("DELETE FROM ticks WHERE tick < ?", (cutoff,))
         return n
 
     @_gated

@@ -20,7 +20,7 @@ import pytest
 from _redis_server import RedisServer
 
 from cytask import Engine, StoreError
-from cytask._store import NewTask, open_store
+from cytask._store import TICK_KEEP_S, NewTask, open_store
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -342,3 +342,20 @@ def test_an_oversized_submit_fails_alone_not_the_requests_sharing_its_commit(
         client.close()
     finally:
         producer.shutdown()
+
+
+def test_a_periodic_tick_is_remembered_past_a_zero_result_ttl(url: str) -> None:
+    # Before: expire() forgot ticks older than the results' cutoff, so with
+    # result_ttl=0 an engine's maintenance right after a tick forgot it, and another
+    # engine whose timer fired a moment later claimed that tick again: two runs
+    a, b = open_store(url), open_store(url)
+    try:
+        tick = int(time.time() * 1000)
+        assert a.claim_tick("every 60", tick)
+        a.expire(time.time())  # result_ttl=0: every ended task goes, the tick stays
+        assert not b.claim_tick("every 60", tick), "the tick ran twice"
+        a.expire(time.time() + TICK_KEEP_S + 1)  # long past: forgotten
+        assert b.claim_tick("every 60", tick)
+    finally:
+        a.close()
+        b.close()
