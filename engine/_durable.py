@@ -433,6 +433,7 @@ class DurableRuntime:
         self._gatherer: _thread.LockType | None = None
         self._results: queue.SimpleQueue[Finish | None] = queue.SimpleQueue()
         self._stopping = threading.Event()
+        self._give_up_at = math.inf  # monotonic: the shutdown's deadline (stop_claiming)
         self._fd_lock = threading.Lock()  # guards closing the pipe against writes to it
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -1075,7 +1076,9 @@ class DurableRuntime:
                         recorded = self._record_refused(batch[0], exc)
                         if recorded >= 0:
                             return recorded
-                if self._stopping.is_set() and delay > 1.0:
+                if self._stopping.is_set() and (
+                    delay > 1.0 or time.monotonic() >= self._give_up_at
+                ):
                     return -1
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
@@ -1434,11 +1437,19 @@ class DurableRuntime:
 
     # -- stopping -----------------------------------------------------------------------
 
-    def stop_claiming(self) -> None:
+    def stop_claiming(self, deadline: float | None = None) -> None:
         """Claim nothing more (shutdown began); submits now raise EngineClosed.  The
         tasks this process holds but has not started go back to the store at once,
         for other workers (or this one after a restart): a shutdown drains only the
-        running ones, as Celery's warm shutdown returns its prefetched tasks."""
+        running ones, as Celery's warm shutdown returns its prefetched tasks.
+
+        ``deadline`` (monotonic, the shutdown's): store calls stop waiting for an
+        unreachable Redis then.  Before, a SIGTERM'd worker with Redis down waited
+        ``retry_for`` per call, about 8 calls of the result writer (forever with
+        retry_for=inf) past ``--drain-timeout``; its leases bring its tasks back."""
+        if deadline is not None:
+            self._give_up_at = min(self._give_up_at, deadline)
+            self.store.retry_until(self._give_up_at)
         self._stopping.set()
         self._ring()
         if self._feeder is not None and threading.current_thread() is not self._feeder:
@@ -1465,10 +1476,10 @@ class DurableRuntime:
                 if self._inflight.pop(task_id, None) is not None:
                     self._held -= 1
 
-    def close(self) -> None:
+    def close(self, deadline: float | None = None) -> None:
         """After the workers stopped: commit the last results, give back tasks never
-        started."""
-        self.stop_claiming()
+        started (waiting for an unreachable store until ``deadline`` at most)."""
+        self.stop_claiming(deadline)
         if self._writer is not None:
             self._results.put(None)
             self._writer.join()
@@ -1479,6 +1490,7 @@ class DurableRuntime:
             with contextlib.suppress(Exception):
                 self.store.release(self.owner, unstarted)
         self._closed.set()
+        self.store.retry_until(math.inf)  # reads after shutdown wait as configured
         with self._fd_lock:
             self._watch.close()
             for fd in (self._wake_r, self._wake_w):

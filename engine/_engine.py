@@ -757,7 +757,7 @@ class Engine(_core.Core):
         check_nonneg_number(timeout, "timeout", allow_none=True)
         deadline = None if timeout is None else time.monotonic() + timeout
         if self._durable is not None:
-            self._durable.stop_claiming()
+            self._durable.stop_claiming(deadline)
         with self._lock:
             first = not self._shut_down
             self._shut_down = True
@@ -821,7 +821,7 @@ class Engine(_core.Core):
         if timer is not None:
             timer.stop()
         if self._durable is not None:  # last results committed, unstarted tasks given back
-            self._durable.close()
+            self._durable.close(deadline)
         self._exit_drained = True
         _lifecycle.release(self)  # if it was dropped: its workers have left
 
@@ -858,7 +858,7 @@ class Engine(_core.Core):
         drain = self._signal_drain
         deadline = None if drain is None else drain.deadline
         if self._durable is not None:  # drain what it holds; the store keeps the rest
-            self._durable.stop_claiming()
+            self._durable.stop_claiming(deadline)
         if not self._shut_down:
             with self._lock:
                 self._accept_timed = False

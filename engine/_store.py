@@ -278,6 +278,12 @@ class Store(abc.ABC):
         """A ``Watch`` for the feeder of one engine (closed by it)."""
         return Watch()
 
+    def retry_until(self, deadline: float) -> None:
+        """Calls stop waiting for an unreachable server at ``deadline`` (monotonic),
+        whatever their own retry time; ``math.inf`` lifts it.  A shutdown with a
+        timeout sets it: a drain must not outlast its deadline waiting for Redis."""
+        return None  # a store without a server never waits for one
+
     def reread_limits(self) -> None:
         """Read ``max_value`` from the server again (it may have been reconfigured)."""
         return None  # a store without a server keeps its limits

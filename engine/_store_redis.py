@@ -505,6 +505,7 @@ class RedisStore(Store):
             raise ValueError(f"Expected a valid Redis URL for store, got {url!r}: {exc}") from exc
         self._wake_channel = f"{self.prefix}:wake"
         self._closed = False
+        self._retry_until = math.inf  # see retry_until()
         self._watches: list[_PubSubWatch] = []
         self._lock = threading.Lock()  # guards _watches
         scripts = {
@@ -520,6 +521,9 @@ class RedisStore(Store):
 
     def reread_limits(self) -> None:
         self.max_value = self._bulk_limit()
+
+    def retry_until(self, deadline: float) -> None:
+        self._retry_until = deadline
 
     def _bulk_limit(self) -> int:
         """The server's proto-max-bulk-len: no argument of a command may be longer (512
@@ -551,7 +555,7 @@ class RedisStore(Store):
             except self._refused as exc:  # no retry: a wrong password stays wrong
                 self._raise(exc, what, refused=True)
             except self._errors as exc:
-                left = deadline - time.monotonic()
+                left = min(deadline, self._retry_until) - time.monotonic()
                 if left <= 0 or self._closed:
                     self._raise(exc, what, unreachable=True)
                 time.sleep(min(pause, left))

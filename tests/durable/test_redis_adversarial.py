@@ -86,6 +86,12 @@ TASKS = textwrap.dedent("""
             time.sleep(0.005)
         return me.attempt
 
+    @task(name="adv.nap")
+    def nap(seconds: float, started: str) -> float:
+        open(started, "w").close()
+        time.sleep(seconds)
+        return seconds
+
     @task(name="adv.echo")
     def echo(x):
         return x
@@ -361,3 +367,57 @@ def test_a_periodic_tick_is_remembered_past_a_zero_result_ttl(url: str) -> None:
     finally:
         a.close()
         b.close()
+
+
+@pytest.fixture
+def persistent(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server with an fsync per write: a restart keeps what it acknowledged."""
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    s = RedisServer(str(folder), persist=True)
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop(kill=True)
+
+
+def test_sigterm_with_redis_down_drains_within_the_deadline(
+    persistent: RedisServer, tmp_path: Path
+) -> None:
+    # Before: with Redis down, every store call of the drain (the feeder's, the
+    # result writer's, the give-back) waited retry_for before it failed, the writer
+    # about 8 times: with retry_for=inf the worker never exited on SIGTERM, with the
+    # default 10 s it took minutes past --drain-timeout.  Now the drain gives up on
+    # Redis at its deadline; the task's lease brings it back once Redis is
+    (tmp_path / "advtasks.py").write_text(TASKS)
+    url = persistent.url("drain", retry_for="inf")
+    started = tmp_path / "started"
+    store = open_store(url)
+    payload = json.dumps([[0.5, str(started)], {}])
+    store.enqueue([NewTask("nap1", "adv.nap", "json", payload, 2, 0.0, 10)])
+    store.close()
+    worker = _worker(tmp_path, url, "--workers", "1", "--lease", "1", "--drain-timeout", "2")
+    try:
+        _until("the task started", started.exists)
+        persistent.stop(kill=True)
+        t0 = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        try:
+            rc = worker.wait(20)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the worker did not exit on SIGTERM while Redis was down")
+        assert rc == 0, (tmp_path / "worker.log").read_text()[-2000:]
+        assert time.monotonic() - t0 < 10
+        persistent.start()  # the task is still leased to the stopped worker: it comes back
+        again = _worker(tmp_path, url, "--workers", "1", "--lease", "1", "--burst")
+        assert again.wait(60) == 0, (tmp_path / "worker.log").read_text()[-2000:]
+        store = open_store(url)
+        rec = store.get("nap1")
+        store.close()
+        assert rec is not None and rec.status == "succeeded" and rec.result == "0.5"
+        assert (rec.attempts, rec.lost) == (2, 1)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(30)
