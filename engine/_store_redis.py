@@ -75,18 +75,36 @@ _TRANSIENT = (
 # l lost, ml max_lost, ra run_at, eq enqueued_at, st started_at, fi finished_at,
 # o owner, lu lease_until, r result, e error, pg progress, pm progress message,
 # cx "1" once cancel was requested while it ran.
-# Keys: P:t:<id> (hash), P:ready:<0..3> (lists of ids), P:due (zset by run_at),
-# P:lease (zset by lease_until), P:done (zset by finished_at), P:failed (the dead
-# letters, zset by finished_at), P:count (hash: state -> tasks), P:ticks (zset),
-# P:cancel (set: ids whose cancel was requested while running; stale ids are dropped
-# when read).
+# Keys: P:t:<id> (hash), P:ready:<0..3> (lists of ids), P:due (zset by due time),
+# P:lease (zset by lease end; both on the server's clock, see _CLOCK), P:done (zset by
+# finished_at), P:failed (the dead letters, zset by finished_at), P:count (hash:
+# state -> tasks), P:ticks (zset), P:cancel (set: ids whose cancel was requested while
+# running; stale ids are dropped when read).
 # States (as in _store): 0 READY, 1 SCHEDULED, 2 RUNNING, 3 RETRYING, 4 SUCCEEDED,
 # 5 FAILED, 6 CANCELLED.  A list may hold the id of a task cancelled while READY:
 # claim skips any id whose state is not READY.
 
+# Leases and due times are kept on the Redis server's clock, read by each script
+# (TIME): a client passes its own times with its own "now", and a script moves them by
+# the difference.  On the clients' clocks, a worker whose clock ran a minute ahead
+# recovered every live lease at once (each task ran again) and promoted delayed tasks
+# early; one running behind lost its own leases.  Finish times (``fi``, ``expire``)
+# and the recorded ``ra`` stay on the clients' clocks (displays, result_ttl).
+_CLOCK = """
+local function _clock()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local function _num(x)  -- a score as text, to the microsecond
+  return string.format('%.6f', x)
+end
+"""
+
 _ENQUEUE = """
 local P, now, owner, lu = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local nnow = tonumber(now)
+local skew = _clock() - nnow
+lu = _num(tonumber(lu) + skew)
 local counts = {0, 0, 0, 0, 0, 0, 0}
 local news = 0
 for i = 5, #ARGV, 7 do
@@ -96,7 +114,7 @@ for i = 5, #ARGV, 7 do
     local state
     if tonumber(ra) > nnow then
       state = 1
-      redis.call('ZADD', P .. ':due', ra, id)
+      redis.call('ZADD', P .. ':due', _num(tonumber(ra) + skew), id)
     elseif owner ~= '' then
       state = 2
       redis.call('ZADD', P .. ':lease', lu, id)
@@ -124,6 +142,7 @@ return 0
 
 _CLAIM = """
 local P, owner, n, lu, now = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+lu = _num(tonumber(lu) + _clock() - tonumber(now))
 local out, got = {}, 0
 for pr = 0, 3 do
   local q = P .. ':ready:' .. pr
@@ -149,9 +168,10 @@ return out
 """
 
 _EXTEND = """
-local P, owner, lu = ARGV[1], ARGV[2], ARGV[3]
+local P, owner, lu, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+lu = _num(tonumber(lu) + _clock() - tonumber(now))
 local held = 0
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   local key = P .. ':t:' .. ARGV[i]
   local f = redis.call('HMGET', key, 's', 'o')
   if f[1] == '2' and f[2] == owner then
@@ -164,9 +184,10 @@ return held
 """
 
 _FINISH = """
-local P, owner, now = ARGV[1], ARGV[2], ARGV[3]
+local P, owner, now, cnow = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local skew = _clock() - tonumber(cnow)
 local done, counts = 0, {0, 0, 0, 0, 0, 0, 0}
-for i = 4, #ARGV, 6 do
+for i = 5, #ARGV, 6 do
   local id, state, result, err, ra = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local att = ARGV[i + 5]  -- the run's attempt (a fencing token); '0': the owner only
   local key = P .. ':t:' .. id
@@ -179,7 +200,7 @@ for i = 4, #ARGV, 6 do
     if err ~= '' then redis.call('HSET', key, 'e', err) end
     if state == '3' then
       redis.call('HSET', key, 'ra', ra)
-      redis.call('ZADD', P .. ':due', ra, id)
+      redis.call('ZADD', P .. ':due', _num(tonumber(ra) + skew), id)
     else
       redis.call('HSET', key, 'fi', now, 'ra', 0)
       redis.call('ZADD', P .. ':done', now, id)
@@ -273,8 +294,8 @@ return 1
 """
 
 _PROMOTE = """
-local P, now, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local ids = redis.call('ZRANGEBYSCORE', P .. ':due', '-inf', now, 'LIMIT', 0, limit)
+local P, limit = ARGV[1], tonumber(ARGV[3])
+local ids = redis.call('ZRANGEBYSCORE', P .. ':due', '-inf', _num(_clock()), 'LIMIT', 0, limit)
 local n = 0
 for _, id in ipairs(ids) do
   redis.call('ZREM', P .. ':due', id)
@@ -296,7 +317,8 @@ return {n, #ids}
 
 _RECOVER = """
 local P, now, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local ids = redis.call('ZRANGEBYSCORE', P .. ':lease', '-inf', '(' .. now, 'LIMIT', 0, limit)
+local ids = redis.call('ZRANGEBYSCORE', P .. ':lease', '-inf', '(' .. _num(_clock()), 'LIMIT', 0,
+  limit)
 local back, failed = 0, 0
 for _, id in ipairs(ids) do
   redis.call('ZREM', P .. ':lease', id)
@@ -340,6 +362,13 @@ for _, id in ipairs(ids) do
   redis.call('ZREM', P .. ':failed', id)
 end
 return #ids
+"""
+
+_NEXT_DUE = """
+local first = redis.call('ZRANGE', ARGV[1] .. ':due', 0, 0, 'WITHSCORES')
+if #first == 0 then return {} end
+local t = redis.call('TIME')
+return {first[2], t[1], t[2]}
 """
 
 _REQUEUE = """
@@ -513,7 +542,9 @@ class RedisStore(Store):
             "release": _RELEASE, "cancel": _CANCEL, "set_progress": _SET_PROGRESS,
             "promote": _PROMOTE, "recover": _RECOVER, "expire": _EXPIRE, "requeue": _REQUEUE,
             "request_cancel": _REQUEST_CANCEL, "cancel_requests": _CANCEL_REQUESTS,
+            "next_due": _NEXT_DUE,
         }  # fmt: skip
+        scripts = {k: _CLOCK + v if "_clock()" in v else v for k, v in scripts.items()}
         self._sources = scripts
         self._scripts = {name: self._redis.register_script(src) for name, src in scripts.items()}
         self._call("open", self._redis.ping)
@@ -659,12 +690,12 @@ class RedisStore(Store):
     def extend(self, owner: str, ids: Sequence[str], lease_until: float) -> int:
         if not ids:
             return 0
-        return int(self._script("extend", [owner, repr(lease_until), *ids]))
+        return int(self._script("extend", [owner, repr(lease_until), repr(time.time()), *ids]))
 
     def finish(self, owner: str, done: Sequence[Finish], now: float) -> int:
         if not done:
             return 0
-        args: list[Any] = [owner, repr(now)]
+        args: list[Any] = [owner, repr(now), repr(time.time())]
         for f in done:
             if f.result is not None and not f.result:
                 raise ValueError(f"task {f.id}: an encoded result is never empty")
@@ -702,8 +733,11 @@ class RedisStore(Store):
                 return total
 
     def next_due(self) -> float | None:
-        first = self._call("next_due", self._redis.zrange, f"{self.prefix}:due", 0, 0, False, True)
-        return float(first[0][1]) if first else None
+        reply = self._script("next_due", [])
+        if not reply:
+            return None
+        score, secs, micros = reply  # on the server's clock: moved to this one's
+        return float(score) - (int(secs) + int(micros) / 1e6) + time.time()
 
     def recover_expired(self, now: float) -> int:
         total = 0

@@ -20,7 +20,7 @@ import pytest
 from _redis_server import RedisServer
 
 from cytask import Engine, StoreError
-from cytask._store import TICK_KEEP_S, NewTask, open_store
+from cytask._store import SUCCEEDED, TICK_KEEP_S, Finish, NewTask, open_store
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -421,3 +421,59 @@ def test_sigterm_with_redis_down_drains_within_the_deadline(
         if worker.poll() is None:
             worker.kill()
             worker.wait(30)
+
+
+def _skewed_worker(root: Path, url: str, skew: float, *extra: str) -> subprocess.Popen[bytes]:
+    """``cytask worker`` on a machine whose clock is `skew` seconds off (its time.time())."""
+    code = (
+        "import runpy, sys, time\n"
+        f"_real = time.time\ntime.time = lambda: _real() + {skew!r}\n"
+        "sys.argv = ['cytask', *sys.argv[1:]]\n"
+        "runpy.run_module('cytask', run_name='__main__')\n"
+    )
+    with open(root / "worker.log", "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-c", code, "worker", "advtasks", "--store", url, "--quiet", *extra],
+            cwd=root, env=dict(os.environ, PYTHONPATH=str(root)), stdout=subprocess.DEVNULL,
+            stderr=log,
+        )  # fmt: skip
+
+
+def test_a_worker_whose_clock_runs_ahead_takes_no_live_lease(
+    tmp_path: Path, redis_url: str
+) -> None:
+    # Before: leases were compared on the clients' clocks.  A worker whose clock ran a
+    # minute ahead found every other worker's lease expired at its first maintenance,
+    # and ran their tasks a second time while they ran (a clock a minute behind lost
+    # its own leases alike).  Now leases are on the Redis server's clock
+    (tmp_path / "advtasks.py").write_text(TASKS)
+    go = tmp_path / "go"
+    store = open_store(redis_url)
+    honest = _worker(tmp_path, redis_url, "--workers", "1", "--lease", "1")
+    ahead = None
+    try:
+        payload = json.dumps([[str(go)], {}])
+        store.enqueue([NewTask("held3", "adv.held", "json", payload, 2, 0.0, 10)])
+        _until("the honest worker runs the task", Path(f"{go}.started1").exists)
+        # a task that ended now: the skewed worker's maintenance expires it (result_ttl
+        # 30 s on a clock 60 s ahead), which tells that its maintenance ran
+        marker = NewTask("marker", "adv.echo", "json", "[[1], {}]", 2, 0.0, 10)
+        store.enqueue([marker], owner="test", lease_until=time.time() + 30)  # no worker's
+        assert store.finish("test", [Finish("marker", SUCCEEDED, result="1")], time.time())
+        ahead = _skewed_worker(
+            tmp_path, redis_url, 60.0, "--workers", "1", "--lease", "1", "--result-ttl", "30"
+        )
+        _until("the skewed worker's maintenance ran", lambda: store.get("marker") is None)
+        rec = store.get("held3")
+        assert rec is not None and rec.status == "running" and rec.attempts == 1, rec
+        assert not Path(f"{go}.started2").exists(), "a live lease was taken"
+        go.touch()
+        _until("the task ended", lambda: store.get("held3").terminal)  # type: ignore[union-attr]
+        rec = store.get("held3")
+        assert rec is not None and (rec.result, rec.attempts, rec.lost) == ("1", 1, 0)
+    finally:
+        for p in (honest, ahead):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait(30)
+        store.close()
