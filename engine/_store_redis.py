@@ -65,11 +65,9 @@ T = TypeVar("T")
 _OWN_OPTIONS = ("prefix", "max_lost", "retry_for")
 #: ids per script call in bulk steps (promote, recover, expire): each call is short
 _STEP = 1000
-#: error replies that say "not now" rather than "never" (failover, maxmemory, a long
-#: script, a dataset loading)
-_TRANSIENT = (
-    "READONLY", "OOM", "BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS",
-)  # fmt: skip
+#: error replies that say "not now" rather than "never", which redis-py leaves as text
+#: (the others it maps to classes: see RedisStore._not_now)
+_TRANSIENT = ("BUSY", "NOREPLICAS")
 
 # A task's hash fields: n name, c codec, p payload, pr priority, s state, a attempts,
 # l lost, ml max_lost, ra run_at, eq enqueued_at, st started_at, fi finished_at,
@@ -525,6 +523,11 @@ class RedisStore(Store):
         self._redis_error: type[BaseException] = redis.RedisError
         self._response_error: type[BaseException] = redis.ResponseError
         self._no_script: type[BaseException] = redis.exceptions.NoScriptError
+        x = redis.exceptions  # refusals that say "not now": failover, maxmemory, a cluster
+        self._not_now: tuple[type[BaseException], ...] = (
+            x.OutOfMemoryError, x.ReadOnlyError, x.TryAgainError, x.ClusterDownError,
+            x.MasterDownError,
+        )  # fmt: skip
         try:
             # typed Any: redis-py annotates replies for every client mode at once
             # keepalive is TCP's: a unix socket's connection refuses the argument
@@ -548,6 +551,15 @@ class RedisStore(Store):
         self._sources = scripts
         self._scripts = {name: self._redis.register_script(src) for name, src in scripts.items()}
         self._call("open", self._redis.ping)
+        policy = self._config("maxmemory-policy")
+        if policy is not None and policy.startswith("allkeys-"):
+            self._redis.close()
+            raise StoreError(
+                f"store {url!r}: this Redis evicts keys when it is full (maxmemory-policy "
+                f"{policy}): acknowledged tasks would vanish without a trace; set "
+                f"maxmemory-policy noeviction (redis.conf, or CONFIG SET), or give the "
+                f"tasks a Redis of their own (a cache's Redis is configured to forget)"
+            )  # volatile-* evicts only keys with a TTL: the store sets none
         self.max_value = self._bulk_limit()
 
     def reread_limits(self) -> None:
@@ -556,13 +568,21 @@ class RedisStore(Store):
     def retry_until(self, deadline: float) -> None:
         self._retry_until = deadline
 
+    def _config(self, name: str) -> str | None:
+        """A server setting, None where CONFIG is not allowed (ACL, a managed Redis)."""
+        try:
+            found = self._redis.config_get(name)
+        except Exception:
+            return None
+        value = found.get(name, found.get(name.encode()))
+        return value.decode() if isinstance(value, bytes) else value
+
     def _bulk_limit(self) -> int:
         """The server's proto-max-bulk-len: no argument of a command may be longer (512
         MB unless configured; that too where CONFIG is not allowed)."""
         try:
-            found = self._redis.config_get("proto-max-bulk-len")
-            return int(found.get("proto-max-bulk-len") or found.get(b"proto-max-bulk-len"))
-        except Exception:  # CONFIG denied (ACL, a managed Redis) or renamed
+            return int(self._config("proto-max-bulk-len") or 512 * 1024 * 1024)
+        except ValueError:
             return 512 * 1024 * 1024
 
     def __repr__(self) -> str:
@@ -624,7 +644,9 @@ class RedisStore(Store):
             why = str(exc)
         err = StoreError(f"store {self.url!r}: {what} failed: {why}")
         # a refusal the same call may get past later: a failover, memory, a busy script
-        err.transient = unreachable or str(exc).startswith(_TRANSIENT)
+        err.transient = (
+            unreachable or isinstance(exc, self._not_now) or str(exc).startswith(_TRANSIENT)
+        )
         raise err from exc
 
     def _script(self, name: str, args: list[Any]) -> Any:

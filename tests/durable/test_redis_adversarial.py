@@ -477,3 +477,33 @@ def test_a_worker_whose_clock_runs_ahead_takes_no_live_lease(
                 p.kill()
                 p.wait(30)
         store.close()
+
+
+def test_a_redis_that_evicts_keys_is_refused(tmp_path: Path) -> None:
+    # Before: a cache's Redis (maxmemory-policy allkeys-lru) took the store, and under
+    # memory pressure evicted task hashes and the counts: with maxmemory 3mb, 18,370
+    # of 20,000 acknowledged submits vanished (get() None), and no call said a word
+    import redis
+
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    cache = RedisServer(
+        str(folder), extra=("--maxmemory", "3mb", "--maxmemory-policy", "allkeys-lru")
+    )
+    cache.start()
+    try:
+        with pytest.raises(StoreError, match=r"maxmemory-policy allkeys-lru.*noeviction"):
+            Engine(workers=0, store=cache.url("evict"))
+        client = redis.Redis(port=cache.port)
+        client.config_set("maxmemory-policy", "volatile-lru")  # keys without a TTL stay
+        client.close()
+        eng = Engine(workers=0, store=cache.url("evict"))
+        hs: list[Any] = []
+        with pytest.raises(StoreError, match="used memory > 'maxmemory'") as full:
+            for _ in range(40):  # full: said, not lost
+                hs += eng.submit_many(max, [(i, "x" * 200) for i in range(500)])
+        assert full.value.transient  # a result writer waits for room, keeps its results
+        assert len(hs) >= 500 and sum(eng.get(h.task_id) is None for h in hs) == 0
+        eng.shutdown()
+    finally:
+        cache.stop(kill=True)
