@@ -872,7 +872,8 @@ class DurableRuntime:
             if fn is None:
                 raise LookupError(
                     f"no task named {claimed.name!r} in this worker: start it with the module "
-                    f"that defines the task (cytask worker MODULE ...)"
+                    f"that defines the task (cytask worker MODULE ...); apps sharing one store "
+                    f"take each other's tasks: give each its own (a Redis prefix, an SQLite file)"
                 )
             if claimed.codec != self.codec:
                 raise ValueError(

@@ -507,3 +507,22 @@ def test_a_redis_that_evicts_keys_is_refused(tmp_path: Path) -> None:
         eng.shutdown()
     finally:
         cache.stop(kill=True)
+
+
+def test_two_apps_on_one_prefix_are_told_to_take_a_prefix_each(
+    tmp_path: Path, redis_url: str
+) -> None:
+    # Two deployments on one prefix: a worker of one claims the other's tasks and fails
+    # them (an unknown task is never retried forever).  The failure says why and what
+    # to do, instead of only "start it with the module"
+    (tmp_path / "advtasks.py").write_text(TASKS)
+    store = open_store(redis_url)
+    try:
+        store.enqueue([NewTask("other", "otherapp.job", "json", "[[], {}]", 2, 0.0, 10)])
+        worker = _worker(tmp_path, redis_url, "--workers", "1", "--burst")
+        assert worker.wait(60) == 0, (tmp_path / "worker.log").read_text()
+        rec = store.get("other")
+        assert rec is not None and rec.status == "failed" and rec.error is not None
+        assert "no task named 'otherapp.job'" in rec.error and "Redis prefix" in rec.error
+    finally:
+        store.close()
