@@ -32,7 +32,9 @@ loses at most a second on a crash of Redis' machine; ``always`` nothing).  Keys
 have no TTL: ``expire`` (the engines' ``result_ttl``, run by every consuming engine)
 deletes ended tasks in a script, because a key that Redis expires on its own would
 leave the counts, the finished index and the dead letters pointing at nothing.
-Clocks: times are the clients' ``time.time()``; keep machines in sync (NTP).
+Clocks: leases and due times are kept on the server's clock (each script reads
+TIME, see ``_CLOCK``); finish times and ticks are the clients' ``time.time()``: keep
+machines in sync (NTP).
 """
 
 from __future__ import annotations
