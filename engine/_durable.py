@@ -1406,12 +1406,42 @@ class DurableRuntime:
         # recovered them meanwhile) keeps them, rather than recovering its own running
         # tasks, running them again and counting them lost
         with self._lock:
-            held = [tid for tid, run in self._inflight.items() if run.state != 2]
+            held = [run for run in self._inflight.values() if run.state != 2]
         if held:
-            store.extend(self.owner, held, now + self.lease)
+            kept = store.extend(self.owner, [r.claimed.id for r in held], now + self.lease)
+            if kept < len(held):  # some were taken from this process: which?
+                self._drop_lost(held)
         store.recover_expired(now)
         if self.result_ttl is not None:
             store.expire(now - self.result_ttl)
+
+    def _drop_lost(self, runs: list[_Run]) -> None:
+        """Some leases could not be extended: another process recovered those tasks
+        (this one was stopped past them) and may run them now, under a valid lease.
+        Runs not started here never start (before, a worker resumed after SIGSTOP ran
+        the tasks it had claimed ahead beside their new owner); running ones are asked
+        to stop (``cancel_requested``): their end will be dropped."""
+        for run in runs:
+            rec = self.store.get(run.claimed.id)
+            if rec is not None and (
+                rec.state == RUNNING
+                and rec.owner == self.owner
+                and rec.attempts == run.claimed.attempts
+            ):
+                continue  # still ours
+            with self._lock:
+                state = run.state
+                if state == 0:
+                    run.state = 2  # its __call__ returns at once if a worker pops it
+                    if self._inflight.get(run.claimed.id) is run:
+                        del self._inflight[run.claimed.id]
+                        self._held -= 1
+            if run.native is None:
+                continue
+            if state == 0:
+                run.native.cancel()  # out of the native ring
+            elif state == 1:
+                run.native._request_cancel()
 
     # -- fork ---------------------------------------------------------------------------
 

@@ -526,3 +526,50 @@ def test_two_apps_on_one_prefix_are_told_to_take_a_prefix_each(
         assert "no task named 'otherapp.job'" in rec.error and "Redis prefix" in rec.error
     finally:
         store.close()
+
+
+def test_a_resumed_worker_never_starts_a_task_another_worker_now_holds(
+    tmp_path: Path, url: str
+) -> None:
+    # A worker holds a running task and one claimed ahead; SIGSTOP past the lease;
+    # another worker recovers and claims both (a valid lease); SIGCONT.  Before: the
+    # resumed worker started the task it had claimed ahead once its thread was free,
+    # while the new owner's lease on it was valid (two runs at once)
+    (tmp_path / "advtasks.py").write_text(TASKS)
+    go1, go2, go3 = (tmp_path / f"go{i}" for i in (1, 2, 3))
+    go2.touch()
+    go3.touch()
+    store = open_store(url)
+    worker = _worker(tmp_path, url, "--workers", "1", "--lease", "0.5", "--result-ttl", "1")
+    try:
+        store.enqueue(
+            [NewTask(f"t{i}", "adv.held", "json", json.dumps([[str(go)], {}]), 2, 0.0, 10)
+             for i, go in ((1, go1), (2, go2))]
+        )  # fmt: skip
+        _until("the first task runs", Path(f"{go1}.started1").exists)
+        _until("the second is claimed ahead", lambda: store.counts()["running"] == 2)
+        worker.send_signal(signal.SIGSTOP)
+        _until("the leases expired", lambda: store.recover_expired(time.time()) == 2)
+        assert sorted(c.id for c in store.claim("other", 5, time.time() + 60)) == ["t1", "t2"]
+        # a task that ended long ago: the worker's maintenance expires it, which tells
+        # that its maintenance ran after it resumed
+        marker = NewTask("marker", "adv.echo", "json", "[[1], {}]", 2, 0.0, 10)
+        store.enqueue([marker], owner="test", lease_until=time.time() + 30)
+        assert store.finish("test", [Finish("marker", SUCCEEDED, result="1")], time.time() - 10)
+        worker.send_signal(signal.SIGCONT)
+        _until("the worker's maintenance ran", lambda: store.get("marker") is None)
+        go1.touch()  # its thread is free now: the next in its queue would start
+        # a third task, queued behind the second (lower priority): once it ran, the
+        # second would have started before it
+        store.enqueue([NewTask("t3", "adv.held", "json", json.dumps([[str(go3)], {}]), 3,
+                               0.0, 10)])  # fmt: skip
+        _until("the third task ran", lambda: store.get("t3").terminal)  # type: ignore[union-attr]
+        assert not Path(f"{go2}.started1").exists(), "t2 ran beside its new owner's lease"
+        assert store.finish("other", [Finish(t, SUCCEEDED, result="0") for t in ("t1", "t2")],
+                            time.time()) == 2  # fmt: skip
+    finally:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGCONT)
+            worker.kill()
+            worker.wait(30)
+        store.close()
