@@ -89,6 +89,8 @@ _GATHER_RESULTS_S = 0.001
 _GATHER_CLAIMS_S = 0.0005
 #: seconds between looks for cancel requests of tasks this process runs (at most)
 _CANCEL_LOOK_S = 0.5
+#: seconds between maintenance passes (recover, extend, expire) at most
+_MAINTAIN_S = 60.0
 
 #: set by ``cytask worker`` while it imports the task modules: engines they create
 #: with a store only produce, the worker's own engine consumes
@@ -1286,7 +1288,11 @@ class DurableRuntime:
 
     def _feed(self) -> None:
         store = self.store
-        maint_every = self.lease / 3  # lease >= MIN_LEASE_S: at most 30 times a second
+        # lease >= MIN_LEASE_S: at most 30 times a second; at least once a minute, also
+        # with a lease of hours: other workers' lapsed leases are recovered, old results
+        # expired, and the feeder's sleep stays in range (lease=1e11: select() overflowed
+        # time_t, and the feeder failed every 0.5 s, reporting it)
+        maint_every = min(self.lease / 3, _MAINTAIN_S)
         next_maint = 0.0
         cancels_every = min(maint_every, _CANCEL_LOOK_S)
         next_cancels = 0.0

@@ -573,3 +573,28 @@ def test_a_resumed_worker_never_starts_a_task_another_worker_now_holds(
             worker.kill()
             worker.wait(30)
         store.close()
+
+
+def test_a_lease_of_years_leaves_the_feeder_working(tmp_path: Path, redis_url: str) -> None:
+    # Before: the feeder slept until its next maintenance, lease/3 away: with --lease
+    # 1e11 (finite, so accepted) select() overflowed time_t at its first sleep, and the
+    # feeder failed and restarted every 0.5 s, reporting it
+    (tmp_path / "advtasks.py").write_text(TASKS)
+    producer = Engine(workers=0, store=redis_url)
+    worker = _worker(tmp_path, redis_url, "--workers", "1", "--lease", "1e11")
+    try:
+        sys.path.insert(0, str(tmp_path))
+        import advtasks  # type: ignore[import-not-found]
+
+        assert producer.submit(advtasks.echo, 7).result(timeout=30) == 7
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+        log = (tmp_path / "worker.log").read_text()
+        assert "will retry" not in log and "Overflow" not in log, log[-2000:]
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("advtasks", None)
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(30)
+        producer.shutdown()
