@@ -598,3 +598,39 @@ def test_a_lease_of_years_leaves_the_feeder_working(tmp_path: Path, redis_url: s
             worker.kill()
             worker.wait(30)
         producer.shutdown()
+
+
+def test_redis_down_longer_than_a_lease_leaves_a_live_worker_its_task(
+    persistent: RedisServer, tmp_path: Path
+) -> None:
+    # Redis stopped past a running task's lease, then back: nobody else took the task,
+    # so its worker keeps it.  Before: the worker's first maintenance recovered its own
+    # lapsed lease before extending it, ran the task a second time beside the first,
+    # and counted it lost (max_lost of those dead-lettered a healthy task)
+    (tmp_path / "advtasks.py").write_text(TASKS)
+    url = persistent.url("down", retry_for="inf")
+    go = tmp_path / "go"
+    store = open_store(url)
+    worker = _worker(tmp_path, url, "--workers", "2", "--lease", "1", "--result-ttl", "1")
+    try:
+        payload = json.dumps([[str(go)], {}])
+        store.enqueue([NewTask("held4", "adv.held", "json", payload, 2, 0.0, 10)])
+        _until("the task runs", Path(f"{go}.started1").exists)
+        persistent.stop()  # SIGTERM: Redis writes its files and exits
+        down = time.time()
+        _until("the lease passed", lambda: time.time() > down + 1.5)
+        persistent.start()
+        marker = NewTask("marker", "adv.echo", "json", "[[1], {}]", 2, 0.0, 10)
+        store.enqueue([marker], owner="test", lease_until=time.time() + 30)
+        assert store.finish("test", [Finish("marker", SUCCEEDED, result="1")], time.time() - 10)
+        _until("the worker's maintenance ran", lambda: store.get("marker") is None)
+        go.touch()
+        _until("the task ended", lambda: store.get("held4").terminal)  # type: ignore[union-attr]
+        rec = store.get("held4")
+        assert rec is not None and (rec.result, rec.attempts, rec.lost) == ("1", 1, 0)
+        assert not Path(f"{go}.started2").exists()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(30)
+        store.close()
