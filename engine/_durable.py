@@ -272,7 +272,12 @@ class DurableHandle(Generic[R]):
             raise TypeError(f"Expected a number for percent, got {type(percent).__name__}")
         if message is not None and not isinstance(message, str):
             raise TypeError(f"Expected str or None for message, got {type(message).__name__}")
-        self._rt.store.set_progress(self.task_id, max(0.0, min(100.0, float(percent))), message)
+        percent = max(0.0, min(100.0, float(percent)))
+        if self._attempt:  # the run's own handle: only while this run holds the task
+            rt = self._rt
+            rt.store.set_progress(self.task_id, percent, message, rt.owner, self._attempt)
+        else:
+            self._rt.store.set_progress(self.task_id, percent, message)
 
     def done(self) -> bool:
         rec = self._record()

@@ -225,8 +225,17 @@ class Store(abc.ABC):
         """The task's record, or None (never enqueued, or expired after result_ttl)."""
 
     @abc.abstractmethod
-    def set_progress(self, task_id: str, percent: float, message: str | None) -> None:
-        """Store a running task's progress."""
+    def set_progress(
+        self,
+        task_id: str,
+        percent: float,
+        message: str | None,
+        owner: str | None = None,
+        attempt: int = 0,
+    ) -> None:
+        """Store a running task's progress.  With ``owner`` and ``attempt`` (a run's own
+        report), only while that run holds the task: a run whose lease was lost must
+        not write over the progress of the run that took over."""
 
     @abc.abstractmethod
     def promote_due(self, now: float) -> int:

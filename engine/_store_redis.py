@@ -283,7 +283,10 @@ return out
 
 _SET_PROGRESS = """
 local key = ARGV[1] .. ':t:' .. ARGV[2]
-if redis.call('HGET', key, 's') ~= '2' then return 0 end
+local f = redis.call('HMGET', key, 's', 'o', 'a')
+if f[1] ~= '2' then return 0 end
+-- a run's own report: only while that run holds the task (owner and attempt)
+if ARGV[6] ~= '' and (f[2] ~= ARGV[6] or f[3] ~= ARGV[7]) then return 0 end
 redis.call('HSET', key, 'pg', ARGV[3])
 if ARGV[4] == '1' then
   redis.call('HSET', key, 'pm', ARGV[5])
@@ -744,9 +747,17 @@ class RedisStore(Store):
         f = self._call("get", self._redis.hmget, f"{self.prefix}:t:{task_id}", _FIELDS)
         return None if f[0] is None else _record(task_id, f)
 
-    def set_progress(self, task_id: str, percent: float, message: str | None) -> None:
+    def set_progress(
+        self,
+        task_id: str,
+        percent: float,
+        message: str | None,
+        owner: str | None = None,
+        attempt: int = 0,
+    ) -> None:
         has = "0" if message is None else "1"
-        self._script("set_progress", [task_id, repr(float(percent)), has, message or ""])
+        run = [owner, attempt] if owner is not None and attempt else ["", 0]
+        self._script("set_progress", [task_id, repr(float(percent)), has, message or "", *run])
 
     def promote_due(self, now: float) -> int:
         total = 0

@@ -723,12 +723,20 @@ class SQLiteStore(Store):
         return [row[0] for row in rows]
 
     @_gated
-    def set_progress(self, task_id: str, percent: float, message: str | None) -> None:
+    def set_progress(
+        self,
+        task_id: str,
+        percent: float,
+        message: str | None,
+        owner: str | None = None,
+        attempt: int = 0,
+    ) -> None:
         with self._write("set_progress") as db:
             db.execute(
                 f"UPDATE tasks SET progress = ?, progress_message = ? "
-                f"WHERE id = ? AND state = {RUNNING}",
-                (percent, message, task_id),
+                f"WHERE id = ? AND state = {RUNNING} AND (? IS NULL OR owner = ?) "
+                f"AND (? = 0 OR attempts = ?)",
+                (percent, message, task_id, owner, owner, attempt, attempt),
             )
 
     @_gated

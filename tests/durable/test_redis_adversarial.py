@@ -634,3 +634,25 @@ def test_redis_down_longer_than_a_lease_leaves_a_live_worker_its_task(
             worker.kill()
             worker.wait(30)
         store.close()
+
+
+def test_progress_from_a_run_that_lost_its_lease_is_dropped(url: str) -> None:
+    # Before: set_progress checked only that the task was running, so a run resumed
+    # past its lease (SIGSTOP) wrote its stale progress over the run that took over
+    store = open_store(url)
+    try:
+        store.enqueue([NewTask("p1", "mod.fn", "json", "[[], {}]", 2, 0.0, 10)])
+        (first,) = store.claim("a", 1, time.time() - 1)  # its lease lapsed at once
+        assert store.recover_expired(time.time()) == 1
+        (second,) = store.claim("b", 1, time.time() + 30)
+        assert (first.attempts, second.attempts) == (1, 2)
+        store.set_progress("p1", 20.0, "b's", "b", 2)
+        store.set_progress("p1", 90.0, "stale", "a", 1)  # the old run, resumed
+        rec = store.get("p1")
+        assert rec is not None and (rec.progress, rec.progress_message) == (20.0, "b's")
+        store.set_progress("p1", 10.0, "stale", "b", 1)  # the same owner, an older attempt
+        store.set_progress("p1", 30.0, None)  # anyone's handle (no run named): as before
+        rec = store.get("p1")
+        assert rec is not None and (rec.progress, rec.progress_message) == (30.0, None)
+    finally:
+        store.close()
