@@ -30,6 +30,7 @@ import select
 import threading
 import time
 import types
+import weakref
 from collections.abc import Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -83,6 +84,8 @@ _SHORT_TASK_S = 0.002
 
 #: the longest a group commit waits for producers inside ``_submit`` to add their rows
 _GATHER_S = 0.0005
+#: seconds the commit thread of asubmit waits for work before it leaves
+_AIO_IDLE_S = 1.0
 #: a result committed less than this after the last commit waits as long for company
 _GATHER_RESULTS_S = 0.001
 #: a claim less than this after the last one (that emptied the store) waits until then
@@ -429,7 +432,18 @@ class DurableRuntime:
         self._batch = _Batch()  # the open batch; guarded by _batch_lock
         # asubmit's rows per event loop, committed once per turn of that loop; each
         # loop touches only its own entry, from its own thread
-        self._loop_batches: dict[Any, list[tuple[NewTask, Any, Any]]] = {}
+        self._loop_batches: dict[Any, _LoopBatch] = {}
+        # the loop batches handed to the commit thread (see _flush_loop_batch): all
+        # of the _aio_ fields are guarded by _aio_lock
+        self._aio_lock = threading.Lock()
+        self._aio_todo: list[_LoopBatch] = []  # handed over, not taken by the thread
+        self._aio_thread: threading.Thread | None = None  # the commit thread, if any
+        # held while the commit thread has nothing to take: released (once) when
+        # _aio_signalled turns True, acquired again when the thread turns it False
+        self._aio_wake = _thread.allocate_lock()
+        self._aio_wake.acquire()
+        self._aio_signalled = False
+        self._aio_closed = False  # shut down: the thread left and none starts again
         # producers inside _submit whose rows are not in a batch yet; guarded by _batch_lock
         self._arriving = 0
         # the lock of the producer committing a batch (the others wait), None when none
@@ -484,7 +498,8 @@ class DurableRuntime:
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> DurableHandle[Any]:
         """``Engine.asubmit`` with a store: the rows of every request an event loop
-        handles in one turn share one commit (see _flush_loop_batch)."""
+        handles in one turn share one commit, made off the loop's thread (see
+        _flush_loop_batch): a slow or unreachable store never blocks the loop."""
         if isinstance(fn, Task):
             name, priority = self._task_name(fn), fn.options.priority
         else:
@@ -494,15 +509,27 @@ class DurableRuntime:
         import asyncio  # here: a caller that awaits has it loaded already
 
         loop = asyncio.get_running_loop()
-        done = loop.create_future()
-        batch = self._loop_batches.get(loop)
-        if batch is None:
+        lb = self._loop_batches.get(loop)
+        if lb is None:
             self._forget_closed_loops()
-            batch = []
+            lb = _LoopBatch(loop, loop.create_future())
             loop.call_soon(self._flush_loop_batch, loop)  # first: a batch is never unflushed
-            self._loop_batches[loop] = batch
-        batch.append((row, fn, done))
-        await done
+            self._loop_batches[loop] = lb
+        lb.rows.append((row, fn))
+        # Our own future, woken by the batch's (C calls only, no Python code of ours
+        # between the commit and this request: a signal on the loop's thread can end
+        # this request, never the others); the batch's is awaited by nobody, so a
+        # cancelled request cancels only its own
+        done = loop.create_future()
+        waiter = lb.waiter
+        waiter.add_done_callback(done.set_result)
+        try:
+            await done
+        except BaseException:  # cancelled: the batch's future must not wake a dead one
+            waiter.remove_done_callback(done.set_result)
+            raise
+        if lb.error is not None:
+            raise lb.error
         return DurableHandle(self, row.id, name)
 
     def _forget_closed_loops(self) -> None:
@@ -512,74 +539,132 @@ class DurableRuntime:
             self._loop_batches.pop(loop, None)
 
     def _flush_loop_batch(self, loop: Any) -> None:
-        """Commit the rows ``asubmit`` gathered on `loop` during one turn, in one commit.
+        """Hand the rows ``asubmit`` gathered on `loop` during one turn to the commit
+        thread, which commits them in one commit (with those of other turns and loops
+        that wait meanwhile) and then wakes the batch's requests on their loop.
 
         Under load an event loop handles many requests per turn: each awaiting its own
-        commit (~35 us of SQLite on the loop's thread) capped an endpoint at a few
-        thousand requests/s; one commit per turn costs each request a few us.  Tasks
-        this process runs itself are started here, not by the awaiting coroutine, so a
-        request cancelled meanwhile leaves no lease held and nothing unstarted; their
-        leases are taken here too, so a loop closed before this ran holds none.  A signal
-        raised in here (a loop run without asyncio.run's Ctrl-C handler) ends every
-        request; only one at this callback's first instruction leaves its turn's batch.
+        commit capped an endpoint at a few thousand requests/s; one commit per turn
+        costs each request a few us.  The commit runs on a thread of the engine, never
+        on the loop's: an SQLite file another process holds locked, or Redis away,
+        stalls the requests that wait for their commit, not the loop (its other
+        requests, its health checks).  Tasks this process runs itself are leased and
+        started by the commit thread, not by the awaiting coroutine, so a request
+        cancelled meanwhile leaves no lease held and nothing unstarted; a loop closed
+        before this ran holds none.  A signal raised in here (a loop run without
+        asyncio.run's Ctrl-C handler) ends the turn's requests with StoreError unless
+        the batch reached the commit thread; only one at this callback's first
+        instruction leaves its turn's batch.
         """
-        batch: list[tuple[NewTask, Any, Any]] | None = None
+        lb: _LoopBatch | None = None
+        try:
+            lb = self._loop_batches.get(loop)
+            self._loop_batches.pop(loop, None)  # (in two steps: see the handler)
+            if lb is not None:
+                self._hand_over(lb)
+        except BaseException as exc:  # a signal at any point in here, or no thread
+            if lb is None:  # still in _loop_batches: no other flush will take it
+                lb = self._loop_batches.pop(loop, None)
+            if lb is not None and not self._handed(lb):
+                _end_batch(lb, _as_store_error(exc, "before it began: it is not stored"))
+            if not isinstance(exc, Exception):
+                raise
+
+    def _hand_over(self, lb: _LoopBatch) -> None:
+        """Queue a loop's batch for the commit thread (started if none runs)."""
+        with self._aio_lock:
+            if self._aio_closed or self._stopping.is_set():
+                _end_batch(lb, self._closed_before_commit())
+                return
+            if self._aio_thread is None:
+                t = threading.Thread(
+                    target=_commit_loop_batches,
+                    args=(weakref.ref(self), self._aio_wake),
+                    name=f"{self.engine.name}-store-aio",
+                    daemon=True,
+                )
+                t.start()
+                self._aio_thread = t
+            if not self._aio_signalled:
+                self._aio_signalled = True
+                self._aio_wake.release()
+            self._aio_todo.append(lb)
+
+    def _handed(self, lb: _LoopBatch) -> bool:
+        """Whether `lb` reached the commit thread (which then ends its requests); from
+        the shared state alone, so a signal anywhere in ``_hand_over`` is repaired."""
+        with self._aio_lock:
+            return lb.taken or lb.ended or lb in self._aio_todo
+
+    def _closed_before_commit(self) -> EngineClosed:
+        return EngineClosed(
+            f"engine {self.engine.name} was shut down before this task was "
+            f"committed; create a new Engine"
+        )
+
+    def _take_loop_batches(self, woken: bool) -> list[_LoopBatch] | None:
+        """The commit thread's next batches ([] if none yet), or None when it leaves:
+        the engine shut down, or nothing came for ``_AIO_IDLE_S``."""
+        with self._aio_lock:
+            if self._aio_signalled:  # woken (or about to be): consume the wake-up
+                self._aio_wake.acquire(blocking=False)
+                self._aio_signalled = False
+            todo = self._aio_todo
+            if todo:
+                self._aio_todo = []
+                for lb in todo:
+                    lb.taken = True
+                return todo
+            stopping = self._stopping.is_set()
+            if stopping or not woken:
+                self._aio_thread = None
+                self._aio_closed = stopping
+                return None
+            return []
+
+    def _commit_loop_batches(self, batches: list[_LoopBatch]) -> None:
+        """On the commit thread: commit the rows of `batches` in one commit, start the
+        tasks leased to this process, then wake each batch's requests on its loop."""
+        rows = [item for lb in batches for item in lb.rows]
         held = [0]  # the leases _hold reserved
         committed = False
+        error: BaseException | None = None
         try:
-            batch = self._loop_batches.get(loop, [])
-            self._loop_batches.pop(loop, None)  # (in two steps: see the handler)
             if self._stopping.is_set():  # shut down since these requests: commit nothing
-                raise EngineClosed(
-                    f"engine {self.engine.name} was shut down before this task was "
-                    f"committed; create a new Engine"
-                )
-            local = self._hold(len(batch), held)
-            claimed = [row for row, _, _ in batch[:local]]
-            ready = [row for row, _, _ in batch[local:]]
+                raise self._closed_before_commit()
+            local = self._hold(len(rows), held)
+            claimed = [row for row, _ in rows[:local]]
+            ready = [row for row, _ in rows[local:]]
             self._commit(claimed, ready)
             committed = True
             progress = [0, 0]  # see _start_here
             try:
-                self._start_here([(row, fn) for row, fn, _ in batch[:local]], progress)
+                self._start_here(rows[:local], progress)
             except BaseException as exc:
-                self._not_started([(row, fn) for row, fn, _ in batch[:local]], progress, exc)
-            self._settle(batch, True, held, None)
+                self._not_started(rows[:local], progress, exc)
             if ready and self.consume:
                 self._wake()
-        except BaseException as exc:  # a store error, or a signal at any point in here
-            if batch is None:  # still in _loop_batches: no other flush will take it
-                batch = self._loop_batches.pop(loop, None) or []
-            self._settle(batch, committed, held, exc)
-            if not isinstance(exc, Exception):
-                raise
+        except BaseException as exc:  # a store error (no signal reaches this thread)
             if committed:
                 report_unraisable(exc, "cytask could not start the tasks it committed")
-
-    def _settle(
-        self,
-        batch: list[tuple[NewTask, Any, Any]],
-        committed: bool,
-        held: list[int],
-        exc: BaseException | None,
-    ) -> None:
-        """End every request of a loop batch: its handle once the rows are committed
-        (a task not started here waits in the store), else the error."""
-        if not committed:
-            self._unhold(held[0])
-            assert exc is not None
-            if not isinstance(exc, Exception):
-                exc = StoreError(
-                    f"the commit of this task was interrupted by {type(exc).__name__}: "
-                    f"it may or may not be stored"
-                )
-        for _, _, done in batch:
-            if done.done():
-                continue
-            if committed:
-                done.set_result(None)
             else:
-                done.set_exception(exc)
+                self._unhold(held[0])
+                error = _as_store_error(exc, "in the commit thread: it may or may not be stored")
+        for lb in batches:
+            _end_batch(lb, error)
+
+    def _stop_loop_commits(self) -> None:
+        """Shutdown: the commit thread commits what it has, then leaves; batches
+        handed over later end with EngineClosed (see ``_hand_over``)."""
+        with self._aio_lock:
+            t = self._aio_thread
+            if t is None:
+                self._aio_closed = True
+            elif not self._aio_signalled:
+                self._aio_signalled = True
+                self._aio_wake.release()
+        if t is not None and t is not threading.current_thread():
+            t.join()
 
     def submit_task(
         self,
@@ -1496,6 +1581,7 @@ class DurableRuntime:
         self._ring()
         if self._feeder is not None and threading.current_thread() is not self._feeder:
             self._feeder.join()
+        self._stop_loop_commits()
         self._give_back_unstarted()
 
     def _give_back_unstarted(self) -> None:
@@ -1540,6 +1626,63 @@ class DurableRuntime:
                     os.close(fd)
             self._wake_r = self._wake_w = -1
         # the store stays open for reading: handles still answer after shutdown
+
+
+class _LoopBatch:
+    """The rows of the requests one event loop served in one turn (``asubmit``)."""
+
+    __slots__ = ("ended", "error", "loop", "rows", "taken", "waiter")
+
+    def __init__(self, loop: Any, waiter: Any) -> None:
+        self.loop = loop
+        self.waiter = waiter  # resolved on the loop once the batch ended; awaited by none
+        self.rows: list[tuple[NewTask, Callable[..., Any]]] = []
+        self.taken = False  # taken by the commit thread (under _aio_lock)
+        self.ended = False  # its requests' wake-up is scheduled (_end_batch)
+        self.error: BaseException | None = None  # why it was not committed, set before
+
+
+def _end_batch(lb: _LoopBatch, error: BaseException | None) -> None:
+    """Wake the requests of `lb` on their loop: each gets its handle, or `error`.  From
+    any thread; a loop closed meanwhile took its requests with it."""
+    lb.error = error
+    lb.ended = True  # then scheduled: a signal after the call leaves it ended once
+    try:  # noqa: SIM105 (contextlib.suppress is Python code: a signal may raise in it)
+        lb.loop.call_soon_threadsafe(lb.waiter.set_result, None)
+    except RuntimeError:  # the loop is closed
+        pass
+
+
+def _as_store_error(exc: BaseException, when: str) -> BaseException:
+    """`exc` for the requests of a loop batch: a signal's becomes a StoreError."""
+    if isinstance(exc, Exception):
+        return exc
+    return StoreError(f"the commit of this task was interrupted by {type(exc).__name__} {when}")
+
+
+def _commit_loop_batches(ref: weakref.ReferenceType[DurableRuntime], wake: Any) -> None:
+    """The commit thread of ``asubmit`` (see ``_flush_loop_batch``).  Between batches
+    it holds its runtime weakly: an engine dropped without shutdown() is collected."""
+    woken = True
+    rt = ref()
+    if rt is None:
+        return
+    rt.engine._own_thread()  # the engine's work, not the application's (gil_share)
+    try:
+        while True:
+            batches = rt._take_loop_batches(woken)
+            if batches is None:
+                return
+            if batches:
+                rt._commit_loop_batches(batches)
+            del batches, rt
+            woken = wake.acquire(timeout=_AIO_IDLE_S)
+            rt = ref()
+            if rt is None:
+                return
+    finally:
+        if rt is not None:
+            rt.engine._own_thread(False)  # its ident may be reused by another thread
 
 
 class _Batch:
