@@ -1,7 +1,7 @@
 """Durable tasks: an ``Engine(store=...)`` commits each task to a store before
 ``delay()`` returns, runs it on the engine's native workers, and commits its result.
 
-Three pieces, all in this module, beside the in-process engine:
+The pieces, all in this module, beside the in-process engine:
 
 - **submit**: encode the arguments, commit one row.  A task this process can run
   soon (it has workers and fewer than ``max_inflight`` tasks leased) is committed
@@ -14,6 +14,10 @@ Three pieces, all in this module, beside the in-process engine:
   sleeps on inotify (the store's WAL file changes when anyone commits) or on a timer.
 - **the writer thread** commits results in batches; a handle's waiters wake once
   the result is committed, so a result you saw survives a crash.
+- **the commit thread of asubmit** (started on the first one, gone after a second
+  idle) commits the rows event loops gathered, one commit per loop turn at most, and
+  wakes their requests on their loops: a store that makes a commit wait holds up
+  those requests, never a loop.
 
 Delivery is at least once.  Only a task in flight when its worker died runs
 again (after its lease); ``current_task().attempt`` tells it which attempt it is.

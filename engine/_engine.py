@@ -430,9 +430,10 @@ class Engine(_core.Core):
     async def asubmit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> TaskHandle[R]:
         """``submit`` for ``async def`` code: with a store, the task is committed when
         this returns, and every request an event loop serves in one turn shares one
-        commit (an endpoint that awaits this enqueues several times faster than one
-        that calls ``submit``, whose commit blocks the loop each time).  With the
-        memory store it is ``submit``, which never waits on I/O."""
+        commit, made on a thread of the engine (an endpoint that awaits this enqueues
+        several times faster than one that calls ``submit``, whose commit blocks the
+        loop each time, and a store that makes the commit wait never blocks the loop).
+        With the memory store it is ``submit``, which never waits on I/O."""
         if self._durable is not None:
             return await self._durable.asubmit(fn, args, kwargs)  # type: ignore[return-value]
         return self.submit(fn, *args, **kwargs)

@@ -91,7 +91,7 @@ class Task(Generic[P, R]):
 
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
         """``delay`` for ``async def`` code (see ``Engine.asubmit``): with a store, the
-        requests of one event loop turn share one commit."""
+        requests of one event loop turn share one commit, made off the loop's thread."""
         return await self._engine().asubmit(self, *args, **kwargs)
 
     def apply_async(
