@@ -516,22 +516,13 @@ class DurableRuntime:
         lb = self._loop_batches.get(loop)
         if lb is None:
             self._forget_closed_loops()
-            lb = _LoopBatch(loop, loop.create_future())
+            lb = _LoopBatch(loop)
             loop.call_soon(self._flush_loop_batch, loop)  # first: a batch is never unflushed
             self._loop_batches[loop] = lb
         lb.rows.append((row, fn))
-        # Our own future, woken by the batch's (C calls only, no Python code of ours
-        # between the commit and this request: a signal on the loop's thread can end
-        # this request, never the others); the batch's is awaited by nobody, so a
-        # cancelled request cancels only its own
-        done = loop.create_future()
-        waiter = lb.waiter
-        waiter.add_done_callback(done.set_result)
-        try:
-            await done
-        except BaseException:  # cancelled: the batch's future must not wake a dead one
-            waiter.remove_done_callback(done.set_result)
-            raise
+        done = loop.create_future()  # woken by _wake_requests, whatever the outcome
+        lb.dones.append(done)
+        await done
         if lb.error is not None:
             raise lb.error
         return DurableHandle(self, row.id, name)
@@ -1635,12 +1626,12 @@ class DurableRuntime:
 class _LoopBatch:
     """The rows of the requests one event loop served in one turn (``asubmit``)."""
 
-    __slots__ = ("ended", "error", "loop", "rows", "taken", "waiter")
+    __slots__ = ("dones", "ended", "error", "loop", "rows", "taken")
 
-    def __init__(self, loop: Any, waiter: Any) -> None:
+    def __init__(self, loop: Any) -> None:
         self.loop = loop
-        self.waiter = waiter  # resolved on the loop once the batch ended; awaited by none
         self.rows: list[tuple[NewTask, Callable[..., Any]]] = []
+        self.dones: list[Any] = []  # the requests' futures (on `loop`), one per row
         self.taken = False  # taken by the commit thread (under _aio_lock)
         self.ended = False  # its requests' wake-up is scheduled (_end_batch)
         self.error: BaseException | None = None  # why it was not committed, set before
@@ -1648,13 +1639,24 @@ class _LoopBatch:
 
 def _end_batch(lb: _LoopBatch, error: BaseException | None) -> None:
     """Wake the requests of `lb` on their loop: each gets its handle, or `error`.  From
-    any thread; a loop closed meanwhile took its requests with it."""
+    any thread; a loop closed meanwhile took its requests with it.  The wake-up is
+    scheduled twice: a signal at the first instruction of one (where a callback cannot
+    repair anything) leaves the other, and one that wakes nobody costs a few us."""
     lb.error = error
     lb.ended = True  # then scheduled: a signal after the call leaves it ended once
-    try:  # noqa: SIM105 (contextlib.suppress is Python code: a signal may raise in it)
-        lb.loop.call_soon_threadsafe(lb.waiter.set_result, None)
+    try:
+        lb.loop.call_soon_threadsafe(_wake_requests, lb)
+        lb.loop.call_soon_threadsafe(_wake_requests, lb)
     except RuntimeError:  # the loop is closed
         pass
+
+
+def _wake_requests(lb: _LoopBatch) -> None:
+    """On the batch's loop: wake each request still waiting (one cancelled meanwhile
+    is skipped, here on its own loop's thread, so it cannot slip in between)."""
+    for done in lb.dones:
+        if not done.done():
+            done.set_result(None)
 
 
 def _as_store_error(exc: BaseException, when: str) -> BaseException:
