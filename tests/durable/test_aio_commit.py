@@ -241,3 +241,28 @@ def test_a_signal_on_the_loop_while_its_commit_runs_loses_nothing(
         assert lines[1:] == ["results 1 2 3", "held 0", "stored 4 succeeded 4"]
     else:
         assert lines[1:] == ["held 0", "stored 5 succeeded 5"]
+
+
+def test_a_dropped_engine_that_used_asubmit_is_collected(tmp_path: Path) -> None:
+    # The commit thread holds its engine weakly between batches, and leaves once idle
+    # (or once its engine is gone): a producer dropped without shutdown() is collected
+    import gc
+    import weakref
+
+    eng = Engine(workers=0, store=f"sqlite:///{tmp_path}/tasks.db")
+
+    async def request() -> str:
+        return (await eng.asubmit(add, 1, 2)).task_id
+
+    assert asyncio.run(request())
+    thread = eng._durable._aio_thread  # type: ignore[union-attr]
+    assert thread is not None
+    ref = weakref.ref(eng)
+    del eng
+    deadline = time.monotonic() + 30
+    while ref() is not None and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.01)
+    assert ref() is None, "the engine was kept"
+    thread.join(30)
+    assert not thread.is_alive(), "the commit thread stayed"
