@@ -251,10 +251,10 @@ def test_a_dropped_engine_that_used_asubmit_is_collected(tmp_path: Path) -> None
 
     eng = Engine(workers=0, store=f"sqlite:///{tmp_path}/tasks.db")
 
-    async def request() -> str:
-        return (await eng.asubmit(add, 1, 2)).task_id
+    async def request(e: Engine) -> str:
+        return (await e.asubmit(add, 1, 2)).task_id
 
-    assert asyncio.run(request())
+    assert asyncio.run(request(eng))
     thread = eng._durable._aio_thread  # type: ignore[union-attr]
     assert thread is not None
     ref = weakref.ref(eng)
