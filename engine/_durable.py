@@ -1669,26 +1669,26 @@ def _as_store_error(exc: BaseException, when: str) -> BaseException:
 def _commit_loop_batches(ref: weakref.ReferenceType[DurableRuntime], wake: Any) -> None:
     """The commit thread of ``asubmit`` (see ``_flush_loop_batch``).  Between batches
     it holds its runtime weakly: an engine dropped without shutdown() is collected."""
-    woken = True
     rt = ref()
     if rt is None:
         return
+    engine = weakref.ref(rt.engine)
     rt.engine._own_thread()  # the engine's work, not the application's (gil_share)
     try:
-        while True:
+        woken = True
+        while rt is not None:
             batches = rt._take_loop_batches(woken)
             if batches is None:
                 return
             if batches:
                 rt._commit_loop_batches(batches)
-            del batches, rt
+            batches = rt = None  # the engine may be collected while we wait
             woken = wake.acquire(timeout=_AIO_IDLE_S)
             rt = ref()
-            if rt is None:
-                return
     finally:
-        if rt is not None:
-            rt.engine._own_thread(False)  # its ident may be reused by another thread
+        eng = engine()
+        if eng is not None:
+            eng._own_thread(False)  # its ident may be reused by another thread
 
 
 class _Batch:
