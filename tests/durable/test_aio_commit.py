@@ -243,26 +243,41 @@ def test_a_signal_on_the_loop_while_its_commit_runs_loses_nothing(
         assert lines[1:] == ["held 0", "stored 5 succeeded 5"]
 
 
+_DROPPED = """
+import asyncio, gc, sys, time, weakref
+from cytask import Engine
+
+eng = Engine(workers=0, store="sqlite:///{tmp}/tasks.db")
+
+
+async def request(e):
+    return (await e.asubmit(max, 1, 2)).task_id
+
+
+assert asyncio.run(request(eng))
+thread = eng._durable._aio_thread
+assert thread is not None
+ref = weakref.ref(eng)
+del eng
+deadline = time.monotonic() + 30
+while ref() is not None and time.monotonic() < deadline:
+    gc.collect()
+    time.sleep(0.01)
+print("kept" if ref() is not None else "collected")
+thread.join(30)
+print("stayed" if thread.is_alive() else "left")
+"""
+
+
 def test_a_dropped_engine_that_used_asubmit_is_collected(tmp_path: Path) -> None:
     # The commit thread holds its engine weakly between batches, and leaves once idle
     # (or once its engine is gone): a producer dropped without shutdown() is collected
-    import gc
-    import weakref
-
-    eng = Engine(workers=0, store=f"sqlite:///{tmp_path}/tasks.db")
-
-    async def request(e: Engine) -> str:
-        return (await e.asubmit(add, 1, 2)).task_id
-
-    assert asyncio.run(request(eng))
-    thread = eng._durable._aio_thread  # type: ignore[union-attr]
-    assert thread is not None
-    ref = weakref.ref(eng)
-    del eng
-    deadline = time.monotonic() + 30
-    while ref() is not None and time.monotonic() < deadline:
-        gc.collect()
-        time.sleep(0.01)
-    assert ref() is None, "the engine was kept"
-    thread.join(30)
-    assert not thread.is_alive(), "the commit thread stayed"
+    # (in a subprocess: the collection of its own engine only)
+    out = subprocess.run(
+        [sys.executable, "-X", "faulthandler", "-c", _DROPPED.format(tmp=tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["collected", "left"]
