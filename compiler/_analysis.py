@@ -55,6 +55,7 @@ MATH_TO_INT = frozenset({"floor", "ceil", "trunc"})
 MATH_PRED = frozenset({"isnan", "isinf", "isfinite"})
 MATH_CONST = frozenset({"pi", "e", "tau", "inf", "nan"})
 NUMPY_OK = frozenset({"zeros", "ones", "empty", "int64", "float64", "bool_", "pi", "e"})
+NUMPY_ALLOC = frozenset({"zeros", "ones", "empty"})
 BUILTINS_OK = frozenset({"range", "abs", "min", "max", "int", "float", "bool", "len", "pow"})
 BUILTINS_IO = frozenset({"print", "open", "input"})
 BUILTINS_DYNAMIC = frozenset(
@@ -1178,6 +1179,8 @@ class _Rewriter(ast.NodeTransformer):
         return ast.copy_location(out, node)
 
     def visit_Call(self, node: ast.Call) -> ast.expr:
+        if _is_range(node, self.a):
+            return self._range(node)
         self.generic_visit(node)
         func = node.func
         math_fn: str | None = None
@@ -1200,6 +1203,19 @@ class _Rewriter(ast.NodeTransformer):
         ):
             # NumPy raises for nan, inf and floats past int64; a C cast would not
             return ast.copy_location(_helper("ct_np_int64", node.args[0]), node)
+        if (
+            isinstance(func, ast.Attribute)
+            and isinstance(func.value, ast.Name)
+            and func.value.id in self.numpy_modules
+            and func.attr in NUMPY_ALLOC
+        ):
+            # a size computed after the flag went up is a dummy: allocate nothing
+            if node.args:
+                node.args[0] = _helper("ct_size", node.args[0])
+            for kw in node.keywords:
+                if kw.arg == "shape":
+                    kw.value = _helper("ct_size", kw.value)
+            return node
         if not isinstance(func, ast.Name) or func.id in self.a.fn.__globals__:
             return node
         name = func.id
@@ -1214,6 +1230,22 @@ class _Rewriter(ast.NodeTransformer):
             for arg in node.args[1:]:
                 acc = _helper(f"ct_{name}", acc, arg)
             return ast.copy_location(acc, node)
+        return node
+
+    def _range(self, node: ast.Call) -> ast.Call:
+        """``range(...)``, each argument checked to be one Python accepts.
+
+        Numba also counts to a float and to a NumPy bool; Python raises TypeError
+        for both (``np.bool_`` has no ``__index__``).  ``ct_index`` refuses floats
+        and raises the flag for a NumPy bool (``is_np``: whether the argument is a
+        NumPy scalar; assumed when that cannot be told).
+        """
+        is_np = [
+            ast.Constant(True) if self.np_kinds.kind(x) is None else self.np_kinds.dyn(x)
+            for x in node.args
+        ]
+        self.generic_visit(node)
+        node.args = [_helper("ct_index", x, np_) for x, np_ in zip(node.args, is_np, strict=True)]
         return node
 
     def visit_While(self, node: ast.While) -> ast.stmt:
@@ -1384,7 +1416,11 @@ def _blockable(node: ast.For) -> bool:
         sub = todo.pop()
         if isinstance(sub, ast.Break):
             return False
-        if not isinstance(sub, ast.For | ast.While):  # an inner loop's break is its own
+        if isinstance(sub, ast.For | ast.While):
+            # an inner loop's body breaks out of that loop, but its ``else`` runs
+            # after it: a break there ends this loop
+            todo.extend(sub.orelse)
+        else:
             todo.extend(ast.iter_child_nodes(sub))
     return True
 

@@ -47,6 +47,7 @@ __all__ = [
     "ct_ge",
     "ct_gt",
     "ct_guard_ok",
+    "ct_index",
     "ct_inplace",
     "ct_int",
     "ct_invert",
@@ -68,6 +69,7 @@ __all__ = [
     "ct_ret",
     "ct_ret_np",
     "ct_rshift",
+    "ct_size",
     "ct_step",
     "ct_store",
     "ct_sub",
@@ -309,6 +311,8 @@ ct_np_int64 = _stub("ct_np_int64")
 ct_range = _stub("ct_range")
 ct_range_at = _stub("ct_range_at")
 ct_range_len = _stub("ct_range_len")
+ct_index = _stub("ct_index")
+ct_size = _stub("ct_size")
 
 
 def _ct_store_at_impl(typingctx: Any, addr: Any, value: Any) -> Any:
@@ -414,7 +418,69 @@ def _ol_np_int64(a: Any, err: Any) -> Any:
     return None
 
 
+@overload(ct_size)
+def _ol_size(shape: Any, err: Any) -> Any:
+    """The shape for ``np.zeros``/``ones``/``empty``: zeros once the flag is up.
+
+    A size computed after the flag went up may be a dummy (a wrapped product, say),
+    and an array of it would be allocated and filled, at most once per iteration of
+    a loop block, before the flag ends the call: gigabytes, in Python's place of an
+    immediate exception.  The call's results are thrown away then, so nothing needs
+    allocating.
+    """
+    if isinstance(shape, types.Integer):
+
+        def impl_int(shape: Any, err: Any) -> Any:
+            return shape if ct_flag(err) == 0 else 0
+
+        return impl_int
+    if isinstance(shape, types.BaseTuple) and all(isinstance(t, types.Integer) for t in shape):
+        n = len(shape)
+        each = "".join(f"shape[{i}] * keep, " for i in range(n))
+        src = (
+            "def impl_tuple(shape, err):\n"
+            "    keep = 1 if ct_flag(err) == 0 else 0\n"
+            f"    return ({each})\n"
+        )
+        scope: dict[str, Any] = {"ct_flag": ct_flag}
+        exec(src, scope)  # one element per dimension: no tuple comprehension in Numba
+        return scope["impl_tuple"]
+
+    def impl(shape: Any, err: Any) -> Any:
+        return shape  # (a bool, an empty tuple: nothing large)
+
+    return impl
+
+
 # -- range() of int64 bounds, counted exactly ------------------------------------------
+
+
+@overload(ct_index)
+def _ol_index(value: Any, is_np: Any, err: Any) -> Any:
+    """An argument of ``range()``: an int, or a Python bool (a NumPy bool raises).
+
+    Python's ``range`` takes what has ``__index__``: ints, Python bools and
+    ``np.int64``, but not floats or ``np.bool_``; Numba's counts to any number.
+    """
+    if _isfloat(value):
+        raise TypingError(
+            "cytask: range() of a float: Python raises TypeError; convert it with int()"
+        )
+    if isinstance(value, types.Boolean):
+
+        def impl_b(value: Any, is_np: Any, err: Any) -> Any:
+            if is_np:
+                ct_flag_set(err)  # np.bool_ has no __index__: TypeError in Python
+            return np.int64(value)
+
+        return impl_b
+    if isinstance(value, types.Integer):
+
+        def impl_i(value: Any, is_np: Any, err: Any) -> Any:
+            return value
+
+        return impl_i
+    return None
 
 
 @overload(ct_range)

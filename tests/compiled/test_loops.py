@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from conftest import check as check_any_path
 
@@ -169,6 +170,173 @@ def test_a_break_of_an_inner_loop_does_not_stop_blocking(engine: cytask.Engine) 
         check(nested_break, (n,), engine)
     src = source(nested_break)
     assert src.count("while __ct_s") == 1 and PER_ITERATION_TEST in src
+
+
+def break_in_inner_for_else(n: int) -> int:
+    total = 0
+    for i in range(n):
+        for j in range(2):
+            total += j
+        else:
+            if i == 3:
+                break  # runs after the inner loop: it ends the outer one
+        total += 100
+    return total
+
+
+def break_in_inner_while_else(n: int) -> int:
+    total = 0
+    for i in range(n):
+        k = 0
+        while k < 2:
+            k += 1
+        else:
+            if i == 3:
+                break
+        total += 100
+    return total
+
+
+@pytest.mark.parametrize("fn", [break_in_inner_for_else, break_in_inner_while_else])
+def test_a_break_in_an_inner_loops_else_ends_the_outer_loop(
+    fn: Callable[[int], int], engine: cytask.Engine
+) -> None:
+    """Blocked, that break ended only the block: the next block ran on (300: 4748, not 304)."""
+    for n in (0, 3, 10, BLOCK + 44):
+        check(fn, (n,), engine)
+    assert "while __ct_s" not in source(fn)
+
+
+# -- range() arguments ---------------------------------------------------------------------
+
+
+def count_to_element(a: np.ndarray) -> int:
+    acc = 0
+    for i in range(a[0]):
+        acc += i
+    return acc
+
+
+def count_to_element_break(a: np.ndarray) -> int:
+    acc = 0
+    for i in range(a[0]):
+        acc += 1
+        if acc > 10:
+            break
+    return acc
+
+
+def count_between(a: np.ndarray) -> int:
+    acc = 0
+    for i in range(0, a[0]):
+        acc += i
+    return acc
+
+
+def length_to_element(a: np.ndarray) -> int:
+    return len(range(a[0]))
+
+
+RANGE_OF_ELEMENT = [count_to_element, count_to_element_break, count_between, length_to_element]
+
+
+@pytest.mark.parametrize("fn", RANGE_OF_ELEMENT)
+def test_range_of_a_numpy_bool_raises_as_in_python(
+    fn: Callable[[Any], int], engine: cytask.Engine
+) -> None:
+    """``range(np.True_)`` raises TypeError (no ``__index__``); Numba counted to 1."""
+    ct = check_any_path(fn, (np.array([True, False]),), engine)
+    assert ct.backend == "numba", ct.fallback_reason  # the flag, not a failed compile
+    check_any_path(fn, (np.array([300], np.int64),), engine)  # np.int64 is an index
+
+
+@pytest.mark.parametrize("fn", RANGE_OF_ELEMENT)
+def test_range_of_a_float_element_raises_as_in_python(
+    fn: Callable[[Any], int], engine: cytask.Engine
+) -> None:
+    """Numba counts to 3 for ``range(3.0)``; Python raises TypeError."""
+    ct = check_any_path(fn, (np.array([3.0]),), engine)
+    assert "range() of a float" in (ct.fallback_reason or ""), ct.fallback_reason
+
+
+def count_to_float(x: float) -> int:
+    acc = 0
+    for _ in range(x):  # type: ignore[call-overload]
+        acc += 1
+        if acc > 100:
+            break
+    return acc
+
+
+def count_to_flag(flag: bool, n: int) -> int:
+    acc = 0
+    for i in range(flag):  # a Python bool is an index
+        acc += 5
+    for i in range(n, flag, -1):
+        acc += i
+    return acc + len(range(flag))
+
+
+def test_range_of_a_float_argument_raises_and_of_a_bool_counts(engine: cytask.Engine) -> None:
+    """The native path: ``range(x)`` with x a float returned 3 for 3.0."""
+    for x in (3.0, -1.0, 2.5):
+        check_any_path(count_to_float, (x,), engine)
+    for args in [(True, 300), (False, 300), (True, -4), (False, 0)]:
+        check(count_to_flag, args, engine)
+
+
+# -- dummy values do not allocate ------------------------------------------------------------
+
+
+def allocate_after_overflow(n: int, x: int) -> int:
+    total = 0
+    for i in range(n):
+        y = x * i  # past int64 at i = 2 for x near 2**62: Python returns then
+        if y >= 9223372036854775807:
+            return i
+        block = np.zeros(max(y - x, 0) >> 37)
+        total += block.shape[0]
+    return total
+
+
+def test_a_size_computed_after_an_overflow_allocates_nothing() -> None:
+    """Compiled, ``y`` wraps at i = 2 and ``y - x`` then is 2**62 + 2**40: an array of
+    2**25 floats (256 MB, filled) at every fourth iteration of the block, where Python
+    has already returned 2.  Once the flag is up, a size is 0.  In a subprocess: the
+    peak resident memory shows what was allocated."""
+    code = textwrap.dedent(
+        """
+        import resource, sys
+        sys.path.insert(0, sys.argv[1])
+        from test_loops import allocate_after_overflow as fn
+        from cytask import Engine
+        from cytask.compiler import NativeEntry, compile_task
+
+        ct = compile_task(fn)
+        x = 2**62 + 2**40
+        with Engine(workers=1) as eng:
+            results = []
+            for args in [(2, x), (256, x)]:
+                plan = ct.plan(args, {})
+                assert isinstance(plan, NativeEntry), ct.fallback_reason
+                h = eng.submit_native(plan.address, args, plan.arg_kinds, plan.result_kind,
+                                      fallback=fn)
+                results.append(h.result(timeout=60))
+                if len(results) == 1:
+                    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+        print(*results, grew // 1024)
+        """
+    )
+    folder = str(Path(__file__).parent)
+    done = subprocess.run(
+        [sys.executable, "-c", code, folder], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    first, second, grew_mb = map(int, done.stdout.split())
+    assert (first, second) == (allocate_after_overflow(2, 2**62 + 2**40), 2)
+    assert grew_mb < 128, f"the compiled call allocated {grew_mb} MB on dummy values"
+    assert "ct_size(" in source(allocate_after_overflow)
 
 
 # -- counters ------------------------------------------------------------------------------
