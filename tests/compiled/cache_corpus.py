@@ -143,3 +143,18 @@ def count_vowels(text):
         if ch in "aeiou":
             counts[ch] = counts.get(ch, 0) + 1
     return counts
+
+
+def literal_powers(which):
+    table = {}  # (a dict: Cython compiles it, Numba does not)
+    if which == 0:
+        table[which] = 0**-1  # ZeroDivisionError: C's pow() gives inf
+    elif which == 1:
+        table[which] = -(0.0**-1.5)
+    elif which == 2:
+        table[which] = 10.0**400  # OverflowError: C's pow() gives inf
+    elif which == 3:
+        table[which] = (-8) ** 0.5  # a complex number
+    else:
+        table[which] = 2**-1 + (-3) ** 3 + True**-2
+    return table

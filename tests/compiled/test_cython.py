@@ -148,6 +148,19 @@ def test_tracebacks_point_at_the_users_file_and_line() -> None:
     assert "raise Problem(MESSAGE)" in (last.line or "")
 
 
+@pytest.mark.parametrize("which", range(5))
+def test_a_power_of_two_literals_is_pythons(which: int) -> None:
+    """Cython computed ``0 ** -1`` and ``10.0 ** 400`` with C's pow(): inf, no exception."""
+    ct = _cython(cc.literal_powers)
+    try:
+        want: object = cc.literal_powers(which)
+    except ArithmeticError as exc:
+        with pytest.raises(type(exc)):
+            _call(ct, which)
+    else:
+        assert _call(ct, which) == want
+
+
 def test_a_function_reading_its_modules_dunder_names_is_refused() -> None:
     ct = compile_task(cc.own_module).wait(timeout=280)
     assert ct.backend == "python"  # the generated module's __name__ is not the user's

@@ -2,9 +2,11 @@
 
 Each generated function comes from a grammar of the subset that compiles: ints at
 the edges (0, +-2**31, +-2**53, +-2**63), floats with nan, inf and -0.0, bools,
-``range`` loops with int64-edge bounds (some longer than a block of the flag test),
-counters that start near 0 or near int64's end, masks (``& 0x7FFFFFFF``) whose ranges let
-the compiler drop checks, branches that leave locals unbound, tuples,
+``range`` loops with int64-edge bounds (some longer than a block of the flag test), with
+bool, float and array-element bounds, ``while`` loops, an ``else`` that breaks out of the
+loop around it, counters that start near 0 or near int64's end, arrays of computed sizes,
+masks (``& 0x7FFFFFFF``) whose ranges let the compiler drop checks, branches that leave
+locals unbound, tuples,
 arrays of each accepted dtype (element arithmetic, stores, in-place operations),
 module constants that are rebound between calls (-0.0, nan), ``max`` of a bool and
 an int, and a decorator under the task.  Each is written to a real module (the
@@ -80,6 +82,7 @@ class Gen:
         self.count = 0
         self.loops = 0
         self.depth = 0  # > 0 inside a branch or a loop: new names may stay unbound
+        self.in_loop = 0  # > 0 inside a loop's body: a break there is legal
         self.maybe: set[str] = set()
 
     def pick(self, xs: list[Any]) -> Any:
@@ -212,7 +215,7 @@ class Gen:
                 lines += [f"{pad}else:", *self.stmts(depth + 1, 1)]
             self.depth -= 1
             return lines
-        if depth < 2 and r < 0.38:
+        if depth < 3 and r < 0.38:  # (loops nest once: small bounds inside)
             self.loops += 1
             i = f"k{self.loops}"
             guard = f"n{self.loops}"
@@ -228,21 +231,36 @@ class Gen:
             self.vars[i] = "i"
             self.maybe.add(i)  # (unbound after a loop that runs zero times)
             self.depth += 1
+            self.in_loop += 1
             body = self.stmts(depth + 1, self.rng.randint(1, 2))
+            self.in_loop -= 1
             self.depth -= 1
+            # an inner loop's else: a break there ends the loop around it (blocked or not)
+            orelse = []
+            if self.in_loop and self.chance(0.3):
+                orelse = [f"{pad}else:", f"{pad}    if {self.bool_()}:", f"{pad}        break"]
+            if self.chance(0.15):
+                return [
+                    f"{pad}{guard} = 0",
+                    f"{pad}while {guard} < {self.pick([0, 3, 300] if depth < 2 else [0, 3, 30])}:",
+                    f"{pad}    {guard} += 1",
+                    *body,
+                    *orelse,
+                ]
             if self.chance(0.3):  # no break: peeled off, then tested for the flag per block
-                bound = self.pick(["a", "b", "K_INT", "0", "1"])
-                size = self.pick([30, 30, 600])  # 600: three blocks
+                # (a Python bool counts; a float raises TypeError)
+                bound = self.pick(["a", "b", "K_INT", "0", "1", "a", "flag", "x"])
+                size = self.pick([30, 30, 600] if depth < 2 else [3, 30, 30, 260])  # 600: 3 blocks
                 loop = [f"{pad}for {i} in range(min({bound}, {size})):", *body]
                 if not self.chance(0.4):
-                    return loop
+                    return [*loop, *orelse]
                 # a counter: unchecked when it starts at <= 0, checked when it may overflow
                 start = lit(self.pick([0, -1, -(2**63), 5, 2**63 - 300, 2**63 - 1]))
                 counter = self.name("i")
                 step = [f"{pad}    {counter} += 1"]
                 if self.chance(0.5):
                     step = [f"{pad}    if {self.bool_()}:", f"{pad}        {counter} += 1"]
-                return [f"{pad}{counter} = {start}", *loop, *step]
+                return [f"{pad}{counter} = {start}", *loop, *step, *orelse]
             return [
                 f"{pad}{guard} = 0",
                 f"{pad}for {i} in range({args}):",
@@ -250,6 +268,7 @@ class Gen:
                 f"{pad}    if {guard} > 40:",
                 f"{pad}        break",
                 *body,
+                *orelse,
             ]
         tuples = self.known("t")
         if r < 0.45 and tuples:
@@ -259,6 +278,15 @@ class Gen:
             first = self.int_() if self.chance(0.7) else self.float_()
             t = self.pick(tuples) if tuples and self.chance(0.3) else None
             return [f"{pad}{t or self.name('t')} = ({first}, {self.float_()})"]
+        if r < 0.56:
+            # an array of a computed size (a dummy one after an overflow must not be
+            # allocated: it is 0 once the flag is up)
+            z = self.name("z")
+            shape = f"({self.int_()}) % 64"
+            if self.chance(0.4):
+                shape = f"(({self.int_()}) % 8, ({self.int_()}) % 5)"
+            fill = self.pick(["zeros", "ones", "empty"])
+            return [f"{pad}{z} = np.{fill}({shape})", f"{pad}{self.name('i')} = {z}.size"]
         kind = self.pick(["i", "i", "d", "d", "b"])
         existing = self.known(kind)
         if existing and self.chance(0.4):
@@ -303,7 +331,10 @@ class Gen:
             start = self.pick(["0", "0.0", "False"])
             op = self.pick(["s + arr[j]", "s * 2 + arr[j]", "max(s, arr[j])", "s - arr[j]",
                             "s + j * 2", "j"])  # fmt: skip
-            over = self.pick(["range(arr.shape[0])", "range(arr.shape[0])", "(k, 2)", "arr.shape"])
+            over = self.pick(["range(arr.shape[0])", "range(arr.shape[0])", "(k, 2)", "arr.shape",
+                              # an element: np.int64 counts, np.bool_ and floats raise
+                              "range(min(arr[k % arr.shape[0]], 600))",
+                              "range(1, min(arr[k % arr.shape[0]], 300))"])  # fmt: skip
             body = [f"    s = {start}", f"    for j in {over}:", f"        s = {op}"]
             ret = "s"
         elif r < 0.5:

@@ -219,7 +219,7 @@ def count_to_element(a: np.ndarray) -> int:
 
 def count_to_element_break(a: np.ndarray) -> int:
     acc = 0
-    for i in range(a[0]):
+    for _i in range(a[0]):
         acc += 1
         if acc > 10:
             break
@@ -270,7 +270,7 @@ def count_to_float(x: float) -> int:
 
 def count_to_flag(flag: bool, n: int) -> int:
     acc = 0
-    for i in range(flag):  # a Python bool is an index
+    for _ in range(flag):  # a Python bool is an index
         acc += 5
     for i in range(n, flag, -1):
         acc += i
