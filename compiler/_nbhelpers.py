@@ -437,12 +437,13 @@ def _ol_size(shape: Any, err: Any) -> Any:
     if isinstance(shape, types.BaseTuple) and all(isinstance(t, types.Integer) for t in shape):
         n = len(shape)
         each = "".join(f"shape[{i}] * keep, " for i in range(n))
-        src = (
-            "def impl_tuple(shape, err):\n"
+        src = (  # (the overload's own annotations: Numba compares the signatures)
+            "from __future__ import annotations\n"
+            "def impl_tuple(shape: Any, err: Any) -> Any:\n"
             "    keep = 1 if ct_flag(err) == 0 else 0\n"
             f"    return ({each})\n"
         )
-        scope: dict[str, Any] = {"ct_flag": ct_flag}
+        scope: dict[str, Any] = {"ct_flag": ct_flag, "Any": Any}
         exec(src, scope)  # one element per dimension: no tuple comprehension in Numba
         return scope["impl_tuple"]
 

@@ -299,7 +299,29 @@ def allocate_after_overflow(n: int, x: int) -> int:
     return total
 
 
-def test_a_size_computed_after_an_overflow_allocates_nothing() -> None:
+def allocate_rows_after_overflow(n: int, x: int) -> int:
+    total = 0
+    for i in range(n):
+        y = x * i
+        if y >= 9223372036854775807:
+            return i
+        block = np.ones((max(y - x, 0) >> 38, 2))  # a shape: each dimension is 0
+        total += block.size
+    return total
+
+
+def grid(n: int, m: int) -> int:
+    cells = np.zeros((n, m))
+    return cells.size
+
+
+def test_a_shape_still_compiles_natively(engine: cytask.Engine) -> None:
+    for args in [(3, 4), (-1, 2), (0, 5), (2**40, 2**40)]:
+        check(grid, args, engine)
+
+
+@pytest.mark.parametrize("fn", [allocate_after_overflow, allocate_rows_after_overflow])
+def test_a_size_computed_after_an_overflow_allocates_nothing(fn: Callable[..., int]) -> None:
     """Compiled, ``y`` wraps at i = 2 and ``y - x`` then is 2**62 + 2**40: an array of
     2**25 floats (256 MB, filled) at every fourth iteration of the block, where Python
     has already returned 2.  Once the flag is up, a size is 0.  In a subprocess: the
@@ -308,7 +330,7 @@ def test_a_size_computed_after_an_overflow_allocates_nothing() -> None:
         """
         import resource, sys
         sys.path.insert(0, sys.argv[1])
-        from test_loops import allocate_after_overflow as fn
+        from test_loops import {name} as fn
         from cytask import Engine
         from cytask.compiler import NativeEntry, compile_task
 
@@ -327,16 +349,16 @@ def test_a_size_computed_after_an_overflow_allocates_nothing() -> None:
         grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
         print(*results, grew // 1024)
         """
-    )
+    ).replace("{name}", fn.__name__)
     folder = str(Path(__file__).parent)
     done = subprocess.run(
         [sys.executable, "-c", code, folder], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
     first, second, grew_mb = map(int, done.stdout.split())
-    assert (first, second) == (allocate_after_overflow(2, 2**62 + 2**40), 2)
+    assert (first, second) == (fn(2, 2**62 + 2**40), 2)
     assert grew_mb < 128, f"the compiled call allocated {grew_mb} MB on dummy values"
-    assert "ct_size(" in source(allocate_after_overflow)
+    assert "ct_size(" in source(fn)
 
 
 # -- counters ------------------------------------------------------------------------------
