@@ -434,8 +434,13 @@ def _ol_size(shape: Any, err: Any) -> Any:
             return shape if ct_flag(err) == 0 else 0
 
         return impl_int
-    if isinstance(shape, types.BaseTuple) and all(isinstance(t, types.Integer) for t in shape):
-        n = len(shape)
+    dims: tuple[Any, ...] = tuple(getattr(shape, "types", ()))  # (a tuple's element types)
+    if (
+        isinstance(shape, types.BaseTuple)
+        and dims
+        and all(isinstance(t, types.Integer) for t in dims)
+    ):
+        n = len(dims)
         each = "".join(f"shape[{i}] * keep, " for i in range(n))
         src = (  # (the overload's own annotations: Numba compares the signatures)
             "from __future__ import annotations\n"
