@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -66,3 +68,15 @@ class RedisServer:
         if proc is not None and proc.poll() is None:
             proc.kill() if kill else proc.terminate()
             proc.wait(30)
+
+
+def persistent_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """For a fixture: a persistent server in ``tmp_path/redis``, killed afterwards."""
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    s = RedisServer(str(folder), persist=True)
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop(kill=True)

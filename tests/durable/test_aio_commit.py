@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _redis_server import RedisServer
+from _redis_server import RedisServer, persistent_server
 
 from cytask import Engine
 from cytask._store import open_store
@@ -110,14 +110,7 @@ def test_a_locked_sqlite_file_does_not_stall_the_loop(tmp_path: Path) -> None:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[RedisServer]:
-    folder = tmp_path / "redis"
-    folder.mkdir()
-    s = RedisServer(str(folder), persist=True)
-    s.start()
-    try:
-        yield s
-    finally:
-        s.stop(kill=True)
+    yield from persistent_server(tmp_path)
 
 
 def test_redis_stopped_does_not_stall_the_loop(server: RedisServer) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _redis_server import RedisServer
+from _redis_server import RedisServer, persistent_server
 
 from cytask import Engine, StoreError
 from cytask._store import SUCCEEDED, TICK_KEEP_S, Finish, NewTask, open_store
@@ -372,14 +372,7 @@ def test_a_periodic_tick_is_remembered_past_a_zero_result_ttl(url: str) -> None:
 @pytest.fixture
 def persistent(tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server with an fsync per write: a restart keeps what it acknowledged."""
-    folder = tmp_path / "redis"
-    folder.mkdir()
-    s = RedisServer(str(folder), persist=True)
-    s.start()
-    try:
-        yield s
-    finally:
-        s.stop(kill=True)
+    yield from persistent_server(tmp_path)
 
 
 def test_sigterm_with_redis_down_drains_within_the_deadline(

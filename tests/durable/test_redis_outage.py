@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _redis_server import RedisServer
+from _redis_server import RedisServer, persistent_server
 
 import cytask
 from cytask import StoreError
@@ -54,14 +54,7 @@ PRODUCER = textwrap.dedent("""
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[RedisServer]:
-    folder = tmp_path / "redis"
-    folder.mkdir()
-    s = RedisServer(str(folder), persist=True)
-    s.start()
-    try:
-        yield s
-    finally:
-        s.stop(kill=True)
+    yield from persistent_server(tmp_path)
 
 
 def test_a_producer_gets_a_clear_error_after_retry_for(server: RedisServer) -> None:
