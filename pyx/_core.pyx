@@ -208,6 +208,12 @@ cdef class Core:
         core until they have left."""
         if not self._rings_ready or not _alive_workers(self):
             return
+        if _is_finalizing():
+            # interpreter teardown: a thread started now (a shutdown's) never runs, and
+            # Python 3.11's Thread.start() waits for it for good; the workers die with
+            # the process
+            _keep_forever(self)
+            return
         try:
             self._orphaned()
         except BaseException:
