@@ -18,6 +18,10 @@ front, so a busy store waits ``busy_timeout`` seconds instead of failing on a st
 snapshot); a claim is one ``UPDATE ... RETURNING``.  A leased task whose worker
 died (its lease passed) goes back to READY (``recover_expired``): opening a store a
 crashed process left needs no repair step.
+
+Leases are kept on the machine's boot clock (Linux ``CLOCK_BOOTTIME``, which no NTP
+step or ``date -s`` moves), so a wall clock stepped forward expires no live lease;
+due times and finish times stay on the wall clock (a delay spans reboots).
 """
 
 from __future__ import annotations
@@ -118,6 +122,24 @@ _AUTOCHECKPOINT_PAGES = 10_000
 _CHECKPOINT_EVERY = 0.2
 #: seconds between looks that the store's path still names the file opened (a stat())
 _FILE_CHECK_S = 0.001
+
+
+def _lease_clock() -> tuple[str, Callable[[], float]]:
+    """The clock leases are kept on: (the boot it counts from, a function reading it).
+
+    Linux: ``CLOCK_BOOTTIME``, one clock for every process of the machine, never
+    stepped (NTP, ``date -s``, a VM's clock set at resume) and counting suspends;
+    it starts again at each boot, which ``boot_id`` names.  Elsewhere the wall clock.
+    """
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        clock = functools.partial(time.clock_gettime, time.CLOCK_BOOTTIME)
+        clock()
+    except (OSError, AttributeError, ValueError):
+        return "", time.time
+    return boot, clock
+
 
 _INSERT = (
     "INSERT INTO tasks (id, name, codec, payload, priority, state, max_lost, run_at, "
@@ -327,6 +349,10 @@ class SQLiteStore(Store):
         # the path still names it (a deleted file takes commits that nobody else sees)
         self._file_id: tuple[int, int] | None = None
         self._file_checked = -1.0  # time.monotonic() it was last seen the same (_lock)
+        # leases: lease_until is on the machine's boot clock moved by an offset stored
+        # in the file for this boot (see _lease_now, _ensure_lease_clock)
+        self._boot, self._boot_clock = _lease_clock()
+        self._lease_offset = 0.0
         with _GATE:  # a fork meanwhile waits, then finds this store among _stores
             try:
                 db = self._writer()
@@ -569,11 +595,44 @@ class SQLiteStore(Store):
                         "UPDATE cytask_meta SET value = ? WHERE key = 'schema_version'",
                         (str(version),),
                     )
+            self._ensure_lease_clock(db)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+
+    def _ensure_lease_clock(self, db: sqlite3.Connection) -> None:
+        """Read (or set, first on this boot) the offset that puts the boot clock on the
+        scale of the wall clock, in the open transaction.
+
+        Leases were compared on each process's ``time.time()``: a clock stepped forward
+        (NTP at boot, ``date -s``, a VM resumed) expired every live lease at once, and
+        the first worker to look recovered and ran those tasks again beside their
+        running first run; stepped back, a dead worker's tasks waited that much longer.
+        The boot clock is never stepped.  One offset per boot, kept in the file, makes
+        every process's lease times agree, and stays near the wall clock so that a
+        store file of an older cytask keeps its leases' meaning.  A new boot (no
+        process of the old one is alive) takes a new offset and ends the old leases.
+        """
+        if not self._boot:
+            return  # no boot clock here: leases on the wall clock (offset 0)
+        row = db.execute("SELECT value FROM cytask_meta WHERE key = 'lease_clock'").fetchone()
+        boot, _, offset = (row[0] if row else "").partition(" ")
+        if row is not None and boot == self._boot:
+            self._lease_offset = float(offset)
+            return
+        self._lease_offset = time.time() - self._boot_clock()
+        if row is not None:  # written on another boot: its leases' holders are gone
+            db.execute(f"UPDATE tasks SET lease_until = 0 WHERE state = {RUNNING}")
+        db.execute(
+            "INSERT OR REPLACE INTO cytask_meta VALUES ('lease_clock', ?)",
+            (f"{self._boot} {self._lease_offset!r}",),
+        )
+
+    def _lease_time(self, t: float) -> float:
+        """A wall-clock time of the caller (``time.time()`` + seconds) on the lease clock."""
+        return t - time.time() + self._boot_clock() + self._lease_offset
 
     # -- the Store interface -----------------------------------------------------------
 
@@ -582,6 +641,8 @@ class SQLiteStore(Store):
         self, tasks: Sequence[NewTask], *, owner: str | None = None, lease_until: float = 0.0
     ) -> None:
         now = time.time()
+        if owner is not None:
+            lease_until = self._lease_time(lease_until)
         rows: list[tuple[Any, ...]] = []
         for t in tasks:
             if t.run_at > now:
@@ -627,7 +688,8 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             self._raise(exc, "claim")
         with self._write("claim") as db:
-            rows = db.execute(_CLAIM, (owner, lease_until, time.time(), n)).fetchall()
+            lease = self._lease_time(lease_until)
+            rows = db.execute(_CLAIM, (owner, lease, time.time(), n)).fetchall()
         rows.sort(key=lambda r: (r[5], r[0]))  # priority, then FIFO
         return [Claimed(r[1], r[2], r[3], r[4], r[5], r[6], r[7]) for r in rows]
 
@@ -635,6 +697,7 @@ class SQLiteStore(Store):
     def extend(self, owner: str, ids: Sequence[str], lease_until: float) -> int:
         held = 0
         with self._write("extend") as db:
+            lease_until = self._lease_time(lease_until)
             for task_id in ids:
                 held += db.execute(
                     f"UPDATE tasks SET lease_until = ? WHERE id = ? AND owner = ? "
@@ -763,7 +826,7 @@ class SQLiteStore(Store):
     @_gated
     def recover_expired(self, now: float) -> int:
         with self._write("recover_expired") as db:
-            return db.execute(_RECOVER, (now, now)).rowcount
+            return db.execute(_RECOVER, (now, self._lease_time(now))).rowcount
 
     @_gated
     def claim_tick(self, key: str, tick: int) -> bool:

@@ -1,0 +1,137 @@
+"""The SQLite store attacked at its edges, with real parts only: store files on disk,
+real ``cytask worker`` processes, clocks that step.  Each test failed on the code
+before its fix."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from cytask._store import RUNNING, SUCCEEDED, Finish, NewTask, open_store
+from cytask._store_sqlite import SQLiteStore
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+TASKS = textwrap.dedent("""
+    import os, time
+    from cytask import current_task, task
+
+    @task(name="adv.held")
+    def held(go: str) -> int:
+        me = current_task()
+        open(f"{go}.started{me.attempt}", "w").close()
+        deadline = time.monotonic() + 60
+        while not os.path.exists(go):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the test never said go")
+            time.sleep(0.005)
+        return me.attempt
+""")
+
+
+def _until(what: str, check: Callable[[], object], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.005)
+
+
+def _worker(root: Path, url: str, skew: float, *extra: str) -> subprocess.Popen[bytes]:
+    """``cytask worker`` in a process whose wall clock reads `skew` seconds later
+    (its time.time()): how a clock stepped forward looks to the first process that
+    reads it after the step, before the others ran again."""
+    code = (
+        "import runpy, sys, time\n"
+        f"_real = time.time\ntime.time = lambda: _real() + {skew!r}\n"
+        "sys.argv = ['cytask', *sys.argv[1:]]\n"
+        "runpy.run_module('cytask', run_name='__main__')\n"
+    )
+    with open(root / "worker.log", "ab") as log:  # the child keeps its own copy
+        return subprocess.Popen(
+            [sys.executable, "-c", code, "worker", "advtasks", "--store", url, "--quiet", *extra],
+            cwd=root, env=dict(os.environ, PYTHONPATH=str(root)), stdout=subprocess.DEVNULL,
+            stderr=log,
+        )  # fmt: skip
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="CLOCK_BOOTTIME, boot_id")
+def test_a_wall_clock_stepped_forward_takes_no_live_lease(tmp_path: Path) -> None:
+    # Before: leases were on each process's time.time().  The wall clock stepped a
+    # minute forward (NTP at boot, date -s, a VM resumed): the first worker to run its
+    # maintenance after the step found every other worker's lease expired, and ran
+    # their tasks a second time while they ran.  Now leases are on the boot clock
+    (tmp_path / "advtasks.py").write_text(TASKS)
+    url = f"sqlite:///{tmp_path}/t.db"
+    go = tmp_path / "go"
+    store = open_store(url)
+    honest = _worker(tmp_path, url, 0.0, "--workers", "1", "--lease", "1")
+    ahead = None
+    try:
+        payload = json.dumps([[str(go)], {}])
+        store.enqueue([NewTask("held", "adv.held", "json", payload, 2, 0.0, 10)])
+        _until("the first worker runs the task", Path(f"{go}.started1").exists)
+        # a task that ended now: the stepped worker's maintenance expires it (result_ttl
+        # 30 s on a clock 60 s ahead), which tells that its maintenance ran
+        marker = NewTask("marker", "adv.held", "json", payload, 2, 0.0, 10)
+        store.enqueue([marker], owner="test", lease_until=time.time() + 30)
+        assert store.finish("test", [Finish("marker", SUCCEEDED, result="1")], time.time())
+        ahead = _worker(tmp_path, url, 60.0, "--workers", "1", "--lease", "1", "--result-ttl", "30")
+        _until("the stepped worker's maintenance ran", lambda: store.get("marker") is None)
+        rec = store.get("held")
+        assert rec is not None and rec.status == "running" and rec.attempts == 1, rec
+        assert not Path(f"{go}.started2").exists(), "a live lease was taken"
+        go.touch()
+        _until("the task ended", lambda: store.get("held").terminal)  # type: ignore[union-attr]
+        rec = store.get("held")
+        assert rec is not None and (rec.result, rec.attempts, rec.lost) == ("1", 1, 0)
+    finally:
+        for p in (honest, ahead):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait(30)
+        store.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="CLOCK_BOOTTIME, boot_id")
+def test_leases_of_an_earlier_boot_end_at_open(tmp_path: Path) -> None:
+    # The boot clock starts again at each boot: a lease taken before a reboot (its
+    # worker gone with the machine) would otherwise last as long as the new boot's
+    # clock takes to reach it
+    url = f"sqlite:///{tmp_path}/t.db"
+    store = open_store(url)
+    store.enqueue([NewTask("t1", "m.f", "json", "[[],{}]", 2, 0.0, 10)])
+    assert len(store.claim("w", 1, time.time() + 3600)) == 1
+    store.close()
+    db = sqlite3.connect(f"{tmp_path}/t.db")
+    with db:
+        db.execute("UPDATE cytask_meta SET value = 'another-boot 0.0' WHERE key = 'lease_clock'")
+        db.execute(f"UPDATE tasks SET lease_until = 1e12 WHERE state = {RUNNING}")  # far ahead
+    db.close()
+    store = open_store(url)
+    try:
+        assert store.recover_expired(time.time()) == 1
+        assert [c.id for c in store.claim("w2", 1, time.time() + 30)] == ["t1"]
+        # a store file of an older cytask (no lease_clock row): its wall-clock leases
+        # keep their meaning on the new clock
+        assert isinstance(store, SQLiteStore)
+        db = sqlite3.connect(f"{tmp_path}/t.db")
+        with db:
+            db.execute("DELETE FROM cytask_meta WHERE key = 'lease_clock'")
+            db.execute(f"UPDATE tasks SET lease_until = ? WHERE state = {RUNNING}",
+                       (time.time() + 3600,))  # fmt: skip
+        db.close()
+        again = SQLiteStore(url)
+        assert again.recover_expired(time.time()) == 0
+        assert again.recover_expired(time.time() + 3601) == 1
+        again.close()
+    finally:
+        store.close()
