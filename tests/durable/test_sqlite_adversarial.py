@@ -45,13 +45,17 @@ def _until(what: str, check: Callable[[], object], timeout: float = 30.0) -> Non
         time.sleep(0.005)
 
 
-def _worker(root: Path, url: str, skew: float, *extra: str) -> subprocess.Popen[bytes]:
+def _worker(
+    root: Path, url: str, skew: float, *extra: str, when: Path | None = None
+) -> subprocess.Popen[bytes]:
     """``cytask worker`` in a process whose wall clock reads `skew` seconds later
-    (its time.time()): how a clock stepped forward looks to the first process that
-    reads it after the step, before the others ran again."""
+    (its time.time()), from the start or once the file `when` exists: how a clock
+    stepped forward looks to the first process that reads it after the step, before
+    the others ran again."""
+    step = f"({skew!r} if os.path.exists({str(when)!r}) else 0.0)" if when else repr(skew)
     code = (
-        "import runpy, sys, time\n"
-        f"_real = time.time\ntime.time = lambda: _real() + {skew!r}\n"
+        "import os, runpy, sys, time\n"
+        f"_real = time.time\ntime.time = lambda: _real() + {step}\n"
         "sys.argv = ['cytask', *sys.argv[1:]]\n"
         "runpy.run_module('cytask', run_name='__main__')\n"
     )
@@ -134,4 +138,54 @@ def test_leases_of_an_earlier_boot_end_at_open(tmp_path: Path) -> None:
         assert again.recover_expired(time.time() + 3601) == 1
         again.close()
     finally:
+        store.close()
+
+
+def _lease_until(path: Path, task_id: str) -> float:
+    """The raw lease of the task's first attempt (0.0 once another attempt holds it)."""
+    db = sqlite3.connect(path)
+    try:
+        row = db.execute(
+            "SELECT lease_until, attempts FROM tasks WHERE id = ?", (task_id,)
+        ).fetchone()
+    finally:
+        db.close()
+    return float(row[0]) if row[1] == 1 and row[0] is not None else 0.0
+
+
+def test_a_wall_clock_stepped_back_keeps_extending_leases(tmp_path: Path) -> None:
+    # Before: the feeder timed its maintenance on time.time().  The wall clock of the
+    # worker running a task stepped back an hour: it extended no lease for an hour,
+    # and once its lease lapsed another worker ran the task again beside it.  Now the
+    # feeder's rounds run on the monotonic clock
+    (tmp_path / "advtasks.py").write_text(TASKS)
+    url = f"sqlite:///{tmp_path}/t.db"
+    go, step = tmp_path / "go", tmp_path / "step"
+    store = open_store(url)
+    behind = _worker(tmp_path, url, -3600.0, "--workers", "1", "--lease", "1", when=step)
+    other = None
+    try:
+        payload = json.dumps([[str(go)], {}])
+        store.enqueue([NewTask("held", "adv.held", "json", payload, 2, 0.0, 10)])
+        _until("the worker runs the task", Path(f"{go}.started1").exists)
+        other = _worker(tmp_path, url, 0.0, "--workers", "1", "--lease", "1")
+        step.touch()
+        first = _lease_until(tmp_path / "t.db", "held")
+        assert first > 0
+        # extended every lease/3 after the step: 2 extensions, past 2 s of waiting
+        _until(
+            "the stepped worker extends its lease twice",
+            lambda: _lease_until(tmp_path / "t.db", "held") > first + 0.5,
+            timeout=10.0,
+        )
+        assert not Path(f"{go}.started2").exists(), "a live lease was taken"
+        go.touch()
+        _until("the task ended", lambda: store.get("held").terminal)  # type: ignore[union-attr]
+        rec = store.get("held")
+        assert rec is not None and (rec.result, rec.attempts, rec.lost) == ("1", 1, 0)
+    finally:
+        for p in (behind, other):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait(30)
         store.close()
