@@ -124,6 +124,12 @@ _CHECKPOINT_EVERY = 0.2
 _FILE_CHECK_S = 0.001
 
 
+def _busy_ms(seconds: float) -> int:
+    """``PRAGMA busy_timeout``'s milliseconds: SQLite takes an int (2**31 ms or more,
+    about 25 days, read as 0: no wait at all), so longer waits, inf included, wait that."""
+    return int(min(seconds * 1000, 2**31 - 1))
+
+
 def _lease_clock() -> tuple[str, Callable[[], float]]:
     """The clock leases are kept on: (the boot it counts from, a function reading it).
 
@@ -327,6 +333,12 @@ class SQLiteStore(Store):
         self.synchronous = sync
         self.durable_on_power_loss = _SYNC[sync] >= 2
         self.busy_timeout = number_option(float, "busy_timeout", busy_timeout, options, 5.0, url)
+        if not self.busy_timeout >= 0:  # nan too
+            raise ValueError(
+                f"Expected busy_timeout >= 0 seconds (how long a write waits for a lock "
+                f"another process holds; inf waits as long as it takes), got "
+                f"{self.busy_timeout!r} (in {url!r})"
+            )
         self.max_lost = number_option(int, "max_lost", max_lost, options, 10, url)
         if self.max_lost < 1:
             raise ValueError(f"Expected max_lost >= 1, got {self.max_lost}")
@@ -358,7 +370,7 @@ class SQLiteStore(Store):
                 db = self._writer()
                 # opening (WAL mode, the schema) may wait behind other processes that
                 # open or recover the file: SQLite's own busy handler, as before
-                db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+                db.execute(f"PRAGMA busy_timeout = {_busy_ms(self.busy_timeout)}")
                 db.execute("PRAGMA journal_mode = WAL")
                 self._ensure_schema(db)
                 db.execute("PRAGMA busy_timeout = 0")

@@ -189,3 +189,34 @@ def test_a_wall_clock_stepped_back_keeps_extending_leases(tmp_path: Path) -> Non
                 p.kill()
                 p.wait(30)
         store.close()
+
+
+def test_busy_timeout_out_of_range_is_named_or_clamped(tmp_path: Path) -> None:
+    # Before: busy_timeout=nan or inf failed with "cannot convert float NaN to
+    # integer" (no option named), a negative one was taken, and one of 2**31 ms or
+    # more (about 25 days, "wait forever") was read by SQLite as 0: no wait at open
+    for bad in ("nan", "-1"):
+        with pytest.raises(ValueError, match=r"Expected busy_timeout >= 0 seconds.*got"):
+            SQLiteStore(f"sqlite:///{tmp_path}/t.db?busy_timeout={bad}")
+    for long in ("inf", "1e9"):
+        s = SQLiteStore(f"sqlite:///{tmp_path}/t.db?busy_timeout={long}")
+        assert s.busy_timeout == float(long)
+        s.close()
+    # while another process holds the write lock, an open with a long busy_timeout
+    # waits for it instead of failing at once
+    holder = sqlite3.connect(f"{tmp_path}/t.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        code = (
+            "import sys; from cytask._store_sqlite import SQLiteStore; "
+            f"SQLiteStore('sqlite:///{tmp_path}/new.db?busy_timeout=1e9'); print('opened')"
+        )
+        # a new file: no lock to wait for; then the held one: it waits (killed at 3 s)
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+        assert done.stdout.strip() == b"opened", done.stderr
+        code = code.replace("new.db", "t.db")
+        with pytest.raises(subprocess.TimeoutExpired):
+            subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=3)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
