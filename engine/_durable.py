@@ -769,7 +769,7 @@ class DurableRuntime:
             if reread:
                 raise ValueError(
                     f"Expected the arguments of task {name} to encode to at most {limit} "
-                    f"bytes (the store's limit: Redis' proto-max-bulk-len), got {size} "
+                    f"bytes ({self.store.max_value_source}), got {size} "
                     f"bytes: pass a reference to the data (a path, a key) instead"
                 )
 

@@ -183,6 +183,8 @@ class Store(abc.ABC):
     #: the largest encoded payload or result (bytes) the store takes, None if unknown:
     #: a producer is told at submit, before its row joins a commit shared with others
     max_value: int | None = None
+    #: what sets ``max_value``, named in the error of a submit over it
+    max_value_source = "the store's limit"
 
     @abc.abstractmethod
     def enqueue(

@@ -152,6 +152,8 @@ _INSERT = (
     "enqueued_at, attempts, owner, lease_until, started_at) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+#: bytes of a row besides its payload or result (SQLITE_MAX_LENGTH bounds the row too)
+_ROW_ROOM = 64 * 1024
 #: up to this many rows go in one INSERT statement (a group commit's usual size)
 _ONE_STATEMENT_ROWS = 16
 
@@ -374,6 +376,9 @@ class SQLiteStore(Store):
                 db.execute("PRAGMA journal_mode = WAL")
                 self._ensure_schema(db)
                 db.execute("PRAGMA busy_timeout = 0")
+                # a value SQLite refuses would fail the whole commit, shared by every
+                # producer whose rows it holds: a submit over it is refused alone
+                self.max_value = db.getlimit(sqlite3.SQLITE_LIMIT_LENGTH) - _ROW_ROOM
             except sqlite3.Error as exc:
                 self._close_all()
                 self._raise(exc, "open")
@@ -381,6 +386,8 @@ class SQLiteStore(Store):
                 self._close_all()
                 raise
             _stores.add(self)
+
+    max_value_source = "SQLite's SQLITE_MAX_LENGTH, less room for the row"
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {self.path!r} synchronous={self.synchronous}>"

@@ -220,3 +220,46 @@ def test_busy_timeout_out_of_range_is_named_or_clamped(tmp_path: Path) -> None:
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+def test_an_oversized_submit_fails_alone_not_the_requests_sharing_its_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQLite takes no string or blob over SQLITE_MAX_LENGTH (1e9 bytes unless built
+    # otherwise; lowered here to 1 MB on each connection the store opens).  Before:
+    # arguments over it failed the commit they shared with other requests (asubmit's
+    # turn, group commit), and every request of that commit got its StoreError
+    import asyncio
+
+    from cytask import Engine
+
+    connect = SQLiteStore._connect
+
+    def small(self: SQLiteStore) -> sqlite3.Connection:
+        db = connect(self)
+        db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 1_000_000)
+        return db
+
+    monkeypatch.setattr(SQLiteStore, "_connect", small)
+    producer = Engine(workers=0, store=f"sqlite:///{tmp_path}/t.db")
+    try:
+
+        async def turn() -> list[object]:
+            return await asyncio.gather(
+                producer.asubmit(max, 1, 2),
+                producer.asubmit(max, "y" * 2_000_000, "z"),
+                producer.asubmit(max, 3, 4),
+                return_exceptions=True,
+            )
+
+        first, big, last = asyncio.run(turn())
+        assert not isinstance(first, BaseException), first  # before: the big one's error
+        assert not isinstance(last, BaseException), last
+        assert isinstance(big, ValueError) and "SQLITE_MAX_LENGTH" in str(big), big
+        assert producer.get(first.task_id) is not None  # type: ignore[attr-defined]
+        assert producer.get(last.task_id) is not None  # type: ignore[attr-defined]
+        with pytest.raises(ValueError, match=r"at most 934464 bytes .*got 20000\d\d bytes"):
+            producer.submit(max, "y" * 2_000_000, "z")
+        assert producer.submit(max, "y" * 900_000, "z").task_id  # under it: stored
+    finally:
+        producer.shutdown()
