@@ -192,6 +192,15 @@ _RECOVER = (
     "lost = lost + 1, owner = NULL, lease_until = NULL "
     f"WHERE state = {RUNNING} AND lease_until < ?"
 )
+_EXPIRE = (
+    "DELETE FROM tasks WHERE seq IN (SELECT seq FROM tasks "
+    f"WHERE state >= {SUCCEEDED} AND finished_at < ? LIMIT ?)"
+)
+#: rows expire() deletes per transaction (a few ms of the write lock)
+_EXPIRE_ROWS = 5000
+#: seconds between two of those transactions: longer than a waiting writer's pause
+#: between its tries for the lock (_MAX_PAUSE), so that it gets in
+_EXPIRE_PAUSE = 0.002
 _COLUMNS = (
     "id, name, codec, priority, state, attempts, lost, run_at, enqueued_at, started_at, "
     "finished_at, result, error, progress, progress_message, owner, cancel_requested, payload"
@@ -856,14 +865,21 @@ class SQLiteStore(Store):
 
     @_gated
     def expire(self, finished_before: float) -> int:
-        with self._write("expire") as db:
-            n = db.execute(
-                f"DELETE FROM tasks WHERE state >= {SUCCEEDED} AND finished_at < ?",
-                (finished_before,),
-            ).rowcount
-            cutoff = int((finished_before - TICK_KEEP_S) * 1000)
-            db.execute("DELETE FROM ticks WHERE tick < ?", (cutoff,))
-        return n
+        """In transactions of ``_EXPIRE_ROWS`` rows, with a pause between them for the
+        writers that wait: one DELETE of every expired row held the write lock ~1 s
+        per million rows (workers restarted after results piled up), and every other
+        process's submit failed once it waited ``busy_timeout`` for it."""
+        n = 0
+        while True:
+            with self._write("expire") as db:
+                gone = db.execute(_EXPIRE, (finished_before, _EXPIRE_ROWS)).rowcount
+                if gone < _EXPIRE_ROWS:
+                    cutoff = int((finished_before - TICK_KEEP_S) * 1000)
+                    db.execute("DELETE FROM ticks WHERE tick < ?", (cutoff,))
+            n += gone
+            if gone < _EXPIRE_ROWS:
+                return n
+            time.sleep(_EXPIRE_PAUSE)
 
     @_gated
     def has_work(self) -> bool:

@@ -263,3 +263,43 @@ def test_an_oversized_submit_fails_alone_not_the_requests_sharing_its_commit(
         assert producer.submit(max, "y" * 900_000, "z").task_id  # under it: stored
     finally:
         producer.shutdown()
+
+
+def test_expiring_many_results_lets_other_writers_in(tmp_path: Path) -> None:
+    # Before: expire() deleted every expired row in one transaction, holding the write
+    # lock ~0.3 s per 300,000 rows (workers restarted after results piled up: seconds
+    # for millions), and a producer in another process whose submit waited longer
+    # than busy_timeout for it failed with "database is locked"
+    import threading
+
+    url = f"sqlite:///{tmp_path}/t.db"
+    store = SQLiteStore(url)
+    old = time.time() - 7200
+    for b in range(0, 300_000, 10_000):
+        rows = [
+            NewTask(f"{i:032x}", "m.f", "json", "[[1],{}]", 2, 0.0, 10)
+            for i in range(b, b + 10_000)
+        ]
+        store.enqueue(rows, owner="w", lease_until=time.time() + 300)
+        store.finish("w", [Finish(r.id, SUCCEEDED, result="1", attempt=1) for r in rows], old)
+    producer = SQLiteStore(url + "?busy_timeout=0.1")
+    expired: list[int] = []
+    went = threading.Event()
+
+    def expire() -> None:
+        went.set()
+        expired.append(store.expire(time.time() - 3600))
+
+    t = threading.Thread(target=expire)
+    submitted = 0
+    try:
+        t.start()
+        went.wait(10)
+        while t.is_alive():
+            producer.enqueue([NewTask(f"p{submitted}", "m.f", "json", "[[],{}]", 2, 0.0, 10)])
+            submitted += 1
+    finally:
+        t.join(60)
+        producer.close()
+        store.close()
+    assert expired == [300_000] and submitted > 0
