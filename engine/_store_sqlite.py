@@ -196,7 +196,11 @@ _EXPIRE = (
     "DELETE FROM tasks WHERE seq IN (SELECT seq FROM tasks "
     f"WHERE state >= {SUCCEEDED} AND finished_at < ? LIMIT ?)"
 )
-#: rows expire() deletes per transaction (a few ms of the write lock)
+_PROMOTE = (
+    f"UPDATE tasks SET state = {READY} WHERE seq IN (SELECT seq FROM tasks "
+    f"WHERE state IN ({SCHEDULED}, {RETRYING}) AND run_at <= ? LIMIT ?)"
+)
+#: rows expire() deletes (promote_due() makes READY) per transaction (a few ms of the write lock)
 _EXPIRE_ROWS = 5000
 #: seconds between two of those transactions: longer than a waiting writer's pause
 #: between its tries for the lock (_MAX_PAUSE), so that it gets in
@@ -832,12 +836,16 @@ class SQLiteStore(Store):
 
     @_gated
     def promote_due(self, now: float) -> int:
-        with self._write("promote_due") as db:
-            return db.execute(
-                f"UPDATE tasks SET state = {READY} "
-                f"WHERE state IN ({SCHEDULED}, {RETRYING}) AND run_at <= ?",
-                (now,),
-            ).rowcount
+        """In transactions of ``_EXPIRE_ROWS`` rows, as ``expire`` (a million tasks
+        delayed to one time held the write lock for a second at once)."""
+        n = 0
+        while True:
+            with self._write("promote_due") as db:
+                due = db.execute(_PROMOTE, (now, _EXPIRE_ROWS)).rowcount
+            n += due
+            if due < _EXPIRE_ROWS:
+                return n
+            time.sleep(_EXPIRE_PAUSE)
 
     @_gated
     def next_due(self) -> float | None:

@@ -265,30 +265,43 @@ def test_an_oversized_submit_fails_alone_not_the_requests_sharing_its_commit(
         producer.shutdown()
 
 
-def test_expiring_many_results_lets_other_writers_in(tmp_path: Path) -> None:
+@pytest.mark.parametrize("step", ["expire", "promote_due"])
+def test_a_large_maintenance_step_lets_other_writers_in(tmp_path: Path, step: str) -> None:
     # Before: expire() deleted every expired row in one transaction, holding the write
     # lock ~0.3 s per 300,000 rows (workers restarted after results piled up: seconds
     # for millions), and a producer in another process whose submit waited longer
-    # than busy_timeout for it failed with "database is locked"
+    # than busy_timeout for it failed with "database is locked".  promote_due() of
+    # tasks delayed to one time alike
     import threading
 
     url = f"sqlite:///{tmp_path}/t.db"
     store = SQLiteStore(url)
-    old = time.time() - 7200
+    old, later = time.time() - 7200, time.time() + 3600
     for b in range(0, 300_000, 10_000):
-        rows = [
-            NewTask(f"{i:032x}", "m.f", "json", "[[1],{}]", 2, 0.0, 10)
-            for i in range(b, b + 10_000)
-        ]
-        store.enqueue(rows, owner="w", lease_until=time.time() + 300)
-        store.finish("w", [Finish(r.id, SUCCEEDED, result="1", attempt=1) for r in rows], old)
+        if step == "expire":  # results of two hours ago
+            rows = [
+                NewTask(f"{i:032x}", "m.f", "json", "[[1],{}]", 2, 0.0, 10)
+                for i in range(b, b + 10_000)
+            ]
+            store.enqueue(rows, owner="w", lease_until=time.time() + 300)
+            done = [Finish(r.id, SUCCEEDED, result="1", attempt=1) for r in rows]
+            store.finish("w", done, old)
+        else:  # tasks delayed to one time an hour from now
+            rows = [
+                NewTask(f"{i:032x}", "m.f", "json", "[[1],{}]", 2, later, 10)
+                for i in range(b, b + 10_000)
+            ]
+            store.enqueue(rows)
     producer = SQLiteStore(url + "?busy_timeout=0.1")
     expired: list[int] = []
     went = threading.Event()
 
     def expire() -> None:
         went.set()
-        expired.append(store.expire(time.time() - 3600))
+        if step == "expire":
+            expired.append(store.expire(time.time() - 3600))
+        else:
+            expired.append(store.promote_due(later))
 
     t = threading.Thread(target=expire)
     submitted = 0
