@@ -19,8 +19,8 @@ restart several boots, share one store.  A store may keep leases on a clock of i
 own, moving the times it is given by the difference of its clock and the caller's
 ``time.time()``: the Redis store keeps leases and due times on the server's clock
 (machines sharing it keep their clocks in sync, as NTP does, for finish times and
-periodic ticks), the SQLite store keeps leases on the machine's boot clock, which a
-wall clock stepped forward does not move.  A task FAILED for good is dead-lettered: ``dead``
+periodic ticks), the SQLite store keeps them on the machine's boot clock, which a
+wall clock stepped does not move.  A task FAILED for good is dead-lettered: ``dead``
 lists those tasks and ``requeue`` gives one a fresh start.
 
 Stores: ``_store_sqlite`` (one file, one machine) and ``_store_redis`` (many

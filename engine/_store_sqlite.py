@@ -19,9 +19,11 @@ snapshot); a claim is one ``UPDATE ... RETURNING``.  A leased task whose worker
 died (its lease passed) goes back to READY (``recover_expired``): opening a store a
 crashed process left needs no repair step.
 
-Leases are kept on the machine's boot clock (Linux ``CLOCK_BOOTTIME``, which no NTP
-step or ``date -s`` moves), so a wall clock stepped forward expires no live lease;
-due times and finish times stay on the wall clock (a delay spans reboots).
+Leases and due times are kept on the machine's boot clock (Linux ``CLOCK_BOOTTIME``,
+which no NTP step or ``date -s`` moves), moved by an offset per boot kept in the file
+(the wall clock at that boot's first open: a delay spans reboots), so a wall clock
+stepped forward expires no live lease and runs no delayed task early; finish times
+and periodic ticks stay on the wall clock.
 """
 
 from __future__ import annotations
@@ -376,8 +378,8 @@ class SQLiteStore(Store):
         # the path still names it (a deleted file takes commits that nobody else sees)
         self._file_id: tuple[int, int] | None = None
         self._file_checked = -1.0  # time.monotonic() it was last seen the same (_lock)
-        # leases: lease_until is on the machine's boot clock moved by an offset stored
-        # in the file for this boot (see _lease_now, _ensure_lease_clock)
+        # leases and due times are on the machine's boot clock moved by an offset kept
+        # in the file for this boot (see _shift, _ensure_lease_clock)
         self._boot, self._boot_clock = _lease_clock()
         self._lease_offset = 0.0
         with _GATE:  # a fork meanwhile waits, then finds this store among _stores
@@ -642,9 +644,10 @@ class SQLiteStore(Store):
         (NTP at boot, ``date -s``, a VM resumed) expired every live lease at once, and
         the first worker to look recovered and ran those tasks again beside their
         running first run; stepped back, a dead worker's tasks waited that much longer.
-        The boot clock is never stepped.  One offset per boot, kept in the file, makes
-        every process's lease times agree, and stays near the wall clock so that a
-        store file of an older cytask keeps its leases' meaning.  A new boot (no
+        Due times alike: stepped forward, every task delayed by less ran at once.  The
+        boot clock is never stepped.  One offset per boot, kept in the file, makes
+        every process's times agree, and stays near the wall clock so that a store
+        file of an older cytask (and a delay across a reboot) keeps its meaning.  A new boot (no
         process of the old one is alive) takes a new offset and ends the old leases.
         """
         if not self._boot:
@@ -662,9 +665,13 @@ class SQLiteStore(Store):
             (f"{self._boot} {self._lease_offset!r}",),
         )
 
+    def _shift(self) -> float:
+        """What moves a wall-clock time of the caller onto the store's clock."""
+        return self._boot_clock() + self._lease_offset - time.time()
+
     def _lease_time(self, t: float) -> float:
-        """A wall-clock time of the caller (``time.time()`` + seconds) on the lease clock."""
-        return t - time.time() + self._boot_clock() + self._lease_offset
+        """A wall-clock time of the caller (``time.time()`` + seconds) on the store's clock."""
+        return t + self._shift()
 
     # -- the Store interface -----------------------------------------------------------
 
@@ -673,24 +680,24 @@ class SQLiteStore(Store):
         self, tasks: Sequence[NewTask], *, owner: str | None = None, lease_until: float = 0.0
     ) -> None:
         now = time.time()
-        if owner is not None:
-            lease_until = self._lease_time(lease_until)
+        shift = self._shift()  # due times and leases on the store's clock
+        lease_until += shift
         rows: list[tuple[Any, ...]] = []
         for t in tasks:
             if t.run_at > now:
                 rows.append(
                     (t.id, t.name, t.codec, t.payload, t.priority, SCHEDULED, t.max_lost,
-                     t.run_at, now, 0, None, None, None)
+                     t.run_at + shift, now, 0, None, None, None)
                 )  # fmt: skip
             elif owner is not None:
                 rows.append(
                     (t.id, t.name, t.codec, t.payload, t.priority, RUNNING, t.max_lost,
-                     t.run_at, now, 1, owner, lease_until, now)
+                     t.run_at + shift, now, 1, owner, lease_until, now)
                 )  # fmt: skip
             else:
                 rows.append(
                     (t.id, t.name, t.codec, t.payload, t.priority, READY, t.max_lost,
-                     t.run_at, now, 0, None, None, None)
+                     t.run_at + shift, now, 0, None, None, None)
                 )  # fmt: skip
         if len(rows) <= _ONE_STATEMENT_ROWS:
             # one statement in autocommit: SQLite takes the write lock at its start
@@ -740,9 +747,11 @@ class SQLiteStore(Store):
 
     @_gated
     def finish(self, owner: str, done: Sequence[Finish], now: float) -> int:
+        shift = self._shift()
         rows = [
             (f.state, f.result, f.error, None if f.state == RETRYING else now,
-             f.run_at if f.state == RETRYING else 0.0, f.id, owner, f.attempt, f.attempt)
+             f.run_at + shift if f.state == RETRYING else 0.0, f.id, owner, f.attempt,
+             f.attempt)
             for f in done
         ]  # fmt: skip
         with self._write("finish") as db:
@@ -790,7 +799,7 @@ class SQLiteStore(Store):
             )
         except sqlite3.Error as exc:
             self._raise(exc, "get")
-        return _record(rows[0]) if rows else None
+        return _record(rows[0], self._shift()) if rows else None
 
     @_gated
     def request_cancel(self, task_id: str) -> bool:
@@ -841,7 +850,7 @@ class SQLiteStore(Store):
         n = 0
         while True:
             with self._write("promote_due") as db:
-                due = db.execute(_PROMOTE, (now, _EXPIRE_ROWS)).rowcount
+                due = db.execute(_PROMOTE, (self._lease_time(now), _EXPIRE_ROWS)).rowcount
             n += due
             if due < _EXPIRE_ROWS:
                 return n
@@ -857,7 +866,7 @@ class SQLiteStore(Store):
             )
         except sqlite3.Error as exc:
             self._raise(exc, "next_due")
-        return None if row[0] is None else float(row[0])
+        return None if row[0] is None else float(row[0]) - self._shift()
 
     @_gated
     def recover_expired(self, now: float) -> int:
@@ -932,7 +941,8 @@ class SQLiteStore(Store):
             )
         except sqlite3.Error as exc:
             self._raise(exc, "dead")
-        return [_record(row) for row in rows]
+        shift = self._shift()
+        return [_record(row, shift) for row in rows]
 
     @_gated
     def requeue(self, task_id: str) -> bool:
@@ -942,7 +952,7 @@ class SQLiteStore(Store):
                 "cancel_requested = 0, "
                 "error = NULL, started_at = NULL, finished_at = NULL, owner = NULL, "
                 f"lease_until = NULL, run_at = ? WHERE id = ? AND state = {FAILED}",
-                (time.time(), task_id),
+                (self._lease_time(time.time()), task_id),
             ).rowcount
         return n > 0
 
@@ -1008,8 +1018,11 @@ def _checkpoint_loop(
         store = None
 
 
-def _record(row: Sequence[Any]) -> TaskRecord:
+def _record(row: Sequence[Any], shift: float) -> TaskRecord:
+    """The record of a row; ``shift``: the store's clock less the wall clock."""
     rec = TaskRecord(*row[:-2])
+    if rec.run_at:  # 0.0 once ended
+        rec.run_at -= shift
     rec.cancel_requested = bool(row[-2])
     rec.payload = row[-1]
     return rec

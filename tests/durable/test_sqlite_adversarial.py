@@ -35,6 +35,10 @@ TASKS = textwrap.dedent("""
                 raise TimeoutError("the test never said go")
             time.sleep(0.005)
         return me.attempt
+
+    @task(name="adv.echo")
+    def echo(x):
+        return x
 """)
 
 
@@ -301,7 +305,7 @@ def test_a_large_maintenance_step_lets_other_writers_in(tmp_path: Path, step: st
         if step == "expire":
             expired.append(store.expire(time.time() - 3600))
         else:
-            expired.append(store.promote_due(later))
+            expired.append(store.promote_due(later + 1))
 
     t = threading.Thread(target=expire)
     submitted = 0
@@ -316,3 +320,31 @@ def test_a_large_maintenance_step_lets_other_writers_in(tmp_path: Path, step: st
         producer.close()
         store.close()
     assert expired == [300_000] and submitted > 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="CLOCK_BOOTTIME, boot_id")
+def test_a_wall_clock_stepped_forward_runs_no_delayed_task_early(tmp_path: Path) -> None:
+    # Before: due times were compared on each process's time.time().  The wall clock
+    # stepped an hour forward: the first worker to look ran every task delayed by
+    # less than an hour at once.  Now due times are on the boot clock as leases are
+    (tmp_path / "advtasks.py").write_text(TASKS)
+    url = f"sqlite:///{tmp_path}/t.db"
+    store = open_store(url)
+    ahead = None
+    try:
+        now = time.time()
+        store.enqueue([NewTask("later", "adv.echo", "json", "[[1], {}]", 2, now + 600, 10)])
+        store.enqueue([NewTask("soon", "adv.echo", "json", "[[2], {}]", 2, now + 0.3, 10)])
+        ahead = _worker(tmp_path, url, 3600.0, "--workers", "1")
+        # "soon" ran: the worker's promotions up to its due time are done, and one
+        # promotion takes every task due by the worker's clock
+        _until("the task due soon ran", lambda: store.get("soon").terminal)  # type: ignore[union-attr]
+        assert store.get("soon").result == "2"  # type: ignore[union-attr]
+        rec = store.get("later")
+        assert rec is not None and rec.status == "scheduled", rec
+        assert abs(rec.run_at - (now + 600)) < 1  # read back on the wall clock
+    finally:
+        if ahead is not None and ahead.poll() is None:
+            ahead.kill()
+            ahead.wait(30)
+        store.close()
