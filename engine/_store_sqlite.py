@@ -340,10 +340,18 @@ class SQLiteStore(Store):
             raise ValueError(
                 f"Expected one of {', '.join(_SYNC)} for synchronous, got {sync!r} (in {url!r})"
             )
+        if path == ":memory:" or path.startswith("file:"):
+            # (these opened a file named so in the working folder: no process but this
+            # one knew of it, and a fork's child wrote into another)
+            raise ValueError(
+                f"Expected a file path for store, got {url!r}: a durable store is a file "
+                f"that every process opens (sqlite:////var/app/tasks.db); for tasks in "
+                f"memory use Engine() without a store"
+            )
         # the absolute path: a relative one would follow the process's working folder,
         # and a connection opened after a chdir() (a new thread's reader, a fork's
-        # writer) would open another file
-        path = os.path.abspath(path)
+        # writer) would open another file; ~ is the user's home, as in a shell
+        path = os.path.abspath(os.path.expanduser(path))
         query = url.partition("?")[2]
         self.url = f"sqlite:///{urllib.parse.quote(path)}" + (f"?{query}" if query else "")
         self.path = path

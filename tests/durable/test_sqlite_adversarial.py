@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -348,3 +349,26 @@ def test_a_wall_clock_stepped_forward_runs_no_delayed_task_early(tmp_path: Path)
             ahead.kill()
             ahead.wait(30)
         store.close()
+
+
+def test_url_edge_cases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: sqlite:///:memory: (and sqlite:///file:...) opened a file named so in
+    # the working folder, and sqlite:///~/tasks.db failed: "folder .../~ does not exist"
+    monkeypatch.chdir(tmp_path)
+    for url in ("sqlite:///:memory:", "sqlite:///file:tasks.db"):
+        with pytest.raises(ValueError, match=r"Expected a file path for store.*without a store"):
+            SQLiteStore(url)
+    assert not list(tmp_path.iterdir())
+    monkeypatch.setenv("HOME", str(tmp_path))
+    s = SQLiteStore("sqlite:///~/home.db")
+    assert s.path == f"{tmp_path}/home.db" and (tmp_path / "home.db").exists()
+    s.close()
+    # odd characters in the path: a quoted ? and #, spaces, quotes, non-ASCII
+    odd = tmp_path / "a dir 'x'" / "tâches #1?.db"
+    odd.parent.mkdir()
+    s = SQLiteStore("sqlite:///" + urllib.parse.quote(str(odd)) + "?max_lost=2")
+    assert s.path == str(odd) and odd.exists() and s.max_lost == 2
+    again = open_store(s.url)  # its url opens the same file
+    assert isinstance(again, SQLiteStore) and again.path == str(odd)
+    again.close()
+    s.close()
