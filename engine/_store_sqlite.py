@@ -665,9 +665,20 @@ class SQLiteStore(Store):
         if row is not None and boot == self._boot:
             self._lease_offset = float(offset)
             return
-        self._lease_offset = time.time() - self._boot_clock()
+        anchor = time.time()
         if row is not None:  # written on another boot: its leases' holders are gone
             db.execute(f"UPDATE tasks SET lease_until = 0 WHERE state = {RUNNING}")
+            # a wall clock behind the file's last times (a machine without a real-time
+            # clock, before NTP set it) would anchor this boot's clock behind the due
+            # times of the last: those tasks would wait that much (decades from 1970);
+            # anchored at the last time seen, they wait at most the time it was down
+            last = db.execute(
+                "SELECT max(coalesce((SELECT enqueued_at FROM tasks ORDER BY seq DESC "
+                "LIMIT 1), 0), coalesce((SELECT max(finished_at) FROM tasks "
+                f"WHERE state >= {SUCCEEDED}), 0))"
+            ).fetchone()[0]
+            anchor = max(anchor, float(last))
+        self._lease_offset = anchor - self._boot_clock()
         db.execute(
             "INSERT OR REPLACE INTO cytask_meta VALUES ('lease_clock', ?)",
             (f"{self._boot} {self._lease_offset!r}",),

@@ -372,3 +372,31 @@ def test_url_edge_cases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert isinstance(again, SQLiteStore) and again.path == str(odd)
     again.close()
     s.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="CLOCK_BOOTTIME, boot_id")
+def test_a_boot_whose_wall_clock_is_behind_keeps_the_last_boots_due_times(
+    tmp_path: Path,
+) -> None:
+    # A machine without a real-time clock boots with its wall clock far behind (1970,
+    # or the last shutdown) until NTP sets it.  The new boot's clock anchored on that
+    # wall clock would leave the tasks the last boot delayed waiting that much longer
+    # (decades); anchored at the last time the file saw, they wait what was asked
+    url = f"sqlite:///{tmp_path}/t.db"
+    store = open_store(url)
+    store.enqueue([NewTask("later", "m.f", "json", "[[],{}]", 2, time.time() + 30, 10)])
+    store.close()
+    ahead = 10 * 24 * 3600.0  # the last boot's clock ran ten days ahead of this one's
+    db = sqlite3.connect(f"{tmp_path}/t.db")
+    with db:
+        db.execute("UPDATE cytask_meta SET value = 'another-boot 0.0' WHERE key = 'lease_clock'")
+        db.execute(
+            "UPDATE tasks SET enqueued_at = enqueued_at + ?, run_at = run_at + ?", (ahead, ahead)
+        )
+    db.close()
+    store = open_store(url)
+    try:
+        due = store.next_due()
+        assert due is not None and 25 < due - time.time() < 35, due - time.time()
+    finally:
+        store.close()
