@@ -211,6 +211,12 @@ _COLUMNS = (
     "id, name, codec, priority, state, attempts, lost, run_at, enqueued_at, started_at, "
     "finished_at, result, error, progress, progress_message, owner, cancel_requested, payload"
 )
+#: newest first along the index of ended tasks (its condition spelled out, or SQLite
+#: would not use it: a scan of every row, and a sort, per call)
+_DEAD = (
+    f"SELECT {_COLUMNS} FROM tasks WHERE state = {FAILED} AND state >= {SUCCEEDED} "
+    "ORDER BY finished_at DESC, seq DESC LIMIT ?"
+)
 
 
 def parse_url(url: str) -> tuple[str, dict[str, str]]:
@@ -952,8 +958,7 @@ class SQLiteStore(Store):
             rows = (
                 self._reader()
                 .execute(
-                    f"SELECT {_COLUMNS} FROM tasks WHERE state = {FAILED} "
-                    "ORDER BY finished_at DESC, seq DESC LIMIT ?",
+                    _DEAD,
                     (int(limit),),
                 )
                 .fetchall()

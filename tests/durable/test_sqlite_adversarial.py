@@ -400,3 +400,31 @@ def test_a_boot_whose_wall_clock_is_behind_keeps_the_last_boots_due_times(
         assert due is not None and 25 < due - time.time() < 35, due - time.time()
     finally:
         store.close()
+
+
+def test_every_query_of_the_feeder_and_dead_letters_uses_an_index(tmp_path: Path) -> None:
+    # Before: dead() scanned every row and sorted them (its "state = FAILED" does not
+    # tell SQLite that the partial index of ended tasks holds them): with a million
+    # results kept for result_ttl, each dead-letter listing read them all
+    from cytask import _store_sqlite as m
+
+    store = SQLiteStore(f"sqlite:///{tmp_path}/t.db")
+    try:
+        db = store._writer()
+        statements = {
+            "claim": (m._CLAIM, ("w", 1.0, 1.0, 5)),
+            "any ready": (m._ANY_READY, ()),
+            "has work": (m._HAS_WORK, ()),
+            "dead": (m._DEAD, (5,)),
+            "expire": (m._EXPIRE, (1.0, 5)),
+            "promote": (m._PROMOTE, (1.0, 5)),
+            "recover": (m._RECOVER, (1.0, 1.0)),
+        }
+        for what, (sql, args) in statements.items():
+            plan = [row[3] for row in db.execute("EXPLAIN QUERY PLAN " + sql, args)]
+            assert "SCAN tasks" not in plan and not any("TEMP B-TREE" in p for p in plan), (
+                what,
+                plan,
+            )
+    finally:
+        store.close()
