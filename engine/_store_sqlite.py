@@ -553,12 +553,20 @@ class SQLiteStore(Store):
             why = f"the file is not a cytask store or is corrupt ({text})"
         elif "full" in low:
             why = f"the disk is full ({text}); free space and retry"
+        elif "i/o error" in low:
+            why = (
+                f"the file could not be written ({text}): a disk quota or a file size "
+                f"limit (ulimit -f) reached, or a failing disk; see the system log"
+            )
         elif "unable to open" in low or "readonly" in low or "read-only" in low:
             why = f"the file cannot be opened for writing ({text})"
         else:
             why = text
         err = StoreError(f"store {self.url!r}: {what} failed: {why}")
-        err.transient = "locked" in low or "busy" in low or "full" in low
+        # an I/O error is the disk's, not a refusal of this value (SQLite reads only
+        # ENOSPC as "full": a quota or RLIMIT_FSIZE is an I/O error): the result
+        # writer waits it out rather than recording a task that ran as failed
+        err.transient = any(w in low for w in ("locked", "busy", "full", "i/o error"))
         raise err from exc
 
     @contextmanager

@@ -40,6 +40,10 @@ TASKS = textwrap.dedent("""
     @task(name="adv.echo")
     def echo(x):
         return x
+
+    @task(name="adv.big")
+    def big(n: int) -> str:
+        return "x" * n
 """)
 
 
@@ -427,4 +431,62 @@ def test_every_query_of_the_feeder_and_dead_letters_uses_an_index(tmp_path: Path
                 plan,
             )
     finally:
+        store.close()
+
+
+def test_a_write_error_of_the_disk_fails_no_task_that_ran(tmp_path: Path) -> None:
+    # A file size limit (RLIMIT_FSIZE), a disk quota or a failing disk fail SQLite's
+    # writes with "disk I/O error" (only ENOSPC reads "disk is full").  Before: that
+    # was taken as the store refusing the value, so the worker recorded the task
+    # FAILED ("the store refused to record the end") as soon as a short record fitted
+    # where its result did not: a task that succeeded failed for good.  Now the writer
+    # waits for the disk, as for a full one; the worker is stopped, and the task runs
+    # again elsewhere
+    (tmp_path / "advtasks.py").write_text(TASKS)
+    url = f"sqlite:///{tmp_path}/t.db"
+    store = open_store(url)
+    store.enqueue([NewTask("warm", "adv.echo", "json", "[[1], {}]", 2, 0.0, 10)])
+    code = (
+        "import resource, runpy, sys\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (3_000_000, 3_000_000))\n"
+        "sys.argv = ['cytask', *sys.argv[1:]]\n"
+        "runpy.run_module('cytask', run_name='__main__')\n"
+    )
+    with open(tmp_path / "worker.log", "ab") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-c", code, "worker", "advtasks", "--store", url, "--quiet",
+             "--workers", "1", "--lease", "1"],
+            cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(tmp_path)),
+            stdout=subprocess.DEVNULL, stderr=log,
+        )  # fmt: skip
+    try:
+        _until("the worker ran a task", lambda: store.get("warm").terminal)  # type: ignore[union-attr]
+        # a result of 4 MB: no file of the worker may pass 3 MB
+        store.enqueue([NewTask("big", "adv.big", "json", "[[4000000], {}]", 2, 0.0, 10)])
+        _until(
+            "the worker failed to write the result 4 times, or recorded an end",
+            lambda: (
+                (tmp_path / "worker.log").read_text().count("disk I/O error") >= 4
+                or store.get("big").terminal
+            ),  # type: ignore[union-attr]
+        )
+        rec = store.get("big")
+        assert rec is not None and rec.status == "running", rec
+    finally:
+        worker.kill()
+        worker.wait(30)
+    # another worker (no limit) runs it once the lease lapsed
+    other = subprocess.Popen(
+        [sys.executable, "-m", "cytask", "worker", "advtasks", "--store", url, "--quiet",
+         "--lease", "1"],
+        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(tmp_path)),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        _until("the task ran again", lambda: store.get("big").terminal)  # type: ignore[union-attr]
+        rec = store.get("big")
+        assert rec is not None and rec.status == "succeeded" and rec.attempts == 2, rec
+    finally:
+        other.kill()
+        other.wait(30)
         store.close()
