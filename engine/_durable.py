@@ -769,7 +769,7 @@ class DurableRuntime:
             if reread:
                 raise ValueError(
                     f"Expected the arguments of task {name} to encode to at most {limit} "
-                    f"bytes (the store's limit: Redis' proto-max-bulk-len), got {size} "
+                    f"bytes ({self.store.max_value_source}), got {size} "
                     f"bytes: pass a reference to the data (a path, a key) instead"
                 )
 
@@ -1385,16 +1385,19 @@ class DurableRuntime:
         look = True  # claim at once on start: the store may hold work
         last_claim = 0.0  # time.monotonic() of the last claim that left work behind
         while not self._stopping.is_set():
-            now = time.time()
-            if now >= next_maint:
-                next_maint = now + maint_every
+            # the rounds on the monotonic clock: on the wall clock, one stepped back an
+            # hour (NTP, date -s) held off extending this process's leases for an hour,
+            # and other workers ran its running tasks again once they lapsed
+            now, mono = time.time(), time.monotonic()
+            if mono >= next_maint:
+                next_maint = mono + maint_every
                 try:
                     self._maintain(now)
                 except Exception as exc:
                     report_unraisable(exc, "cytask store maintenance (will retry)")
                 look = True
-            if now >= next_cancels:
-                next_cancels = now + cancels_every
+            if mono >= next_cancels:
+                next_cancels = mono + cancels_every
                 try:
                     self._pass_cancel_requests()
                 except Exception as exc:
@@ -1439,9 +1442,9 @@ class DurableRuntime:
                         next_due = store.next_due()
                 elif n <= 0:
                     look = True  # full: look again once a result frees room
-            wait = next_maint - time.time()
+            wait = next_maint - time.monotonic()
             if self._inflight:  # idle, it sleeps until work or maintenance is due
-                wait = min(wait, next_cancels - time.time())
+                wait = min(wait, next_cancels - time.monotonic())
             if next_due is not None:
                 wait = min(wait, next_due - time.time())
             if self._sleep(max(0.0, wait)):

@@ -15,9 +15,12 @@ flight at a crash can run twice.  Completing checks the owner, so a result from 
 worker that lost its lease is dropped rather than written over a newer run.
 
 Every time is wall-clock seconds (``time.time()``): several processes, and after a
-restart several boots, share one store (the Redis store moves leases and due times
-onto the server's clock; machines sharing it keep their clocks in sync, as NTP does,
-for finish times and periodic ticks).  A task FAILED for good is dead-lettered: ``dead``
+restart several boots, share one store.  A store may keep leases on a clock of its
+own, moving the times it is given by the difference of its clock and the caller's
+``time.time()``: the Redis store keeps leases and due times on the server's clock
+(machines sharing it keep their clocks in sync, as NTP does, for finish times and
+periodic ticks), the SQLite store keeps them on the machine's boot clock, which a
+wall clock stepped does not move.  A task FAILED for good is dead-lettered: ``dead``
 lists those tasks and ``requeue`` gives one a fresh start.
 
 Stores: ``_store_sqlite`` (one file, one machine) and ``_store_redis`` (many
@@ -180,6 +183,8 @@ class Store(abc.ABC):
     #: the largest encoded payload or result (bytes) the store takes, None if unknown:
     #: a producer is told at submit, before its row joins a commit shared with others
     max_value: int | None = None
+    #: what sets ``max_value``, named in the error of a submit over it
+    max_value_source = "the store's limit"
 
     @abc.abstractmethod
     def enqueue(

@@ -567,6 +567,8 @@ class RedisStore(Store):
             )  # volatile-* evicts only keys with a TTL: the store sets none
         self.max_value = self._bulk_limit()
 
+    max_value_source = "Redis' proto-max-bulk-len"
+
     def reread_limits(self) -> None:
         self.max_value = self._bulk_limit()
 

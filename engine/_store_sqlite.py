@@ -18,6 +18,12 @@ front, so a busy store waits ``busy_timeout`` seconds instead of failing on a st
 snapshot); a claim is one ``UPDATE ... RETURNING``.  A leased task whose worker
 died (its lease passed) goes back to READY (``recover_expired``): opening a store a
 crashed process left needs no repair step.
+
+Leases and due times are kept on the machine's boot clock (Linux ``CLOCK_BOOTTIME``,
+which no NTP step or ``date -s`` moves), moved by an offset per boot kept in the file
+(the wall clock at that boot's first open: a delay spans reboots), so a wall clock
+stepped forward expires no live lease and runs no delayed task early; finish times
+and periodic ticks stay on the wall clock.
 """
 
 from __future__ import annotations
@@ -119,11 +125,37 @@ _CHECKPOINT_EVERY = 0.2
 #: seconds between looks that the store's path still names the file opened (a stat())
 _FILE_CHECK_S = 0.001
 
+
+def _busy_ms(seconds: float) -> int:
+    """``PRAGMA busy_timeout``'s milliseconds: SQLite takes an int (2**31 ms or more,
+    about 25 days, read as 0: no wait at all), so longer waits, inf included, wait that."""
+    return int(min(seconds * 1000, 2**31 - 1))
+
+
+def _lease_clock() -> tuple[str, Callable[[], float]]:
+    """The clock leases are kept on: (the boot it counts from, a function reading it).
+
+    Linux: ``CLOCK_BOOTTIME``, one clock for every process of the machine, never
+    stepped (NTP, ``date -s``, a VM's clock set at resume) and counting suspends;
+    it starts again at each boot, which ``boot_id`` names.  Elsewhere the wall clock.
+    """
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        clock = functools.partial(time.clock_gettime, time.CLOCK_BOOTTIME)
+        clock()
+    except (OSError, AttributeError, ValueError):
+        return "", time.time
+    return boot, clock
+
+
 _INSERT = (
     "INSERT INTO tasks (id, name, codec, payload, priority, state, max_lost, run_at, "
     "enqueued_at, attempts, owner, lease_until, started_at) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+#: bytes of a row besides its payload or result (SQLITE_MAX_LENGTH bounds the row too)
+_ROW_ROOM = 64 * 1024
 #: up to this many rows go in one INSERT statement (a group commit's usual size)
 _ONE_STATEMENT_ROWS = 16
 
@@ -162,9 +194,28 @@ _RECOVER = (
     "lost = lost + 1, owner = NULL, lease_until = NULL "
     f"WHERE state = {RUNNING} AND lease_until < ?"
 )
+_EXPIRE = (
+    "DELETE FROM tasks WHERE seq IN (SELECT seq FROM tasks "
+    f"WHERE state >= {SUCCEEDED} AND finished_at < ? LIMIT ?)"
+)
+_PROMOTE = (
+    f"UPDATE tasks SET state = {READY} WHERE seq IN (SELECT seq FROM tasks "
+    f"WHERE state IN ({SCHEDULED}, {RETRYING}) AND run_at <= ? LIMIT ?)"
+)
+#: rows expire() deletes (promote_due() makes READY) per transaction (a few ms of the write lock)
+_EXPIRE_ROWS = 5000
+#: seconds between two of those transactions: longer than a waiting writer's pause
+#: between its tries for the lock (_MAX_PAUSE), so that it gets in
+_EXPIRE_PAUSE = 0.002
 _COLUMNS = (
     "id, name, codec, priority, state, attempts, lost, run_at, enqueued_at, started_at, "
     "finished_at, result, error, progress, progress_message, owner, cancel_requested, payload"
+)
+#: newest first along the index of ended tasks (its condition spelled out, or SQLite
+#: would not use it: a scan of every row, and a sort, per call)
+_DEAD = (
+    f"SELECT {_COLUMNS} FROM tasks WHERE state = {FAILED} AND state >= {SUCCEEDED} "
+    "ORDER BY finished_at DESC, seq DESC LIMIT ?"
 )
 
 
@@ -295,16 +346,30 @@ class SQLiteStore(Store):
             raise ValueError(
                 f"Expected one of {', '.join(_SYNC)} for synchronous, got {sync!r} (in {url!r})"
             )
+        if path == ":memory:" or path.startswith("file:"):
+            # (these opened a file named so in the working folder: no process but this
+            # one knew of it, and a fork's child wrote into another)
+            raise ValueError(
+                f"Expected a file path for store, got {url!r}: a durable store is a file "
+                f"that every process opens (sqlite:////var/app/tasks.db); for tasks in "
+                f"memory use Engine() without a store"
+            )
         # the absolute path: a relative one would follow the process's working folder,
         # and a connection opened after a chdir() (a new thread's reader, a fork's
-        # writer) would open another file
-        path = os.path.abspath(path)
+        # writer) would open another file; ~ is the user's home, as in a shell
+        path = os.path.abspath(os.path.expanduser(path))
         query = url.partition("?")[2]
         self.url = f"sqlite:///{urllib.parse.quote(path)}" + (f"?{query}" if query else "")
         self.path = path
         self.synchronous = sync
         self.durable_on_power_loss = _SYNC[sync] >= 2
         self.busy_timeout = number_option(float, "busy_timeout", busy_timeout, options, 5.0, url)
+        if not self.busy_timeout >= 0:  # nan too
+            raise ValueError(
+                f"Expected busy_timeout >= 0 seconds (how long a write waits for a lock "
+                f"another process holds; inf waits as long as it takes), got "
+                f"{self.busy_timeout!r} (in {url!r})"
+            )
         self.max_lost = number_option(int, "max_lost", max_lost, options, 10, url)
         if self.max_lost < 1:
             raise ValueError(f"Expected max_lost >= 1, got {self.max_lost}")
@@ -327,15 +392,22 @@ class SQLiteStore(Store):
         # the path still names it (a deleted file takes commits that nobody else sees)
         self._file_id: tuple[int, int] | None = None
         self._file_checked = -1.0  # time.monotonic() it was last seen the same (_lock)
+        # leases and due times are on the machine's boot clock moved by an offset kept
+        # in the file for this boot (see _shift, _ensure_lease_clock)
+        self._boot, self._boot_clock = _lease_clock()
+        self._lease_offset = 0.0
         with _GATE:  # a fork meanwhile waits, then finds this store among _stores
             try:
                 db = self._writer()
                 # opening (WAL mode, the schema) may wait behind other processes that
                 # open or recover the file: SQLite's own busy handler, as before
-                db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+                db.execute(f"PRAGMA busy_timeout = {_busy_ms(self.busy_timeout)}")
                 db.execute("PRAGMA journal_mode = WAL")
                 self._ensure_schema(db)
                 db.execute("PRAGMA busy_timeout = 0")
+                # a value SQLite refuses would fail the whole commit, shared by every
+                # producer whose rows it holds: a submit over it is refused alone
+                self.max_value = db.getlimit(sqlite3.SQLITE_LIMIT_LENGTH) - _ROW_ROOM
             except sqlite3.Error as exc:
                 self._close_all()
                 self._raise(exc, "open")
@@ -343,6 +415,8 @@ class SQLiteStore(Store):
                 self._close_all()
                 raise
             _stores.add(self)
+
+    max_value_source = "SQLite's SQLITE_MAX_LENGTH, less room for the row"
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {self.path!r} synchronous={self.synchronous}>"
@@ -479,12 +553,20 @@ class SQLiteStore(Store):
             why = f"the file is not a cytask store or is corrupt ({text})"
         elif "full" in low:
             why = f"the disk is full ({text}); free space and retry"
+        elif "i/o error" in low:
+            why = (
+                f"the file could not be written ({text}): a disk quota or a file size "
+                f"limit (ulimit -f) reached, or a failing disk; see the system log"
+            )
         elif "unable to open" in low or "readonly" in low or "read-only" in low:
             why = f"the file cannot be opened for writing ({text})"
         else:
             why = text
         err = StoreError(f"store {self.url!r}: {what} failed: {why}")
-        err.transient = "locked" in low or "busy" in low or "full" in low
+        # an I/O error is the disk's, not a refusal of this value (SQLite reads only
+        # ENOSPC as "full": a quota or RLIMIT_FSIZE is an I/O error): the result
+        # writer waits it out rather than recording a task that ran as failed
+        err.transient = any(w in low for w in ("locked", "busy", "full", "i/o error"))
         raise err from exc
 
     @contextmanager
@@ -569,11 +651,60 @@ class SQLiteStore(Store):
                         "UPDATE cytask_meta SET value = ? WHERE key = 'schema_version'",
                         (str(version),),
                     )
+            self._ensure_lease_clock(db)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+
+    def _ensure_lease_clock(self, db: sqlite3.Connection) -> None:
+        """Read (or set, first on this boot) the offset that puts the boot clock on the
+        scale of the wall clock, in the open transaction.
+
+        Leases were compared on each process's ``time.time()``: a clock stepped forward
+        (NTP at boot, ``date -s``, a VM resumed) expired every live lease at once, and
+        the first worker to look recovered and ran those tasks again beside their
+        running first run; stepped back, a dead worker's tasks waited that much longer.
+        Due times alike: stepped forward, every task delayed by less ran at once.  The
+        boot clock is never stepped.  One offset per boot, kept in the file, makes
+        every process's times agree, and stays near the wall clock so that a store
+        file of an older cytask (and a delay across a reboot) keeps its meaning.  A new boot (no
+        process of the old one is alive) takes a new offset and ends the old leases.
+        """
+        if not self._boot:
+            return  # no boot clock here: leases on the wall clock (offset 0)
+        row = db.execute("SELECT value FROM cytask_meta WHERE key = 'lease_clock'").fetchone()
+        boot, _, offset = (row[0] if row else "").partition(" ")
+        if row is not None and boot == self._boot:
+            self._lease_offset = float(offset)
+            return
+        anchor = time.time()
+        if row is not None:  # written on another boot: its leases' holders are gone
+            db.execute(f"UPDATE tasks SET lease_until = 0 WHERE state = {RUNNING}")
+            # a wall clock behind the file's last times (a machine without a real-time
+            # clock, before NTP set it) would anchor this boot's clock behind the due
+            # times of the last: those tasks would wait that much (decades from 1970);
+            # anchored at the last time seen, they wait at most the time it was down
+            last = db.execute(
+                "SELECT max(coalesce((SELECT enqueued_at FROM tasks ORDER BY seq DESC "
+                "LIMIT 1), 0), coalesce((SELECT max(finished_at) FROM tasks "
+                f"WHERE state >= {SUCCEEDED}), 0))"
+            ).fetchone()[0]
+            anchor = max(anchor, float(last))
+        self._lease_offset = anchor - self._boot_clock()
+        db.execute(
+            "INSERT OR REPLACE INTO cytask_meta VALUES ('lease_clock', ?)",
+            (f"{self._boot} {self._lease_offset!r}",),
+        )
+
+    def _shift(self) -> float:
+        """What moves a wall-clock time of the caller onto the store's clock."""
+        return self._boot_clock() + self._lease_offset - time.time()
+
+    def _lease_time(self, t: float) -> float:
+        """A wall-clock time of the caller (``time.time()`` + seconds) on the store's clock."""
+        return t + self._shift()
 
     # -- the Store interface -----------------------------------------------------------
 
@@ -582,22 +713,24 @@ class SQLiteStore(Store):
         self, tasks: Sequence[NewTask], *, owner: str | None = None, lease_until: float = 0.0
     ) -> None:
         now = time.time()
+        shift = self._shift()  # due times and leases on the store's clock
+        lease_until += shift
         rows: list[tuple[Any, ...]] = []
         for t in tasks:
             if t.run_at > now:
                 rows.append(
                     (t.id, t.name, t.codec, t.payload, t.priority, SCHEDULED, t.max_lost,
-                     t.run_at, now, 0, None, None, None)
+                     t.run_at + shift, now, 0, None, None, None)
                 )  # fmt: skip
             elif owner is not None:
                 rows.append(
                     (t.id, t.name, t.codec, t.payload, t.priority, RUNNING, t.max_lost,
-                     t.run_at, now, 1, owner, lease_until, now)
+                     t.run_at + shift, now, 1, owner, lease_until, now)
                 )  # fmt: skip
             else:
                 rows.append(
                     (t.id, t.name, t.codec, t.payload, t.priority, READY, t.max_lost,
-                     t.run_at, now, 0, None, None, None)
+                     t.run_at + shift, now, 0, None, None, None)
                 )  # fmt: skip
         if len(rows) <= _ONE_STATEMENT_ROWS:
             # one statement in autocommit: SQLite takes the write lock at its start
@@ -627,7 +760,8 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             self._raise(exc, "claim")
         with self._write("claim") as db:
-            rows = db.execute(_CLAIM, (owner, lease_until, time.time(), n)).fetchall()
+            lease = self._lease_time(lease_until)
+            rows = db.execute(_CLAIM, (owner, lease, time.time(), n)).fetchall()
         rows.sort(key=lambda r: (r[5], r[0]))  # priority, then FIFO
         return [Claimed(r[1], r[2], r[3], r[4], r[5], r[6], r[7]) for r in rows]
 
@@ -635,6 +769,7 @@ class SQLiteStore(Store):
     def extend(self, owner: str, ids: Sequence[str], lease_until: float) -> int:
         held = 0
         with self._write("extend") as db:
+            lease_until = self._lease_time(lease_until)
             for task_id in ids:
                 held += db.execute(
                     f"UPDATE tasks SET lease_until = ? WHERE id = ? AND owner = ? "
@@ -645,9 +780,11 @@ class SQLiteStore(Store):
 
     @_gated
     def finish(self, owner: str, done: Sequence[Finish], now: float) -> int:
+        shift = self._shift()
         rows = [
             (f.state, f.result, f.error, None if f.state == RETRYING else now,
-             f.run_at if f.state == RETRYING else 0.0, f.id, owner, f.attempt, f.attempt)
+             f.run_at + shift if f.state == RETRYING else 0.0, f.id, owner, f.attempt,
+             f.attempt)
             for f in done
         ]  # fmt: skip
         with self._write("finish") as db:
@@ -695,7 +832,7 @@ class SQLiteStore(Store):
             )
         except sqlite3.Error as exc:
             self._raise(exc, "get")
-        return _record(rows[0]) if rows else None
+        return _record(rows[0], self._shift()) if rows else None
 
     @_gated
     def request_cancel(self, task_id: str) -> bool:
@@ -741,12 +878,16 @@ class SQLiteStore(Store):
 
     @_gated
     def promote_due(self, now: float) -> int:
-        with self._write("promote_due") as db:
-            return db.execute(
-                f"UPDATE tasks SET state = {READY} "
-                f"WHERE state IN ({SCHEDULED}, {RETRYING}) AND run_at <= ?",
-                (now,),
-            ).rowcount
+        """In transactions of ``_EXPIRE_ROWS`` rows, as ``expire`` (a million tasks
+        delayed to one time held the write lock for a second at once)."""
+        n = 0
+        while True:
+            with self._write("promote_due") as db:
+                due = db.execute(_PROMOTE, (self._lease_time(now), _EXPIRE_ROWS)).rowcount
+            n += due
+            if due < _EXPIRE_ROWS:
+                return n
+            time.sleep(_EXPIRE_PAUSE)
 
     @_gated
     def next_due(self) -> float | None:
@@ -758,12 +899,12 @@ class SQLiteStore(Store):
             )
         except sqlite3.Error as exc:
             self._raise(exc, "next_due")
-        return None if row[0] is None else float(row[0])
+        return None if row[0] is None else float(row[0]) - self._shift()
 
     @_gated
     def recover_expired(self, now: float) -> int:
         with self._write("recover_expired") as db:
-            return db.execute(_RECOVER, (now, now)).rowcount
+            return db.execute(_RECOVER, (now, self._lease_time(now))).rowcount
 
     @_gated
     def claim_tick(self, key: str, tick: int) -> bool:
@@ -774,14 +915,21 @@ class SQLiteStore(Store):
 
     @_gated
     def expire(self, finished_before: float) -> int:
-        with self._write("expire") as db:
-            n = db.execute(
-                f"DELETE FROM tasks WHERE state >= {SUCCEEDED} AND finished_at < ?",
-                (finished_before,),
-            ).rowcount
-            cutoff = int((finished_before - TICK_KEEP_S) * 1000)
-            db.execute("DELETE FROM ticks WHERE tick < ?", (cutoff,))
-        return n
+        """In transactions of ``_EXPIRE_ROWS`` rows, with a pause between them for the
+        writers that wait: one DELETE of every expired row held the write lock ~1 s
+        per million rows (workers restarted after results piled up), and every other
+        process's submit failed once it waited ``busy_timeout`` for it."""
+        n = 0
+        while True:
+            with self._write("expire") as db:
+                gone = db.execute(_EXPIRE, (finished_before, _EXPIRE_ROWS)).rowcount
+                if gone < _EXPIRE_ROWS:
+                    cutoff = int((finished_before - TICK_KEEP_S) * 1000)
+                    db.execute("DELETE FROM ticks WHERE tick < ?", (cutoff,))
+            n += gone
+            if gone < _EXPIRE_ROWS:
+                return n
+            time.sleep(_EXPIRE_PAUSE)
 
     @_gated
     def has_work(self) -> bool:
@@ -818,15 +966,15 @@ class SQLiteStore(Store):
             rows = (
                 self._reader()
                 .execute(
-                    f"SELECT {_COLUMNS} FROM tasks WHERE state = {FAILED} "
-                    "ORDER BY finished_at DESC, seq DESC LIMIT ?",
+                    _DEAD,
                     (int(limit),),
                 )
                 .fetchall()
             )
         except sqlite3.Error as exc:
             self._raise(exc, "dead")
-        return [_record(row) for row in rows]
+        shift = self._shift()
+        return [_record(row, shift) for row in rows]
 
     @_gated
     def requeue(self, task_id: str) -> bool:
@@ -836,7 +984,7 @@ class SQLiteStore(Store):
                 "cancel_requested = 0, "
                 "error = NULL, started_at = NULL, finished_at = NULL, owner = NULL, "
                 f"lease_until = NULL, run_at = ? WHERE id = ? AND state = {FAILED}",
-                (time.time(), task_id),
+                (self._lease_time(time.time()), task_id),
             ).rowcount
         return n > 0
 
@@ -902,8 +1050,11 @@ def _checkpoint_loop(
         store = None
 
 
-def _record(row: Sequence[Any]) -> TaskRecord:
+def _record(row: Sequence[Any], shift: float) -> TaskRecord:
+    """The record of a row; ``shift``: the store's clock less the wall clock."""
     rec = TaskRecord(*row[:-2])
+    if rec.run_at:  # 0.0 once ended
+        rec.run_at -= shift
     rec.cancel_requested = bool(row[-2])
     rec.payload = row[-1]
     return rec
