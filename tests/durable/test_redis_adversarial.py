@@ -12,11 +12,12 @@ import sys
 import textwrap
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _adversarial import TASKS, until
 from _redis_server import RedisServer, persistent_server
 
 from cytask import Engine, StoreError
@@ -71,37 +72,6 @@ def test_a_unix_socket_url_opens(locked: RedisServer) -> None:
         open_store(f"unix://{sock}.missing?retry_for=0.1")
 
 
-TASKS = textwrap.dedent("""
-    import os, time
-    from cytask import current_task, task
-
-    @task(name="adv.held")
-    def held(go: str) -> int:
-        me = current_task()
-        open(f"{go}.started{me.attempt}", "w").close()
-        deadline = time.monotonic() + 60
-        while not os.path.exists(go):
-            if time.monotonic() > deadline:
-                raise TimeoutError("the test never said go")
-            time.sleep(0.005)
-        return me.attempt
-
-    @task(name="adv.nap")
-    def nap(seconds: float, started: str) -> float:
-        open(started, "w").close()
-        time.sleep(seconds)
-        return seconds
-
-    @task(name="adv.echo")
-    def echo(x):
-        return x
-
-    @task(name="adv.big")
-    def big(n: int) -> str:
-        return "x" * n
-""")
-
-
 def _worker(root: Path, url: str, *extra: str) -> subprocess.Popen[bytes]:
     with open(root / "worker.log", "ab") as log:  # the child keeps its own copy
         return subprocess.Popen(
@@ -110,13 +80,6 @@ def _worker(root: Path, url: str, *extra: str) -> subprocess.Popen[bytes]:
             cwd=root, env=dict(os.environ, PYTHONPATH=str(root)), stdout=subprocess.DEVNULL,
             stderr=log,
         )  # fmt: skip
-
-
-def _until(what: str, check: Callable[[], object], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.005)
 
 
 def test_a_worker_stopped_past_its_lease_never_writes_an_older_attempts_result(
@@ -136,10 +99,10 @@ def test_a_worker_stopped_past_its_lease_never_writes_an_older_attempts_result(
     try:
         payload = json.dumps([[str(go)], {}])
         store.enqueue([NewTask("held1", "adv.held", "json", payload, 2, 0.0, 10)])
-        _until("the first run started", Path(f"{go}.started1").exists)
+        until("the first run started", Path(f"{go}.started1").exists)
         worker.send_signal(signal.SIGSTOP)
         # another worker's feeder, once the lease passed: the task goes back
-        _until("the lease expired", lambda: store.recover_expired(time.time()) == 1)
+        until("the lease expired", lambda: store.recover_expired(time.time()) == 1)
         rec = store.get("held1")
         assert rec is not None and rec.status == "pending" and rec.attempts == 1
         worker.send_signal(signal.SIGCONT)
@@ -148,13 +111,13 @@ def test_a_worker_stopped_past_its_lease_never_writes_an_older_attempts_result(
             r = store.get("held1")
             return r is not None and r.status == "running" and r.attempts == 2
 
-        _until("the worker claimed the task again", claimed_again)
+        until("the worker claimed the task again", claimed_again)
         go.touch()  # the first run ends now, the second after it (one worker thread)
         h = reader.get("held1")
         assert h is not None
         assert h.result(timeout=30) == 2, "the result of attempt 1 was written over attempt 2"
         assert h.attempts == 2
-        _until("the second run started", Path(f"{go}.started2").exists)
+        until("the second run started", Path(f"{go}.started2").exists)
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0, (tmp_path / "worker.log").read_text()
         rec = store.get("held1")
@@ -187,10 +150,10 @@ def test_a_worker_stopped_past_its_lease_keeps_what_nobody_took(
     try:
         payload = json.dumps([[str(go)], {}])
         store.enqueue([NewTask("held2", "adv.held", "json", payload, 2, 0.0, 10)])
-        _until("the first run started", Path(f"{go}.started1").exists)
+        until("the first run started", Path(f"{go}.started1").exists)
         worker.send_signal(signal.SIGSTOP)
         stopped = time.time()  # no extension after this: the lease ends by stopped + 0.5
-        _until("the lease passed", lambda: time.time() > stopped + 0.6)
+        until("the lease passed", lambda: time.time() > stopped + 0.6)
         lease_until = float(client.hget(f"{prefix}:t:held2", "lu") or 0)
         assert lease_until < time.time()
         worker.send_signal(signal.SIGCONT)
@@ -200,9 +163,9 @@ def test_a_worker_stopped_past_its_lease_keeps_what_nobody_took(
             lu = float(client.hget(f"{prefix}:t:held2", "lu") or 0)
             return r is not None and (lu > lease_until or r.attempts > 1)
 
-        _until("the worker's feeder ran its maintenance", maintained)
+        until("the worker's feeder ran its maintenance", maintained)
         go.touch()
-        _until("the task ended", lambda: store.get("held2").terminal)  # type: ignore[union-attr]
+        until("the task ended", lambda: store.get("held2").terminal)  # type: ignore[union-attr]
         rec = store.get("held2")
         assert rec is not None and (rec.attempts, rec.lost) == (1, 0), (rec.attempts, rec.lost)
         assert rec.result == "1" and not Path(f"{go}.started2").exists()
@@ -392,7 +355,7 @@ def test_sigterm_with_redis_down_drains_within_the_deadline(
     store.close()
     worker = _worker(tmp_path, url, "--workers", "1", "--lease", "1", "--drain-timeout", "2")
     try:
-        _until("the task started", started.exists)
+        until("the task started", started.exists)
         persistent.stop(kill=True)
         t0 = time.monotonic()
         worker.send_signal(signal.SIGTERM)
@@ -447,7 +410,7 @@ def test_a_worker_whose_clock_runs_ahead_takes_no_live_lease(
     try:
         payload = json.dumps([[str(go)], {}])
         store.enqueue([NewTask("held3", "adv.held", "json", payload, 2, 0.0, 10)])
-        _until("the honest worker runs the task", Path(f"{go}.started1").exists)
+        until("the honest worker runs the task", Path(f"{go}.started1").exists)
         # a task that ended now: the skewed worker's maintenance expires it (result_ttl
         # 30 s on a clock 60 s ahead), which tells that its maintenance ran
         marker = NewTask("marker", "adv.echo", "json", "[[1], {}]", 2, 0.0, 10)
@@ -456,12 +419,12 @@ def test_a_worker_whose_clock_runs_ahead_takes_no_live_lease(
         ahead = _skewed_worker(
             tmp_path, redis_url, 60.0, "--workers", "1", "--lease", "1", "--result-ttl", "30"
         )
-        _until("the skewed worker's maintenance ran", lambda: store.get("marker") is None)
+        until("the skewed worker's maintenance ran", lambda: store.get("marker") is None)
         rec = store.get("held3")
         assert rec is not None and rec.status == "running" and rec.attempts == 1, rec
         assert not Path(f"{go}.started2").exists(), "a live lease was taken"
         go.touch()
-        _until("the task ended", lambda: store.get("held3").terminal)  # type: ignore[union-attr]
+        until("the task ended", lambda: store.get("held3").terminal)  # type: ignore[union-attr]
         rec = store.get("held3")
         assert rec is not None and (rec.result, rec.attempts, rec.lost) == ("1", 1, 0)
     finally:
@@ -539,10 +502,10 @@ def test_a_resumed_worker_never_starts_a_task_another_worker_now_holds(
             [NewTask(f"t{i}", "adv.held", "json", json.dumps([[str(go)], {}]), 2, 0.0, 10)
              for i, go in ((1, go1), (2, go2))]
         )  # fmt: skip
-        _until("the first task runs", Path(f"{go1}.started1").exists)
-        _until("the second is claimed ahead", lambda: store.counts()["running"] == 2)
+        until("the first task runs", Path(f"{go1}.started1").exists)
+        until("the second is claimed ahead", lambda: store.counts()["running"] == 2)
         worker.send_signal(signal.SIGSTOP)
-        _until("the leases expired", lambda: store.recover_expired(time.time()) == 2)
+        until("the leases expired", lambda: store.recover_expired(time.time()) == 2)
         assert sorted(c.id for c in store.claim("other", 5, time.time() + 60)) == ["t1", "t2"]
         # a task that ended long ago: the worker's maintenance expires it, which tells
         # that its maintenance ran after it resumed
@@ -550,13 +513,13 @@ def test_a_resumed_worker_never_starts_a_task_another_worker_now_holds(
         store.enqueue([marker], owner="test", lease_until=time.time() + 30)
         assert store.finish("test", [Finish("marker", SUCCEEDED, result="1")], time.time() - 10)
         worker.send_signal(signal.SIGCONT)
-        _until("the worker's maintenance ran", lambda: store.get("marker") is None)
+        until("the worker's maintenance ran", lambda: store.get("marker") is None)
         go1.touch()  # its thread is free now: the next in its queue would start
         # a third task, queued behind the second (lower priority): once it ran, the
         # second would have started before it
         store.enqueue([NewTask("t3", "adv.held", "json", json.dumps([[str(go3)], {}]), 3,
                                0.0, 10)])  # fmt: skip
-        _until("the third task ran", lambda: store.get("t3").terminal)  # type: ignore[union-attr]
+        until("the third task ran", lambda: store.get("t3").terminal)  # type: ignore[union-attr]
         assert not Path(f"{go2}.started1").exists(), "t2 ran beside its new owner's lease"
         assert store.finish("other", [Finish(t, SUCCEEDED, result="0") for t in ("t1", "t2")],
                             time.time()) == 2  # fmt: skip
@@ -608,17 +571,17 @@ def test_redis_down_longer_than_a_lease_leaves_a_live_worker_its_task(
     try:
         payload = json.dumps([[str(go)], {}])
         store.enqueue([NewTask("held4", "adv.held", "json", payload, 2, 0.0, 10)])
-        _until("the task runs", Path(f"{go}.started1").exists)
+        until("the task runs", Path(f"{go}.started1").exists)
         persistent.stop()  # SIGTERM: Redis writes its files and exits
         down = time.time()
-        _until("the lease passed", lambda: time.time() > down + 1.5)
+        until("the lease passed", lambda: time.time() > down + 1.5)
         persistent.start()
         marker = NewTask("marker", "adv.echo", "json", "[[1], {}]", 2, 0.0, 10)
         store.enqueue([marker], owner="test", lease_until=time.time() + 30)
         assert store.finish("test", [Finish("marker", SUCCEEDED, result="1")], time.time() - 10)
-        _until("the worker's maintenance ran", lambda: store.get("marker") is None)
+        until("the worker's maintenance ran", lambda: store.get("marker") is None)
         go.touch()
-        _until("the task ended", lambda: store.get("held4").terminal)  # type: ignore[union-attr]
+        until("the task ended", lambda: store.get("held4").terminal)  # type: ignore[union-attr]
         rec = store.get("held4")
         assert rec is not None and (rec.result, rec.attempts, rec.lost) == ("1", 1, 0)
         assert not Path(f"{go}.started2").exists()

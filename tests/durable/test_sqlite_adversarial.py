@@ -9,49 +9,17 @@ import os
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import time
 import urllib.parse
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from _adversarial import TASKS, until
 
 from cytask._store import RUNNING, SUCCEEDED, Finish, NewTask, open_store
 from cytask._store_sqlite import SQLiteStore
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-
-TASKS = textwrap.dedent("""
-    import os, time
-    from cytask import current_task, task
-
-    @task(name="adv.held")
-    def held(go: str) -> int:
-        me = current_task()
-        open(f"{go}.started{me.attempt}", "w").close()
-        deadline = time.monotonic() + 60
-        while not os.path.exists(go):
-            if time.monotonic() > deadline:
-                raise TimeoutError("the test never said go")
-            time.sleep(0.005)
-        return me.attempt
-
-    @task(name="adv.echo")
-    def echo(x):
-        return x
-
-    @task(name="adv.big")
-    def big(n: int) -> str:
-        return "x" * n
-""")
-
-
-def _until(what: str, check: Callable[[], object], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.005)
 
 
 def _worker(
@@ -91,19 +59,19 @@ def test_a_wall_clock_stepped_forward_takes_no_live_lease(tmp_path: Path) -> Non
     try:
         payload = json.dumps([[str(go)], {}])
         store.enqueue([NewTask("held", "adv.held", "json", payload, 2, 0.0, 10)])
-        _until("the first worker runs the task", Path(f"{go}.started1").exists)
+        until("the first worker runs the task", Path(f"{go}.started1").exists)
         # a task that ended now: the stepped worker's maintenance expires it (result_ttl
         # 30 s on a clock 60 s ahead), which tells that its maintenance ran
         marker = NewTask("marker", "adv.held", "json", payload, 2, 0.0, 10)
         store.enqueue([marker], owner="test", lease_until=time.time() + 30)
         assert store.finish("test", [Finish("marker", SUCCEEDED, result="1")], time.time())
         ahead = _worker(tmp_path, url, 60.0, "--workers", "1", "--lease", "1", "--result-ttl", "30")
-        _until("the stepped worker's maintenance ran", lambda: store.get("marker") is None)
+        until("the stepped worker's maintenance ran", lambda: store.get("marker") is None)
         rec = store.get("held")
         assert rec is not None and rec.status == "running" and rec.attempts == 1, rec
         assert not Path(f"{go}.started2").exists(), "a live lease was taken"
         go.touch()
-        _until("the task ended", lambda: store.get("held").terminal)  # type: ignore[union-attr]
+        until("the task ended", lambda: store.get("held").terminal)  # type: ignore[union-attr]
         rec = store.get("held")
         assert rec is not None and (rec.result, rec.attempts, rec.lost) == ("1", 1, 0)
     finally:
@@ -176,20 +144,20 @@ def test_a_wall_clock_stepped_back_keeps_extending_leases(tmp_path: Path) -> Non
     try:
         payload = json.dumps([[str(go)], {}])
         store.enqueue([NewTask("held", "adv.held", "json", payload, 2, 0.0, 10)])
-        _until("the worker runs the task", Path(f"{go}.started1").exists)
+        until("the worker runs the task", Path(f"{go}.started1").exists)
         other = _worker(tmp_path, url, 0.0, "--workers", "1", "--lease", "1")
         step.touch()
         first = _lease_until(tmp_path / "t.db", "held")
         assert first > 0
         # extended every lease/3 after the step: 2 extensions, past 2 s of waiting
-        _until(
+        until(
             "the stepped worker extends its lease twice",
             lambda: _lease_until(tmp_path / "t.db", "held") > first + 0.5,
             timeout=10.0,
         )
         assert not Path(f"{go}.started2").exists(), "a live lease was taken"
         go.touch()
-        _until("the task ended", lambda: store.get("held").terminal)  # type: ignore[union-attr]
+        until("the task ended", lambda: store.get("held").terminal)  # type: ignore[union-attr]
         rec = store.get("held")
         assert rec is not None and (rec.result, rec.attempts, rec.lost) == ("1", 1, 0)
     finally:
@@ -343,7 +311,7 @@ def test_a_wall_clock_stepped_forward_runs_no_delayed_task_early(tmp_path: Path)
         ahead = _worker(tmp_path, url, 3600.0, "--workers", "1")
         # "soon" ran: the worker's promotions up to its due time are done, and one
         # promotion takes every task due by the worker's clock
-        _until("the task due soon ran", lambda: store.get("soon").terminal)  # type: ignore[union-attr]
+        until("the task due soon ran", lambda: store.get("soon").terminal)  # type: ignore[union-attr]
         assert store.get("soon").result == "2"  # type: ignore[union-attr]
         rec = store.get("later")
         assert rec is not None and rec.status == "scheduled", rec
@@ -460,10 +428,10 @@ def test_a_write_error_of_the_disk_fails_no_task_that_ran(tmp_path: Path) -> Non
             stdout=subprocess.DEVNULL, stderr=log,
         )  # fmt: skip
     try:
-        _until("the worker ran a task", lambda: store.get("warm").terminal)  # type: ignore[union-attr]
+        until("the worker ran a task", lambda: store.get("warm").terminal)  # type: ignore[union-attr]
         # a result of 4 MB: no file of the worker may pass 3 MB
         store.enqueue([NewTask("big", "adv.big", "json", "[[4000000], {}]", 2, 0.0, 10)])
-        _until(
+        until(
             "the worker failed to write the result 4 times, or recorded an end",
             lambda: (
                 (tmp_path / "worker.log").read_text().count("disk I/O error") >= 4
@@ -483,7 +451,7 @@ def test_a_write_error_of_the_disk_fails_no_task_that_ran(tmp_path: Path) -> Non
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        _until("the task ran again", lambda: store.get("big").terminal)  # type: ignore[union-attr]
+        until("the task ran again", lambda: store.get("big").terminal)  # type: ignore[union-attr]
         rec = store.get("big")
         assert rec is not None and rec.status == "succeeded" and rec.attempts == 2, rec
     finally:
