@@ -1,10 +1,17 @@
-"""What the adversarial store tests share: the task module their workers import, a wait."""
+"""What the adversarial store tests share: the task module their workers import, a
+``cytask worker`` launcher (its clock skewed if asked), a wait, one oversized turn."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
+import sys
 import textwrap
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 TASKS = textwrap.dedent("""
     import os, time
@@ -43,3 +50,44 @@ def until(what: str, check: Callable[[], object], timeout: float = 30.0) -> None
     while not check():
         assert time.monotonic() < deadline, f"timed out waiting until {what}"
         time.sleep(0.005)
+
+
+def start_worker(
+    root: Path, url: str, *extra: str, skew: float | None = None, when: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """``cytask worker advtasks`` in `root` (stderr to ``root/worker.log``).
+
+    With `skew`, its wall clock (``time.time()``) reads `skew` seconds later, from the
+    start or once the file `when` exists: how a clock stepped forward looks to the first
+    process that reads it after the step, before the others ran again.
+    """
+    args = ["worker", "advtasks", "--store", url, "--quiet", *extra]
+    if skew is None:
+        command = [sys.executable, "-m", "cytask", *args]
+    else:
+        step = f"({skew!r} if os.path.exists({str(when)!r}) else 0.0)" if when else repr(skew)
+        code = (
+            "import os, runpy, sys, time\n"
+            f"_real = time.time\ntime.time = lambda: _real() + {step}\n"
+            "sys.argv = ['cytask', *sys.argv[1:]]\n"
+            "runpy.run_module('cytask', run_name='__main__')\n"
+        )
+        command = [sys.executable, "-c", code, *args]
+    with open(root / "worker.log", "ab") as log:  # the child keeps its own copy
+        env = dict(os.environ, PYTHONPATH=str(root))
+        return subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=log)
+
+
+def oversized_turn(producer: Any) -> list[Any]:
+    """Three ``asubmit`` in one event loop turn, the middle one's arguments ~2 MB:
+    (first, big, last) handles or exceptions."""
+
+    async def turn() -> list[Any]:
+        return await asyncio.gather(
+            producer.asubmit(max, 1, 2),
+            producer.asubmit(max, "y" * 2_000_000, "z"),
+            producer.asubmit(max, 3, 4),
+            return_exceptions=True,
+        )
+
+    return asyncio.run(turn())

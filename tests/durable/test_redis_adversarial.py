@@ -5,7 +5,6 @@ stopped and killed.  Each test failed on the code before its fix."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _adversarial import TASKS, until
+from _adversarial import TASKS, oversized_turn, start_worker, until
 from _redis_server import RedisServer, persistent_server
 
 from cytask import Engine, StoreError
@@ -72,16 +71,6 @@ def test_a_unix_socket_url_opens(locked: RedisServer) -> None:
         open_store(f"unix://{sock}.missing?retry_for=0.1")
 
 
-def _worker(root: Path, url: str, *extra: str) -> subprocess.Popen[bytes]:
-    with open(root / "worker.log", "ab") as log:  # the child keeps its own copy
-        return subprocess.Popen(
-            [sys.executable, "-m", "cytask", "worker", "advtasks", "--store", url, "--quiet",
-             *extra],
-            cwd=root, env=dict(os.environ, PYTHONPATH=str(root)), stdout=subprocess.DEVNULL,
-            stderr=log,
-        )  # fmt: skip
-
-
 def test_a_worker_stopped_past_its_lease_never_writes_an_older_attempts_result(
     tmp_path: Path, url: str
 ) -> None:
@@ -95,7 +84,7 @@ def test_a_worker_stopped_past_its_lease_never_writes_an_older_attempts_result(
     go = tmp_path / "go"
     store = open_store(url)
     reader = Engine(workers=0, store=url)
-    worker = _worker(tmp_path, url, "--workers", "1", "--lease", "0.5")
+    worker = start_worker(tmp_path, url, "--workers", "1", "--lease", "0.5")
     try:
         payload = json.dumps([[str(go)], {}])
         store.enqueue([NewTask("held1", "adv.held", "json", payload, 2, 0.0, 10)])
@@ -146,7 +135,7 @@ def test_a_worker_stopped_past_its_lease_keeps_what_nobody_took(
     prefix = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(redis_url).query))["prefix"]
     client = redis.Redis.from_url(redis_url.partition("?")[0])
     store = open_store(redis_url)
-    worker = _worker(tmp_path, redis_url, "--workers", "2", "--lease", "0.5")
+    worker = start_worker(tmp_path, redis_url, "--workers", "2", "--lease", "0.5")
     try:
         payload = json.dumps([[str(go)], {}])
         store.enqueue([NewTask("held2", "adv.held", "json", payload, 2, 0.0, 10)])
@@ -254,7 +243,7 @@ def test_a_result_the_server_refuses_fails_its_task_and_stalls_nothing(
     (tmp_path / "advtasks.py").write_text(TASKS)
     url = small.url("big")
     producer = Engine(workers=0, store=url)
-    worker = _worker(tmp_path, url, "--workers", "2")
+    worker = start_worker(tmp_path, url, "--workers", "2")
     try:
         sys.path.insert(0, str(tmp_path))
         import advtasks  # type: ignore[import-not-found]
@@ -284,20 +273,10 @@ def test_an_oversized_submit_fails_alone_not_the_requests_sharing_its_commit(
     # Every request an event loop serves in one turn shares one commit (asubmit).
     # Before: one request's arguments over the server's proto-max-bulk-len failed
     # that commit, and every other request of the turn got its StoreError
-    import asyncio
 
     producer = Engine(workers=0, store=small.url("turn"))
     try:
-
-        async def turn() -> list[Any]:
-            return await asyncio.gather(
-                producer.asubmit(max, 1, 2),
-                producer.asubmit(max, "y" * 2_000_000, "z"),
-                producer.asubmit(max, 3, 4),
-                return_exceptions=True,
-            )
-
-        first, big, last = asyncio.run(turn())
+        first, big, last = oversized_turn(producer)
         assert not isinstance(first, BaseException), first  # before: the big one's error
         assert not isinstance(last, BaseException), last
         assert isinstance(big, ValueError) and "proto-max-bulk-len" in str(big), big
@@ -353,7 +332,7 @@ def test_sigterm_with_redis_down_drains_within_the_deadline(
     payload = json.dumps([[0.5, str(started)], {}])
     store.enqueue([NewTask("nap1", "adv.nap", "json", payload, 2, 0.0, 10)])
     store.close()
-    worker = _worker(tmp_path, url, "--workers", "1", "--lease", "1", "--drain-timeout", "2")
+    worker = start_worker(tmp_path, url, "--workers", "1", "--lease", "1", "--drain-timeout", "2")
     try:
         until("the task started", started.exists)
         persistent.stop(kill=True)
@@ -366,7 +345,7 @@ def test_sigterm_with_redis_down_drains_within_the_deadline(
         assert rc == 0, (tmp_path / "worker.log").read_text()[-2000:]
         assert time.monotonic() - t0 < 10
         persistent.start()  # the task is still leased to the stopped worker: it comes back
-        again = _worker(tmp_path, url, "--workers", "1", "--lease", "1", "--burst")
+        again = start_worker(tmp_path, url, "--workers", "1", "--lease", "1", "--burst")
         assert again.wait(60) == 0, (tmp_path / "worker.log").read_text()[-2000:]
         store = open_store(url)
         rec = store.get("nap1")
@@ -379,22 +358,6 @@ def test_sigterm_with_redis_down_drains_within_the_deadline(
             worker.wait(30)
 
 
-def _skewed_worker(root: Path, url: str, skew: float, *extra: str) -> subprocess.Popen[bytes]:
-    """``cytask worker`` on a machine whose clock is `skew` seconds off (its time.time())."""
-    code = (
-        "import runpy, sys, time\n"
-        f"_real = time.time\ntime.time = lambda: _real() + {skew!r}\n"
-        "sys.argv = ['cytask', *sys.argv[1:]]\n"
-        "runpy.run_module('cytask', run_name='__main__')\n"
-    )
-    with open(root / "worker.log", "ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-c", code, "worker", "advtasks", "--store", url, "--quiet", *extra],
-            cwd=root, env=dict(os.environ, PYTHONPATH=str(root)), stdout=subprocess.DEVNULL,
-            stderr=log,
-        )  # fmt: skip
-
-
 def test_a_worker_whose_clock_runs_ahead_takes_no_live_lease(
     tmp_path: Path, redis_url: str
 ) -> None:
@@ -405,7 +368,7 @@ def test_a_worker_whose_clock_runs_ahead_takes_no_live_lease(
     (tmp_path / "advtasks.py").write_text(TASKS)
     go = tmp_path / "go"
     store = open_store(redis_url)
-    honest = _worker(tmp_path, redis_url, "--workers", "1", "--lease", "1")
+    honest = start_worker(tmp_path, redis_url, "--workers", "1", "--lease", "1")
     ahead = None
     try:
         payload = json.dumps([[str(go)], {}])
@@ -416,8 +379,8 @@ def test_a_worker_whose_clock_runs_ahead_takes_no_live_lease(
         marker = NewTask("marker", "adv.echo", "json", "[[1], {}]", 2, 0.0, 10)
         store.enqueue([marker], owner="test", lease_until=time.time() + 30)  # no worker's
         assert store.finish("test", [Finish("marker", SUCCEEDED, result="1")], time.time())
-        ahead = _skewed_worker(
-            tmp_path, redis_url, 60.0, "--workers", "1", "--lease", "1", "--result-ttl", "30"
+        ahead = start_worker(
+            tmp_path, redis_url, "--workers", "1", "--lease", "1", "--result-ttl", "30", skew=60.0
         )
         until("the skewed worker's maintenance ran", lambda: store.get("marker") is None)
         rec = store.get("held3")
@@ -475,7 +438,7 @@ def test_two_apps_on_one_prefix_are_told_to_take_a_prefix_each(
     store = open_store(redis_url)
     try:
         store.enqueue([NewTask("other", "otherapp.job", "json", "[[], {}]", 2, 0.0, 10)])
-        worker = _worker(tmp_path, redis_url, "--workers", "1", "--burst")
+        worker = start_worker(tmp_path, redis_url, "--workers", "1", "--burst")
         assert worker.wait(60) == 0, (tmp_path / "worker.log").read_text()
         rec = store.get("other")
         assert rec is not None and rec.status == "failed" and rec.error is not None
@@ -496,7 +459,7 @@ def test_a_resumed_worker_never_starts_a_task_another_worker_now_holds(
     go2.touch()
     go3.touch()
     store = open_store(url)
-    worker = _worker(tmp_path, url, "--workers", "1", "--lease", "0.5", "--result-ttl", "1")
+    worker = start_worker(tmp_path, url, "--workers", "1", "--lease", "0.5", "--result-ttl", "1")
     try:
         store.enqueue(
             [NewTask(f"t{i}", "adv.held", "json", json.dumps([[str(go)], {}]), 2, 0.0, 10)
@@ -537,7 +500,7 @@ def test_a_lease_of_years_leaves_the_feeder_working(tmp_path: Path, redis_url: s
     # feeder failed and restarted every 0.5 s, reporting it
     (tmp_path / "advtasks.py").write_text(TASKS)
     producer = Engine(workers=0, store=redis_url)
-    worker = _worker(tmp_path, redis_url, "--workers", "1", "--lease", "1e11")
+    worker = start_worker(tmp_path, redis_url, "--workers", "1", "--lease", "1e11")
     try:
         sys.path.insert(0, str(tmp_path))
         import advtasks  # type: ignore[import-not-found]
@@ -567,7 +530,7 @@ def test_redis_down_longer_than_a_lease_leaves_a_live_worker_its_task(
     url = persistent.url("down", retry_for="inf")
     go = tmp_path / "go"
     store = open_store(url)
-    worker = _worker(tmp_path, url, "--workers", "2", "--lease", "1", "--result-ttl", "1")
+    worker = start_worker(tmp_path, url, "--workers", "2", "--lease", "1", "--result-ttl", "1")
     try:
         payload = json.dumps([[str(go)], {}])
         store.enqueue([NewTask("held4", "adv.held", "json", payload, 2, 0.0, 10)])

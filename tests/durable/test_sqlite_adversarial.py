@@ -14,34 +14,12 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from _adversarial import TASKS, until
+from _adversarial import TASKS, oversized_turn, start_worker, until
 
 from cytask._store import RUNNING, SUCCEEDED, Finish, NewTask, open_store
 from cytask._store_sqlite import SQLiteStore
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-
-
-def _worker(
-    root: Path, url: str, skew: float, *extra: str, when: Path | None = None
-) -> subprocess.Popen[bytes]:
-    """``cytask worker`` in a process whose wall clock reads `skew` seconds later
-    (its time.time()), from the start or once the file `when` exists: how a clock
-    stepped forward looks to the first process that reads it after the step, before
-    the others ran again."""
-    step = f"({skew!r} if os.path.exists({str(when)!r}) else 0.0)" if when else repr(skew)
-    code = (
-        "import os, runpy, sys, time\n"
-        f"_real = time.time\ntime.time = lambda: _real() + {step}\n"
-        "sys.argv = ['cytask', *sys.argv[1:]]\n"
-        "runpy.run_module('cytask', run_name='__main__')\n"
-    )
-    with open(root / "worker.log", "ab") as log:  # the child keeps its own copy
-        return subprocess.Popen(
-            [sys.executable, "-c", code, "worker", "advtasks", "--store", url, "--quiet", *extra],
-            cwd=root, env=dict(os.environ, PYTHONPATH=str(root)), stdout=subprocess.DEVNULL,
-            stderr=log,
-        )  # fmt: skip
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="CLOCK_BOOTTIME, boot_id")
@@ -54,7 +32,7 @@ def test_a_wall_clock_stepped_forward_takes_no_live_lease(tmp_path: Path) -> Non
     url = f"sqlite:///{tmp_path}/t.db"
     go = tmp_path / "go"
     store = open_store(url)
-    honest = _worker(tmp_path, url, 0.0, "--workers", "1", "--lease", "1")
+    honest = start_worker(tmp_path, url, "--workers", "1", "--lease", "1", skew=0.0)
     ahead = None
     try:
         payload = json.dumps([[str(go)], {}])
@@ -65,7 +43,9 @@ def test_a_wall_clock_stepped_forward_takes_no_live_lease(tmp_path: Path) -> Non
         marker = NewTask("marker", "adv.held", "json", payload, 2, 0.0, 10)
         store.enqueue([marker], owner="test", lease_until=time.time() + 30)
         assert store.finish("test", [Finish("marker", SUCCEEDED, result="1")], time.time())
-        ahead = _worker(tmp_path, url, 60.0, "--workers", "1", "--lease", "1", "--result-ttl", "30")
+        ahead = start_worker(
+            tmp_path, url, "--workers", "1", "--lease", "1", "--result-ttl", "30", skew=60.0
+        )
         until("the stepped worker's maintenance ran", lambda: store.get("marker") is None)
         rec = store.get("held")
         assert rec is not None and rec.status == "running" and rec.attempts == 1, rec
@@ -139,13 +119,13 @@ def test_a_wall_clock_stepped_back_keeps_extending_leases(tmp_path: Path) -> Non
     url = f"sqlite:///{tmp_path}/t.db"
     go, step = tmp_path / "go", tmp_path / "step"
     store = open_store(url)
-    behind = _worker(tmp_path, url, -3600.0, "--workers", "1", "--lease", "1", when=step)
+    behind = start_worker(tmp_path, url, "--workers", "1", "--lease", "1", skew=-3600.0, when=step)
     other = None
     try:
         payload = json.dumps([[str(go)], {}])
         store.enqueue([NewTask("held", "adv.held", "json", payload, 2, 0.0, 10)])
         until("the worker runs the task", Path(f"{go}.started1").exists)
-        other = _worker(tmp_path, url, 0.0, "--workers", "1", "--lease", "1")
+        other = start_worker(tmp_path, url, "--workers", "1", "--lease", "1", skew=0.0)
         step.touch()
         first = _lease_until(tmp_path / "t.db", "held")
         assert first > 0
@@ -206,7 +186,6 @@ def test_an_oversized_submit_fails_alone_not_the_requests_sharing_its_commit(
     # otherwise; lowered here to 1 MB on each connection the store opens).  Before:
     # arguments over it failed the commit they shared with other requests (asubmit's
     # turn, group commit), and every request of that commit got its StoreError
-    import asyncio
 
     from cytask import Engine
 
@@ -220,16 +199,7 @@ def test_an_oversized_submit_fails_alone_not_the_requests_sharing_its_commit(
     monkeypatch.setattr(SQLiteStore, "_connect", small)
     producer = Engine(workers=0, store=f"sqlite:///{tmp_path}/t.db")
     try:
-
-        async def turn() -> list[object]:
-            return await asyncio.gather(
-                producer.asubmit(max, 1, 2),
-                producer.asubmit(max, "y" * 2_000_000, "z"),
-                producer.asubmit(max, 3, 4),
-                return_exceptions=True,
-            )
-
-        first, big, last = asyncio.run(turn())
+        first, big, last = oversized_turn(producer)
         assert not isinstance(first, BaseException), first  # before: the big one's error
         assert not isinstance(last, BaseException), last
         assert isinstance(big, ValueError) and "SQLITE_MAX_LENGTH" in str(big), big
@@ -308,7 +278,7 @@ def test_a_wall_clock_stepped_forward_runs_no_delayed_task_early(tmp_path: Path)
         now = time.time()
         store.enqueue([NewTask("later", "adv.echo", "json", "[[1], {}]", 2, now + 600, 10)])
         store.enqueue([NewTask("soon", "adv.echo", "json", "[[2], {}]", 2, now + 0.3, 10)])
-        ahead = _worker(tmp_path, url, 3600.0, "--workers", "1")
+        ahead = start_worker(tmp_path, url, "--workers", "1", skew=3600.0)
         # "soon" ran: the worker's promotions up to its due time are done, and one
         # promotion takes every task due by the worker's clock
         until("the task due soon ran", lambda: store.get("soon").terminal)  # type: ignore[union-attr]
