@@ -13,7 +13,6 @@ step are what counts.  Numbers in benchmarks/README-compiled.md.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 import subprocess
@@ -26,27 +25,10 @@ import numpy as np
 from kernels import pi_lcg
 
 from cytask.compiler import compile_task
+from cytask.compiler._asm import innermost_loops, uncached_dispatcher
 
 STEP = "$1103515245"  # the LCG's multiplier: one per step in the machine code
 CPUS = ["skylake-avx512", "icelake-server", "znver3"]
-
-
-def innermost_loops(asm: str) -> list[list[str]]:
-    """The bodies of the first function's loops that contain no other loop."""
-    lines = asm.split(".Lfunc_end0")[0].splitlines()
-    where: dict[str, int] = {}
-    spans = []
-    for i, line in enumerate(lines):
-        if label := re.match(r"^(\.LBB\d+_\d+):", line):
-            where[label.group(1)] = i
-        back = re.match(r"^\s+j\w+\s+(\.LBB\d+_\d+)", line)
-        if back and back.group(1) in where:
-            spans.append((where[back.group(1)], i))
-    inner = [s for s in spans if not any(s[0] <= t[0] and t[1] <= s[1] and t != s for t in spans)]
-    return [
-        [x for x in lines[a + 1 : b + 1] if x.startswith("\t") and not x.strip().startswith(".")]
-        for a, b in inner
-    ]
 
 
 def hot(asm: str) -> tuple[list[str], int]:
@@ -71,16 +53,8 @@ def mca(body: list[str], cpu: str) -> tuple[float, float]:
 
 
 def compiled_asm(folder: Path) -> str:
-    """cytask's compiled kernel, loaded afresh (code from Numba's cache has no asm)."""
-    ct = compile_task(pi_lcg)
-    assert ct.native is not None and ct.native.keepalive is not None, ct.fallback_reason
-    fresh = folder / "pi_lcg_fresh.py"
-    fresh.write_text(ct.native.keepalive.path.read_text().replace("cache=True", "cache=False"))
-    spec = importlib.util.spec_from_file_location("pi_lcg_fresh", fresh)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    jit = mod.__ct_jit
+    """cytask's compiled kernel, built afresh (code from Numba's cache has no assembly)."""
+    jit = uncached_dispatcher(compile_task(pi_lcg), folder)
     err = np.zeros(2, np.int64)
     assert jit(1000, 7, err.ctypes.data) == pi_lcg(1000, 7) and err[0] == 0
     return str(jit.inspect_asm(jit.signatures[0]))

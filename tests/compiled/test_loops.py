@@ -9,7 +9,6 @@ could give another answer than Python, or fail to stop.
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 import textwrap
@@ -21,9 +20,11 @@ import numpy as np
 import pytest
 from conftest import check as check_any_path
 
+import compiled_corpus as cc
 import cytask
 from cytask.compiler import CompiledTask, compile_task
 from cytask.compiler._analysis import BLOCK
+from cytask.compiler._asm import innermost_loops, uncached_dispatcher
 
 INT64_MAX = 2**63 - 1
 PLAIN_INCREMENT = "= ct_inplace({name}, __ct_err) + 1"
@@ -499,45 +500,10 @@ def test_a_counter_that_may_be_unbound_still_raises(engine: cytask.Engine) -> No
 # -- the machine code: what the speed goal rests on ------------------------------------------
 
 
-def lcg_pi(n: int, seed: int) -> float:
-    """The kernel of benchmarks/kernels.py: ints masked to 31 bits, floats, a count."""
-    x = seed
-    inside = 0
-    for _ in range(n):
-        x = (x * 1103515245 + 12345) & 0x7FFFFFFF
-        u = x / 2147483648.0
-        x = (x * 1103515245 + 12345) & 0x7FFFFFFF
-        v = x / 2147483648.0
-        if u * u + v * v <= 1.0:
-            inside += 1
-    return 4.0 * inside / n
-
-
 def hot_loop(asm: str) -> tuple[int, int]:
-    """(instructions, LCG steps) of the innermost loop with the most LCG steps.
-
-    A loop is a label and a later jump back to it, in the first function of ``asm``
-    (the compiled function itself; Numba's Python wrapper follows it).
-    """
-    lines = asm.split(".Lfunc_end0")[0].splitlines()
-    labels: dict[str, int] = {}
-    spans: list[tuple[int, int]] = []
-    for i, line in enumerate(lines):
-        if re.match(r"^\.LBB\d+_\d+:", line):
-            labels[line.rstrip(":")] = i
-        jump = re.match(r"^\s+j\w+\s+(\.LBB\d+_\d+)", line)
-        if jump and labels.get(jump.group(1), i) < i:
-            spans.append((labels[jump.group(1)], i))
-    best = (0, 0)
-    for start, end in spans:
-        if any(start <= a and b <= end and (a, b) != (start, end) for a, b in spans):
-            continue  # an outer loop
-        body = [x for x in lines[start + 1 : end + 1] if x.startswith("\t")]
-        body = [x for x in body if not x.strip().startswith(".")]  # (directives)
-        steps = sum("$1103515245" in x for x in body)
-        if steps > best[1]:
-            best = (len(body), steps)
-    return best
+    """(instructions, LCG steps) of the innermost loop with the most LCG steps."""
+    loops = [(len(b), sum("$1103515245" in x for x in b)) for b in innermost_loops(asm)]
+    return max(loops, key=lambda loop: loop[1], default=(0, 0))
 
 
 def test_the_lcg_loop_compiles_to_the_instructions_of_hand_written_njit(tmp_path: Path) -> None:
@@ -547,26 +513,16 @@ def test_the_lcg_loop_compiles_to_the_instructions_of_hand_written_njit(tmp_path
     more instructions than ``numba.njit(nogil=True)`` of the same function (before the
     blocks and the counter rule: 28 per loop iteration, two steps, against 15.5).
     """
-    import importlib.util
-
     import numba
     import numpy as np
 
-    ct = compile_task(lcg_pi)
-    assert ct.native is not None and ct.native.keepalive is not None, ct.fallback_reason
-    generated = ct.native.keepalive.path.read_text().replace("cache=True", "cache=False")
-    fresh = tmp_path / "lcg_fresh.py"  # (code loaded from Numba's cache cannot be inspected)
-    fresh.write_text(generated)
-    spec = importlib.util.spec_from_file_location("lcg_fresh", fresh)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    jit = mod.__ct_jit
+    ct = compile_task(cc.pi_lcg)
+    jit = uncached_dispatcher(ct, tmp_path)  # (code from Numba's cache has no assembly)
     err = np.zeros(2, np.int64)
-    assert jit(1000, 7, err.ctypes.data) == lcg_pi(1000, 7) and err[0] == 0
+    assert jit(1000, 7, err.ctypes.data) == cc.pi_lcg(1000, 7) and err[0] == 0
     ours = hot_loop(jit.inspect_asm(jit.signatures[0]))
 
-    hand = numba.njit(nogil=True)(lcg_pi)
+    hand = numba.njit(nogil=True)(cc.pi_lcg)
     hand(10, 1)
     theirs = hot_loop(hand.inspect_asm(hand.signatures[0]))
     assert ours[1] > 0 and theirs[1] > 0, (ours, theirs)
