@@ -1,9 +1,10 @@
 """What the adversarial store tests share: the task module their workers import, a
-``cytask worker`` launcher (its clock skewed if asked), a wait, one oversized turn."""
+``cytask worker`` launcher (its clock skewed if asked), a wait, two scenarios."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -91,3 +92,44 @@ def oversized_turn(producer: Any) -> list[Any]:
         )
 
     return asyncio.run(turn())
+
+
+def a_worker_ahead_takes_no_live_lease(root: Path, url: str) -> None:
+    """A worker whose wall clock reads a minute ahead joins while another runs a task.
+
+    Its maintenance must run (it expires a result kept 30 s, on its clock 60 s on) and
+    leave the running task to its worker: one attempt, nothing lost.
+    """
+    from cytask._store import SUCCEEDED, Finish, NewTask, open_store
+
+    (root / "advtasks.py").write_text(TASKS)
+    go = root / "go"
+    store = open_store(url)
+    honest = start_worker(root, url, "--workers", "1", "--lease", "1")
+    ahead = None
+    try:
+        payload = json.dumps([[str(go)], {}])
+        store.enqueue([NewTask("held", "adv.held", "json", payload, 2, 0.0, 10)])
+        until("the honest worker runs the task", Path(f"{go}.started1").exists)
+        # a task that ended now: the skewed worker's maintenance expires it (result_ttl
+        # 30 s on a clock 60 s ahead), which tells that its maintenance ran
+        marker = NewTask("marker", "adv.echo", "json", "[[1], {}]", 2, 0.0, 10)
+        store.enqueue([marker], owner="test", lease_until=time.time() + 30)  # no worker's
+        assert store.finish("test", [Finish("marker", SUCCEEDED, result="1")], time.time())
+        ahead = start_worker(
+            root, url, "--workers", "1", "--lease", "1", "--result-ttl", "30", skew=60.0
+        )
+        until("the skewed worker's maintenance ran", lambda: store.get("marker") is None)
+        rec = store.get("held")
+        assert rec is not None and rec.status == "running" and rec.attempts == 1, rec
+        assert not Path(f"{go}.started2").exists(), "a live lease was taken"
+        go.touch()
+        until("the task ended", lambda: store.get("held").terminal)  # type: ignore[union-attr]
+        rec = store.get("held")
+        assert rec is not None and (rec.result, rec.attempts, rec.lost) == ("1", 1, 0)
+    finally:
+        for p in (honest, ahead):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait(30)
+        store.close()

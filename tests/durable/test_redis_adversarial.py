@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _adversarial import TASKS, oversized_turn, start_worker, until
+from _adversarial import (
+    TASKS,
+    a_worker_ahead_takes_no_live_lease,
+    oversized_turn,
+    start_worker,
+    until,
+)
 from _redis_server import RedisServer, persistent_server
 
 from cytask import Engine, StoreError
@@ -365,37 +371,7 @@ def test_a_worker_whose_clock_runs_ahead_takes_no_live_lease(
     # minute ahead found every other worker's lease expired at its first maintenance,
     # and ran their tasks a second time while they ran (a clock a minute behind lost
     # its own leases alike).  Now leases are on the Redis server's clock
-    (tmp_path / "advtasks.py").write_text(TASKS)
-    go = tmp_path / "go"
-    store = open_store(redis_url)
-    honest = start_worker(tmp_path, redis_url, "--workers", "1", "--lease", "1")
-    ahead = None
-    try:
-        payload = json.dumps([[str(go)], {}])
-        store.enqueue([NewTask("held3", "adv.held", "json", payload, 2, 0.0, 10)])
-        until("the honest worker runs the task", Path(f"{go}.started1").exists)
-        # a task that ended now: the skewed worker's maintenance expires it (result_ttl
-        # 30 s on a clock 60 s ahead), which tells that its maintenance ran
-        marker = NewTask("marker", "adv.echo", "json", "[[1], {}]", 2, 0.0, 10)
-        store.enqueue([marker], owner="test", lease_until=time.time() + 30)  # no worker's
-        assert store.finish("test", [Finish("marker", SUCCEEDED, result="1")], time.time())
-        ahead = start_worker(
-            tmp_path, redis_url, "--workers", "1", "--lease", "1", "--result-ttl", "30", skew=60.0
-        )
-        until("the skewed worker's maintenance ran", lambda: store.get("marker") is None)
-        rec = store.get("held3")
-        assert rec is not None and rec.status == "running" and rec.attempts == 1, rec
-        assert not Path(f"{go}.started2").exists(), "a live lease was taken"
-        go.touch()
-        until("the task ended", lambda: store.get("held3").terminal)  # type: ignore[union-attr]
-        rec = store.get("held3")
-        assert rec is not None and (rec.result, rec.attempts, rec.lost) == ("1", 1, 0)
-    finally:
-        for p in (honest, ahead):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait(30)
-        store.close()
+    a_worker_ahead_takes_no_live_lease(tmp_path, redis_url)
 
 
 def test_a_redis_that_evicts_keys_is_refused(tmp_path: Path) -> None:

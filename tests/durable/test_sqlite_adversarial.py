@@ -14,7 +14,13 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from _adversarial import TASKS, oversized_turn, start_worker, until
+from _adversarial import (
+    TASKS,
+    a_worker_ahead_takes_no_live_lease,
+    oversized_turn,
+    start_worker,
+    until,
+)
 
 from cytask._store import RUNNING, SUCCEEDED, Finish, NewTask, open_store
 from cytask._store_sqlite import SQLiteStore
@@ -28,38 +34,7 @@ def test_a_wall_clock_stepped_forward_takes_no_live_lease(tmp_path: Path) -> Non
     # minute forward (NTP at boot, date -s, a VM resumed): the first worker to run its
     # maintenance after the step found every other worker's lease expired, and ran
     # their tasks a second time while they ran.  Now leases are on the boot clock
-    (tmp_path / "advtasks.py").write_text(TASKS)
-    url = f"sqlite:///{tmp_path}/t.db"
-    go = tmp_path / "go"
-    store = open_store(url)
-    honest = start_worker(tmp_path, url, "--workers", "1", "--lease", "1", skew=0.0)
-    ahead = None
-    try:
-        payload = json.dumps([[str(go)], {}])
-        store.enqueue([NewTask("held", "adv.held", "json", payload, 2, 0.0, 10)])
-        until("the first worker runs the task", Path(f"{go}.started1").exists)
-        # a task that ended now: the stepped worker's maintenance expires it (result_ttl
-        # 30 s on a clock 60 s ahead), which tells that its maintenance ran
-        marker = NewTask("marker", "adv.held", "json", payload, 2, 0.0, 10)
-        store.enqueue([marker], owner="test", lease_until=time.time() + 30)
-        assert store.finish("test", [Finish("marker", SUCCEEDED, result="1")], time.time())
-        ahead = start_worker(
-            tmp_path, url, "--workers", "1", "--lease", "1", "--result-ttl", "30", skew=60.0
-        )
-        until("the stepped worker's maintenance ran", lambda: store.get("marker") is None)
-        rec = store.get("held")
-        assert rec is not None and rec.status == "running" and rec.attempts == 1, rec
-        assert not Path(f"{go}.started2").exists(), "a live lease was taken"
-        go.touch()
-        until("the task ended", lambda: store.get("held").terminal)  # type: ignore[union-attr]
-        rec = store.get("held")
-        assert rec is not None and (rec.result, rec.attempts, rec.lost) == ("1", 1, 0)
-    finally:
-        for p in (honest, ahead):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait(30)
-        store.close()
+    a_worker_ahead_takes_no_live_lease(tmp_path, f"sqlite:///{tmp_path}/t.db")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="CLOCK_BOOTTIME, boot_id")
