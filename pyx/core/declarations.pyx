@@ -90,6 +90,16 @@ cdef extern from "ct_native.h":
         int32_t nargs
         ct_slot result
         ct_slot args[8]
+        ct_ncall *next
+    ctypedef struct ct_finished:
+        ct_ncall *head
+        int64_t since_ns
+    void ct_finished_push(ct_finished *f, ct_ncall *first, ct_ncall *last,
+                          int64_t now_ns) noexcept nogil
+    ct_ncall *ct_finished_take(ct_finished *f) noexcept nogil
+    bint ct_finished_any(const ct_finished *f) noexcept nogil
+    bint ct_finished_stale(const ct_finished *f, int64_t now_ns,
+                           int64_t limit_ns) noexcept nogil
 
 cdef extern from *:
     """

@@ -20,8 +20,9 @@ cdef inline void _gil_yield() noexcept:
 
 cdef void *_gil_section(Core self, ct_worker *w, int slot, void *item,
                         ct_ncall **deferred, int ndeferred) noexcept:
-    """Under the GIL: finish deferred natives, then run Python tasks while there
-    are any.  Returns a popped native item for the nogil loop, or NULL."""
+    """Under the GIL: finish natives (published and this worker's deferred), then
+    run Python tasks while there are any.  Returns a popped native item for the
+    nogil loop, or NULL."""
     cdef int i
     cdef int n = 0
     cdef int64_t t_start
@@ -30,6 +31,8 @@ cdef void *_gil_section(Core self, ct_worker *w, int slot, void *item,
     cdef bint polite = False
     cdef PyObject *owner
     cdef TaskHandle h
+    if ct_finished_any(&self._finished):
+        _drain_finished(self)
     for i in range(ndeferred):
         owner = deferred[i].owner
         h = <TaskHandle>owner

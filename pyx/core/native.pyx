@@ -22,6 +22,7 @@ cdef TaskHandle _push_native(Core self, uintptr_t address, const ct_slot *packed
     call.rc = 0
     call.nargs = <int32_t>n
     call.result.i = 0
+    call.next = NULL
     memcpy(call.args, packed, n * sizeof(ct_slot))
     try:
         h = _new_handle(self, fallback, args, None, priority, None)
@@ -32,7 +33,33 @@ cdef TaskHandle _push_native(Core self, uintptr_t address, const ct_slot *packed
     h._result_kind = result_kind
     call.owner = <PyObject *>h
     _enqueue(self, h)
+    _drain_if_finished(self)
     return h
+
+
+cdef inline void _drain_if_finished(Core self) noexcept:
+    """Under the GIL, on the submit path: take the workers' finished calls, if any."""
+    if ct_finished_any(&self._finished):
+        _drain_finished(self)
+
+
+cdef void _drain_finished(Core self) noexcept:
+    """Under the GIL: the bookkeeping of every native call that workers published
+    (ct_finished): drop the queue's reference to its handle, materialize, run callbacks.
+
+    Every call here ran to its end (or was cancelled while queued): a call handed back
+    to Python (CT_RC_PYTHON) is never published, its worker runs it.
+    """
+    cdef ct_ncall *call = ct_finished_take(&self._finished)
+    cdef ct_ncall *after
+    cdef TaskHandle h
+    while call != NULL:
+        after = call.next   # read first: the handle's last reference may go below
+        h = <TaskHandle>call.owner
+        Py_DECREF(h)   # the queue's reference; `h` keeps one until reassigned
+        h._release_call()
+        h._done_published_native()
+        call = after
 
 
 cdef void _finish_native(Core self, TaskHandle h, int slot) noexcept:

@@ -48,6 +48,7 @@ cdef TaskHandle _new_handle(Core self, fn, tuple args, dict kwargs, int prio,
 cdef TaskHandle _submit(Core self, fn, tuple args, dict kwargs, int prio, TaskOptions options):
     cdef TaskHandle h = _new_handle(self, fn, args, kwargs, prio, options)
     _enqueue(self, h)
+    _drain_if_finished(self)
     return h
 
 

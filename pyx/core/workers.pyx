@@ -262,6 +262,15 @@ cdef object _replace_stuck_worker_impl(Core self, TaskHandle h, int max_stuck):
     return True
 
 
+cdef inline void _publish_finished(Core self, ct_ncall **calls, int n,
+                                   int64_t now) noexcept nogil:
+    """Push this worker's `n` finished calls onto the shared stack as one chain."""
+    cdef int i
+    for i in range(n - 1):
+        calls[i].next = calls[i + 1]
+    ct_finished_push(&self._finished, calls[0], calls[n - 1], now)
+
+
 cdef inline bint _hold_core(Core self, bint held) noexcept:
     """Before a Python section: the worker holds a reference to its core (once)."""
     if not held:
@@ -301,7 +310,10 @@ cdef object _worker_loop(Core self, int slot):
     cdef ct_ncall *call
     cdef ct_ncall *deferred[NATIVE_DEFER_MAX]
     cdef int ndeferred = 0
+    cdef int fallbacks = 0   # deferred calls handed back to Python (CT_RC_PYTHON)
     cdef int64_t first_deferred_ns = 0
+    cdef int64_t now
+    cdef bint flush
     cdef int64_t t0, t1
     cdef int32_t rc
     cdef bint held = False   # this frame holds a reference to self
@@ -313,11 +325,37 @@ cdef object _worker_loop(Core self, int slot):
         with nogil:
             while True:
                 if item == NULL:
-                    if ndeferred > 0 and (
-                            ndeferred >= NATIVE_DEFER_MAX
-                            or ct_now_ns() - first_deferred_ns > NATIVE_FLUSH_NS
-                            or _all_empty(self)):
-                        # GIL: run callbacks and drop references of finished natives
+                    # Finished natives go to the shared stack, where the next thread
+                    # that holds the GIL anyway finishes them (ct_finished): a worker
+                    # takes the GIL for them only when idle, for calls handed back to
+                    # Python, or when callbacks wait on calls nobody took for
+                    # NATIVE_FLUSH_NS.  Waiting for the GIL for each batch while a
+                    # producer holds it throttled native tasks to one batch per
+                    # switch interval.
+                    flush = False
+                    if ndeferred > 0:
+                        now = ct_now_ns()
+                        if fallbacks > 0:
+                            flush = (ndeferred >= NATIVE_DEFER_MAX
+                                     or now - first_deferred_ns > NATIVE_FLUSH_NS
+                                     or _all_empty(self))
+                        elif (ndeferred >= NATIVE_DEFER_MAX
+                                or now - first_deferred_ns > NATIVE_FLUSH_NS):
+                            _publish_finished(self, deferred, ndeferred, now)
+                            ndeferred = 0
+                            # only callbacks wait for the bookkeeping (result()
+                            # and done() read the published status)
+                            flush = ct_load_i32(&self._native_callbacks) > 0 and \
+                                ct_finished_stale(&self._finished, now, NATIVE_FLUSH_NS)
+                    if not flush:
+                        item = _next_item(self, w, ndeferred > 0
+                                          or ct_finished_any(&self._finished))
+                        if item == NULL:
+                            if ndeferred == 0 and not ct_finished_any(&self._finished):
+                                break
+                            flush = True   # idle: finish them before parking or exiting
+                    if flush:
+                        # GIL: finish the natives, run the handed-back ones
                         with gil:
                             held = _hold_core(self, held)
                             try:
@@ -326,12 +364,8 @@ cdef object _worker_loop(Core self, int slot):
                             finally:
                                 held = _unhold_core(self, w)
                         ndeferred = 0
+                        fallbacks = 0
                         continue
-                    item = _next_item(self, w, ndeferred > 0)
-                    if item == NULL:
-                        if ndeferred > 0:
-                            continue   # idle: flush before parking or exiting
-                        break
                 if _is_native(item):
                     call = _as_ncall(item)
                     item = NULL
@@ -356,6 +390,8 @@ cdef object _worker_loop(Core self, int slot):
                             ct_waitset_notify(&self._done)
                     if ndeferred == 0:
                         first_deferred_ns = ct_now_ns()
+                    if call.rc == CT_RC_PYTHON:
+                        fallbacks += 1   # its Python run needs this worker and the GIL
                     deferred[ndeferred] = call
                     ndeferred += 1
                     continue
@@ -369,6 +405,7 @@ cdef object _worker_loop(Core self, int slot):
                     finally:
                         held = _unhold_core(self, w)
                 ndeferred = 0
+                fallbacks = 0
                 if ct_load_i32(&w.abandoned):
                     # a replacement took this slot's place; hand back any popped item.
                     # Shutdown does not wait for this thread: it keeps its reference
@@ -446,6 +483,10 @@ cdef object _reset_after_fork_impl(Core self, str why):
             raise MemoryError(f"cannot allocate a queue of {self._queue_size} slots")
         ct_ring_free(&self._rings[lvl])
         self._rings[lvl] = fresh
+    # calls the parent's workers finished and published: they ended there, keep
+    # their results (a chain a worker held unpublished at the fork is lost with it;
+    # its handles' statuses are final all the same)
+    _drain_finished(self)
     for h in running:
         (<TaskHandle>h)._complete(ST_CANCELLED, _cancelled_error(h.task_id, why))
     if self._results is not None:

@@ -31,7 +31,7 @@ typedef union {
 
 typedef int32_t (*ct_native_fn)(const ct_slot *args, ct_slot *result);
 
-typedef struct {
+typedef struct ct_ncall {
     /* the TaskHandle that owns this call: a strong reference held while the call is
        queued or running, released by the worker under the GIL after completion */
     PyObject *owner;
@@ -45,6 +45,55 @@ typedef struct {
     int32_t nargs;             /* immutable after submit */
     ct_slot result;            /* written by the worker, published by `status` */
     ct_slot args[CT_MAX_NATIVE_ARGS];  /* immutable after submit */
+    /* the next call of a chain in ct_finished: written by the worker that owns the
+       chain before the CAS that publishes it, read after the exchange that takes it */
+    struct ct_ncall *next;
 } ct_ncall;
+
+/* ct_finished - native calls that ran, waiting for a thread that holds the GIL to
+ * drop the queue's reference to their handle and run its callbacks.
+ *
+ * Workers never wait for the GIL just for that bookkeeping: a worker publishes a
+ * chain of its finished calls with one CAS and goes on, and whoever holds the GIL
+ * next (a producer submitting, a worker starting a Python section, an idle worker)
+ * takes the whole stack with one exchange.  No thread ever pops a single node, so
+ * there is no ABA.  A call's status, result and rc are published (SEQ_CST) before its
+ * chain is pushed; the push is a release and the take an acquire.
+ */
+typedef struct {
+    /* the newest chain's first call, or NULL: CAS (release) by workers pushing,
+       exchange to NULL (acquire) by the GIL holder taking it */
+    ct_ncall *head;
+    /* ct_now_ns() of the push that found the stack empty: relaxed, a hint for
+       "nobody with the GIL took these for a while" (a stale value only moves a flush) */
+    int64_t since_ns;
+} ct_finished;
+
+/* Publish the chain first..last (linked by `next`, last's about to be set). */
+static inline void ct_finished_push(ct_finished *f, ct_ncall *first, ct_ncall *last,
+                                    int64_t now_ns) {
+    ct_ncall *old = __atomic_load_n(&f->head, __ATOMIC_RELAXED);
+    do {
+        last->next = old;
+    } while (!__atomic_compare_exchange_n(&f->head, &old, first, 1, __ATOMIC_RELEASE,
+                                          __ATOMIC_RELAXED));
+    if (old == NULL)
+        __atomic_store_n(&f->since_ns, now_ns, __ATOMIC_RELAXED);
+}
+
+/* Take every published call (newest chain first), leaving the stack empty. */
+static inline ct_ncall *ct_finished_take(ct_finished *f) {
+    return __atomic_exchange_n(&f->head, (ct_ncall *)NULL, __ATOMIC_ACQUIRE);
+}
+
+static inline int ct_finished_any(const ct_finished *f) {
+    return __atomic_load_n(&f->head, __ATOMIC_RELAXED) != NULL;
+}
+
+/* Published calls have waited longer than `limit_ns` for a GIL holder to take them. */
+static inline int ct_finished_stale(const ct_finished *f, int64_t now_ns, int64_t limit_ns) {
+    return ct_finished_any(f)
+        && now_ns - __atomic_load_n(&f->since_ns, __ATOMIC_RELAXED) > limit_ns;
+}
 
 #endif /* CT_NATIVE_H */

@@ -21,6 +21,14 @@ static int64_t now_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+/* wait without the GIL until the int32 at address args[0] is nonzero; result: 0 */
+int32_t wait_gate(const ct_slot *args, ct_slot *result) {
+    const int32_t *gate = (const int32_t *)(intptr_t)args[0].i;
+    while (__atomic_load_n(gate, __ATOMIC_ACQUIRE) == 0) { }
+    result->i = 0;
+    return 0;
+}
+
 /* spin for args[0] ns without the GIL; result: the start time (CLOCK_MONOTONIC ns) */
 int32_t spin_ns(const ct_slot *args, ct_slot *result) {
     int64_t start = now_ns();

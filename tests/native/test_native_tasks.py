@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import itertools
+import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -88,6 +92,74 @@ def test_done_callback_runs_for_native_task(native_lib) -> None:  # type: ignore
         h.add_done_callback(lambda handle: (seen.append(handle.status), done.set()))
         assert done.wait(10)
     assert seen == [TaskStatus.SUCCEEDED]
+
+
+@contextlib.contextmanager
+def _gil_kept_for(seconds: float) -> Iterator[None]:
+    """The running thread keeps the GIL: no other thread asks it back sooner."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(seconds)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(old)
+
+
+def test_native_tasks_never_wait_for_a_thread_that_keeps_the_gil(native_lib) -> None:  # type: ignore[no-untyped-def]
+    """A worker finishes a backlog of native tasks while this thread keeps the GIL.
+
+    The worker is held in a gate task while 20 of its bookkeeping batches (256 calls)
+    are queued; then this thread opens the gate and watches, never letting go of the
+    GIL (a 60 s switch interval, pure-Python loop).  Before, the worker stopped after
+    one batch to take the GIL, here for the whole minute.
+    """
+    gate = ctypes.c_int32(0)
+    add = native_lib.address("add_i64")
+    with Engine(workers=1) as eng:
+        eng.submit_native(add, (0, 0), b"ii", b"i").result(timeout=10)
+        with _gil_kept_for(60.0):
+            g = eng.submit_native(
+                native_lib.address("wait_gate"), (ctypes.addressof(gate),), b"i", b"i"
+            )
+            hs = [eng.submit_native(add, (i, 1), b"ii", b"i") for i in range(20 * 256)]
+            gate.value = 1
+            deadline = time.monotonic() + 10
+            while not hs[-1].done() and time.monotonic() < deadline:
+                pass
+            finished = sum(h.done() for h in hs)
+        assert finished == len(hs)
+        assert g.result(timeout=10) == 0
+        assert [h.result(timeout=10) for h in hs] == [i + 1 for i in range(len(hs))]
+
+
+def test_native_callbacks_run_before_a_backlog_ends(native_lib) -> None:  # type: ignore[no-untyped-def]
+    """A callback waits on no idle moment: a busy worker takes the GIL for it.
+
+    Nobody else would run it: this thread holds the GIL in a pure-Python loop (the
+    interpreter still hands it over every switch interval, 5 ms) and submits nothing.
+    The backlog behind the task (20,000 tasks of 10 us, ~0.2 s) is still running when
+    its callback fires.
+    """
+    gate = ctypes.c_int32(0)
+    spin = native_lib.address("spin_ns")
+    fired: list[bool] = []
+    with Engine(workers=1) as eng:
+        eng.submit_native(spin, (0,), b"i", b"i").result(timeout=10)
+        g = eng.submit_native(
+            native_lib.address("wait_gate"), (ctypes.addressof(gate),), b"i", b"i"
+        )
+        first = eng.submit_native(spin, (10_000,), b"i", b"i")
+        first.add_done_callback(lambda h: fired.append(True))
+        backlog = [eng.submit_native(spin, (10_000,), b"i", b"i") for _ in range(20_000)]
+        gate.value = 1
+        deadline = time.monotonic() + 30
+        while not fired and time.monotonic() < deadline:
+            pass
+        backlog_done_then = backlog[-1].done()
+        assert fired
+        assert not backlog_done_then, "the callback waited for the whole backlog"
+        for h in [g, *backlog]:
+            h.result(timeout=30)
 
 
 @pytest.mark.parametrize(
