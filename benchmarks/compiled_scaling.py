@@ -1,16 +1,18 @@
 """Compiled tasks from 1 to every core, beside hand-written ``numba.njit(nogil=True)``.
 
-    python benchmarks/compiled_scaling.py
+    python benchmarks/compiled_scaling.py [--per-worker 4]
 
 The kernel of ``compiled.py`` (LCG Monte Carlo, n = 2,000,000 per task), 4 tasks per
-worker, medians of 5: cytask's native workers against a ``ThreadPoolExecutor`` of the
-same size running the hand-written function, in the same run.  Also one call on one
+worker (more make a late-starting thread count less), medians of 5: cytask's native
+workers against a ``ThreadPoolExecutor`` of the same size running the hand-written
+function, in the same run.  Also one call on one
 thread, compiled (through its dispatcher and through a worker) against hand-written.
 Prints one line per measurement; numbers in benchmarks/README-compiled.md.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import sys
@@ -41,6 +43,9 @@ def med(fn: Callable[[], Any], k: int) -> float:
 
 
 def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--per-worker", type=int, default=4, help="tasks per worker (default 4)")
+    per_worker = p.parse_args().per_worker
     hand = numba.njit(nogil=True)(pi_lcg)
     hand(10, 1)
     ct = compile_task(pi_lcg)
@@ -61,7 +66,7 @@ def main() -> None:
     base: dict[str, float] = {}
     cores = os.cpu_count() or 1
     for w in [w for w in (1, 2, 4, 8, 16, 32, 64) if w <= cores]:
-        tasks = 4 * w
+        tasks = per_worker * w
         with cytask.Engine(workers=w) as eng, ThreadPoolExecutor(w) as pool:
 
             def run_compiled(eng: cytask.Engine = eng, tasks: int = tasks) -> None:
