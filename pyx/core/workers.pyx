@@ -328,8 +328,9 @@ cdef object _worker_loop(Core self, int slot):
                     # Finished natives go to the shared stack, where the next thread
                     # that holds the GIL anyway finishes them (ct_finished): a worker
                     # takes the GIL for them only when idle, for calls handed back to
-                    # Python, or when callbacks wait on calls nobody took for
-                    # NATIVE_FLUSH_NS.  Waiting for the GIL for each batch while a
+                    # Python, or when done-callbacks wait (at once if no task is
+                    # queued, else once nobody took the calls for NATIVE_FLUSH_NS).
+                    # Waiting for the GIL for each batch while a
                     # producer holds it throttled native tasks to one batch per
                     # switch interval.
                     flush = False
@@ -347,6 +348,8 @@ cdef object _worker_loop(Core self, int slot):
                             # and done() read the published status)
                             flush = ct_load_i32(&self._native_callbacks) > 0 and \
                                 ct_finished_stale(&self._finished, now, NATIVE_FLUSH_NS)
+                        elif ct_load_i32(&self._native_callbacks) > 0 and _all_empty(self):
+                            flush = True   # a callback may wait, and no task waits on us
                     if not flush:
                         item = _next_item(self, w, ndeferred > 0
                                           or ct_finished_any(&self._finished))

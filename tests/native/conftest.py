@@ -62,6 +62,7 @@ int32_t hand_back(const ct_slot *args, ct_slot *result) {
 
 class NativeLib:
     def __init__(self, path: Path) -> None:
+        self.path = path
         self.lib = ctypes.CDLL(str(path))
 
     def address(self, name: str) -> int:

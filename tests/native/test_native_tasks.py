@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
+import gc
 import itertools
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -116,7 +120,9 @@ def test_native_tasks_never_wait_for_a_thread_that_keeps_the_gil(native_lib) -> 
     gate = ctypes.c_int32(0)
     add = native_lib.address("add_i64")
     with Engine(workers=1) as eng:
-        eng.submit_native(add, (0, 0), b"ii", b"i").result(timeout=10)
+        # a Python task: the worker is up, and leaves its GIL section with nothing
+        # left to finish (a native's bookkeeping would make it ask for the GIL)
+        eng.submit(int).result(timeout=10)
         with _gil_kept_for(60.0):
             g = eng.submit_native(
                 native_lib.address("wait_gate"), (ctypes.addressof(gate),), b"i", b"i"
@@ -160,6 +166,106 @@ def test_native_callbacks_run_before_a_backlog_ends(native_lib) -> None:  # type
         assert not backlog_done_then, "the callback waited for the whole backlog"
         for h in [g, *backlog]:
             h.result(timeout=30)
+
+
+def test_an_event_loop_awaits_thousands_of_native_tasks(native_lib) -> None:  # type: ignore[no-untyped-def]
+    """The loop's thread submits and awaits: their callbacks run wherever their
+    bookkeeping is done (the loop's own submissions included), each one wakes it."""
+    add = native_lib.address("add_i64")
+
+    async def main() -> list[int]:
+        with Engine(workers=2) as eng:
+            hs = [eng.submit_native(add, (i, 1), b"ii", b"i") for i in range(5_000)]
+            return await asyncio.wait_for(asyncio.gather(*hs), 30)
+
+    assert asyncio.run(main()) == [i + 1 for i in range(5_000)]
+
+
+_FORK_WITH_CALLS_PUBLISHED = """
+import ctypes, os, sys
+from cytask import Engine
+
+lib = ctypes.CDLL(sys.argv[1])
+add, gate_fn = (ctypes.cast(f, ctypes.c_void_p).value for f in (lib.add_i64, lib.wait_gate))
+gate = ctypes.c_int32(0)
+eng = Engine(workers=1)
+eng.submit(int).result(timeout=10)   # the worker is up, with nothing to finish
+sys.setswitchinterval(60.0)   # keep the GIL: the worker publishes, nobody takes
+g = eng.submit_native(gate_fn, (ctypes.addressof(gate),), b"i", b"i")
+hs = [eng.submit_native(add, (i, 1), b"ii", b"i") for i in range(1000)]
+gate.value = 1
+while not hs[-1].done():
+    pass
+pid = os.fork()
+if pid == 0:
+    sys.setswitchinterval(0.005)
+    ok = [h.result(timeout=10) for h in hs] == [i + 1 for i in range(1000)]
+    ok = ok and eng.submit_native(add, (2, 3), b"ii", b"i").result(timeout=10) == 5
+    eng.shutdown(wait=True)
+    os._exit(0 if ok else 3)
+sys.setswitchinterval(0.005)
+child = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+assert [h.result(timeout=10) for h in hs] == [i + 1 for i in range(1000)]
+eng.shutdown(wait=True)
+print("child", child)
+"""
+
+
+def test_fork_while_finished_calls_wait_for_the_gil(native_lib) -> None:  # type: ignore[no-untyped-def]
+    """Fork while a worker's finished calls sit on the shared stack (and the worker
+    waits for the GIL): the child keeps their results and runs new native tasks."""
+    out = subprocess.run(
+        [sys.executable, "-c", _FORK_WITH_CALLS_PUBLISHED, str(native_lib.path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["child", "0"]
+
+
+class _Fallback:
+    def __call__(self, a: int, b: int) -> int:
+        return a + b
+
+
+def test_every_native_handle_is_finished_once_under_load(native_lib) -> None:  # type: ignore[no-untyped-def]
+    """Two producers, four workers, 40,000 tiny natives, a callback on every third.
+
+    Whoever finishes a call's bookkeeping (a producer, a worker in a Python section, an
+    idle worker), each callback runs exactly once and every handle lets go of its
+    fallback: the sentinel's reference count comes back to where it started.
+    """
+    add = native_lib.address("add_i64")
+    fallback = _Fallback()
+    before = sys.getrefcount(fallback)
+    calls: list[int] = []
+    registered = [0, 0]
+    start = threading.Barrier(2)
+    handles: list[list[Any]] = [[], []]
+    with Engine(workers=4) as eng:
+
+        def produce(k: int) -> None:
+            start.wait(timeout=10)
+            for i in range(20_000):
+                h = eng.submit_native(add, (i, k), b"ii", b"i", fallback=fallback)
+                if i % 3 == 0:
+                    h.add_done_callback(lambda h, i=i: calls.append(i))
+                    registered[k] += 1
+                handles[k].append(h)
+
+        threads = [threading.Thread(target=produce, args=(k,)) for k in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        for k in (0, 1):
+            assert [h.result(timeout=30) for h in handles[k]] == [i + k for i in range(20_000)]
+    assert len(calls) == sum(registered)
+    assert sorted(calls) == sorted(i for i in range(20_000) if i % 3 == 0 for _ in (0, 1))
+    handles.clear()
+    gc.collect()
+    assert sys.getrefcount(fallback) == before
 
 
 @pytest.mark.parametrize(
