@@ -746,6 +746,7 @@ def _hint_name(hint: Any) -> str:
 UNBOUND = "_ct_unbound"  # attribute set on a Name load (or an AugAssign) to check
 BOUND_PREFIX = "__ct_d_"
 BLOCK = 256  # the iterations of a range loop between two tests of the flag, see _block
+SHORT_LOOP = 8  # an inner range loop this short tests the flag at each iteration instead
 PEEL_MAX_NODES = 400  # the largest loop body (in AST nodes) compiled twice, see _peel
 NP_PREFIX = "__ct_n_"
 _ALL = None  # an unreachable point: every name is (vacuously) assigned
@@ -1056,6 +1057,7 @@ class _Rewriter(ast.NodeTransformer):
         self.mixed = mixed  # locals that hold a NumPy scalar on some paths only
         self.np_kinds = np_kinds
         self.loops = 0  # a counter for the names of range loops
+        self.depth = 0  # the for loops around the node being rewritten
         self.numpy_modules = {
             n for n, v in a.fn.__globals__.items()
             if isinstance(v, types.ModuleType) and v.__name__ == "numpy"
@@ -1260,7 +1262,9 @@ class _Rewriter(ast.NodeTransformer):
             is_np = self.np_kinds.dyn(_ElementOf(node.iter))
             after = [s for s in after if not _sets(s, NP_PREFIX + node.target.id)]
             after.append(_set(NP_PREFIX + node.target.id, is_np))
+        self.depth += 1
         self.generic_visit(node)
+        self.depth -= 1
         it = node.iter
         pre: list[ast.stmt] = []
         if _is_range(it, self.a) and isinstance(it, ast.Call) and len(it.args) >= 2:
@@ -1311,6 +1315,13 @@ class _Rewriter(ast.NodeTransformer):
         def load(name: str) -> ast.Name:
             return ast.Name(name, ast.Load())
 
+        short: ast.For | None = None
+        if self.depth > 0:
+            # an inner loop may be entered millions of times for a few iterations:
+            # then the flag test at each one costs less than a block's set-up
+            short = copy.deepcopy(node)
+            short.iter = ast.Call(load("range"), [load(s), load(b)], [])
+
         at = ast.Assign([node.target], ast.BinOp(load(s), ast.Add(), load(j)))
         node.body = [at, *node.body[1:]]  # (without the per-iteration flag test)
         node.target = ast.Name(j, ast.Store())
@@ -1326,7 +1337,12 @@ class _Rewriter(ast.NodeTransformer):
             ],
             [],
         )
-        return [_set(b, stop), _set(s, start), blocks]
+        if short is None:
+            return [_set(b, stop), _set(s, start), blocks]
+        few = ast.Compare(
+            ast.BinOp(load(b), ast.Sub(), load(s)), [ast.LtE()], [ast.Constant(SHORT_LOOP)]
+        )
+        return [_set(b, stop), _set(s, start), ast.If(few, [short], [blocks])]
 
     def _peel(self, node: ast.For) -> list[ast.stmt]:
         """``for t in range(n)``: the first iteration on its own, then the rest.

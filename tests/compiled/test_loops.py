@@ -23,7 +23,7 @@ from conftest import check as check_any_path
 import compiled_corpus as cc
 import cytask
 from cytask.compiler import CompiledTask, compile_task
-from cytask.compiler._analysis import BLOCK
+from cytask.compiler._analysis import BLOCK, SHORT_LOOP
 from cytask.compiler._asm import innermost_loops, uncached_dispatcher
 
 INT64_MAX = 2**63 - 1
@@ -171,6 +171,30 @@ def test_a_break_of_an_inner_loop_does_not_stop_blocking(engine: cytask.Engine) 
         check(nested_break, (n,), engine)
     src = source(nested_break)
     assert src.count("while __ct_s") == 1 and PER_ITERATION_TEST in src
+
+
+def inner_steps(n: int, k: int, step: int) -> int:
+    acc = 0
+    for _ in range(n):
+        for _ in range(k):
+            acc += step
+    return acc
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, SHORT_LOOP, SHORT_LOOP + 1, BLOCK + 3])
+@pytest.mark.parametrize("step", [3, 2**60])
+def test_a_short_inner_loop_tests_the_flag_at_each_iteration(
+    k: int, step: int, engine: cytask.Engine
+) -> None:
+    """An inner loop entered with at most SHORT_LOOP iterations to go skips the blocks'
+    set-up (it cost a 2-iteration inner loop 10%) and tests the flag each time; longer
+    ones are blocked.  Exact either way, with the overflow (2**60 * 8 past int64) in
+    the middle of an inner loop, of a block, or of neither."""
+    src = source(inner_steps)
+    assert f" <= {SHORT_LOOP}:\n" in src and PER_ITERATION_TEST in src
+    assert src.count("while __ct_s") == 2  # the outer loop's blocks, the inner loop's
+    check(inner_steps, (5, k, step), engine)
+    check(inner_steps, (300, k, step), engine)
 
 
 def break_in_inner_for_else(n: int) -> int:
