@@ -330,9 +330,8 @@ cdef object _worker_loop(Core self, int slot):
                     # takes the GIL for them only when idle, for calls handed back to
                     # Python, or when done-callbacks wait (at once if no task is
                     # queued, else once nobody took the calls for NATIVE_FLUSH_NS).
-                    # Waiting for the GIL for each batch while a
-                    # producer holds it throttled native tasks to one batch per
-                    # switch interval.
+                    # Waiting for the GIL for each batch while a producer holds it
+                    # throttled native tasks to one batch per switch interval.
                     flush = False
                     if ndeferred > 0:
                         now = ct_now_ns()

@@ -38,6 +38,13 @@ static inline void ct_cpu_relax(void) {
 #define ct_add_seqcst(p, v) __atomic_add_fetch((p), (v), __ATOMIC_SEQ_CST)
 #define ct_xchg_seqcst(p, v) __atomic_exchange_n((p), (v), __ATOMIC_SEQ_CST)
 
+#define ct_xchg_acquire(p, v) __atomic_exchange_n((p), (v), __ATOMIC_ACQUIRE)
+/* Weak compare-and-swap that publishes (release) what was written before it; on
+   failure *expected_p is updated to the current value.  For retry loops. */
+#define ct_cas_weak_release(p, expected_p, desired) \
+    __atomic_compare_exchange_n((p), (expected_p), (desired), 1, __ATOMIC_RELEASE, \
+                                __ATOMIC_RELAXED)
+
 /* Compare-and-swap; returns 1 when *p held `expected` and now holds `desired`. */
 static inline int ct_cas_i32(int32_t *p, int32_t expected, int32_t desired) {
     return __atomic_compare_exchange_n(p, &expected, desired, 0,

@@ -15,6 +15,7 @@
 
 #include <stdint.h>
 #include <Python.h>
+#include "ct_atomic.h"
 
 #define CT_MAX_NATIVE_ARGS 8
 
@@ -33,7 +34,8 @@ typedef int32_t (*ct_native_fn)(const ct_slot *args, ct_slot *result);
 
 typedef struct ct_ncall {
     /* the TaskHandle that owns this call: a strong reference held while the call is
-       queued or running, released by the worker under the GIL after completion */
+       queued or running, released under the GIL after completion by whoever does
+       its bookkeeping (its worker, or a GIL holder emptying ct_finished) */
     PyObject *owner;
     ct_native_fn fn;           /* immutable after submit */
     /* the handle's status for native tasks: CAS/stores SEQ_CST by the worker, by
@@ -72,28 +74,26 @@ typedef struct {
 /* Publish the chain first..last (linked by `next`, last's about to be set). */
 static inline void ct_finished_push(ct_finished *f, ct_ncall *first, ct_ncall *last,
                                     int64_t now_ns) {
-    ct_ncall *old = __atomic_load_n(&f->head, __ATOMIC_RELAXED);
+    ct_ncall *old = ct_load_relaxed(&f->head);
     do {
         last->next = old;
-    } while (!__atomic_compare_exchange_n(&f->head, &old, first, 1, __ATOMIC_RELEASE,
-                                          __ATOMIC_RELAXED));
+    } while (!ct_cas_weak_release(&f->head, &old, first));
     if (old == NULL)
-        __atomic_store_n(&f->since_ns, now_ns, __ATOMIC_RELAXED);
+        ct_store_relaxed(&f->since_ns, now_ns);
 }
 
 /* Take every published call (newest chain first), leaving the stack empty. */
 static inline ct_ncall *ct_finished_take(ct_finished *f) {
-    return __atomic_exchange_n(&f->head, (ct_ncall *)NULL, __ATOMIC_ACQUIRE);
+    return ct_xchg_acquire(&f->head, (ct_ncall *)NULL);
 }
 
 static inline int ct_finished_any(const ct_finished *f) {
-    return __atomic_load_n(&f->head, __ATOMIC_RELAXED) != NULL;
+    return ct_load_relaxed(&f->head) != NULL;
 }
 
 /* Published calls have waited longer than `limit_ns` for a GIL holder to take them. */
 static inline int ct_finished_stale(const ct_finished *f, int64_t now_ns, int64_t limit_ns) {
-    return ct_finished_any(f)
-        && now_ns - __atomic_load_n(&f->since_ns, __ATOMIC_RELAXED) > limit_ns;
+    return ct_finished_any(f) && now_ns - ct_load_relaxed(&f->since_ns) > limit_ns;
 }
 
 #endif /* CT_NATIVE_H */
