@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pty
+import select
 import signal
 import sqlite3
 import subprocess
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from cytask._cli import main
+from cytask._worker_cli import next_progress_line
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -80,6 +83,40 @@ def test_sigterm_drains_within_the_deadline_and_gives_back_the_rest(tmp_path: Pa
     # nothing left leased to the stopped worker: finished, or back to pending for the next
     assert states.get(2, 0) == 0, states
     assert states.get(4, 0) >= 1 and states.get(4, 0) + states.get(0, 0) == 6, states
+
+
+def test_on_a_terminal_the_worker_shows_its_progress(tmp_path: Path) -> None:
+    (tmp_path / "clitasks.py").write_text(TASKS)
+    url = f"sqlite:///{tmp_path}/t.db"
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    produce = (
+        "import sys, cytask, clitasks\n"
+        "eng = cytask.Engine(workers=0, store=sys.argv[1])\n"
+        "eng.submit_many(clitasks.slow, [(0.0,)] * 3)\n"
+    )
+    subprocess.run([sys.executable, "-c", produce, url], env=env, check=True, timeout=60)
+    terminal, stderr = pty.openpty()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "cytask", "worker", "clitasks", "--store", url],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+    )  # fmt: skip
+    os.close(stderr)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 30
+        while b"succeeded 3  (" not in seen and time.monotonic() < deadline:
+            if select.select([terminal], [], [], 0.5)[0]:
+                seen += os.read(terminal, 4096)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)
+        os.close(terminal)
+    assert b"succeeded 3  (" in seen, seen
+
+
+def test_the_progress_line_costs_at_most_a_twentieth_of_its_interval() -> None:
+    assert next_progress_line(100.0, 0.002) == 101.0  # once a second
+    assert next_progress_line(100.0, 0.3) == pytest.approx(106.0)  # counting took 0.3 s
 
 
 @pytest.mark.parametrize(
