@@ -70,15 +70,10 @@ cdef class Core:
     cdef ct_parker _parker
     # threads blocked in TaskHandle.result() wait here (see ct_park.h)
     cdef ct_waitset _done
-    # native calls that ran, their handles' bookkeeping (drop the queue's reference,
-    # callbacks) left to the next thread that holds the GIL: workers push whole chains,
-    # _drain_finished takes them all (ct_native.h states the protocol)
+    # native calls that ran, with no done-callback: their handles' bookkeeping (drop
+    # the queue's reference) left to the next thread that holds the GIL: workers push
+    # whole chains, _drain_finished takes them all (ct_native.h states the protocol)
     cdef ct_finished _finished
-    # native handles with done-callbacks whose bookkeeping is still to come: += by
-    # add_done_callback (a native handle's first callback), -= by _let_go, both under
-    # the GIL (SEQ_CST); read by workers.  Only while it is > 0 do published calls
-    # that nobody took for NATIVE_FLUSH_NS make a busy worker wait for the GIL.
-    cdef int32_t _native_callbacks
     # producers blocked on a full ring wait here; consumers notify after a pop.
     # `waiters` counts producers inside _wait_for_space: += under the GIL right after
     # the failed push, -= when they leave (SEQ_CST); stopping workers do not exit while

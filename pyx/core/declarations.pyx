@@ -88,18 +88,15 @@ cdef extern from "ct_native.h":
         int32_t status
         int32_t rc
         int32_t nargs
+        int32_t callbacks
         ct_slot result
         ct_slot args[8]
         ct_ncall *next
     ctypedef struct ct_finished:
         ct_ncall *head
-        int64_t since_ns
-    void ct_finished_push(ct_finished *f, ct_ncall *first, ct_ncall *last,
-                          int64_t now_ns) noexcept nogil
+    void ct_finished_push(ct_finished *f, ct_ncall *first, ct_ncall *last) noexcept nogil
     ct_ncall *ct_finished_take(ct_finished *f) noexcept nogil
     bint ct_finished_any(const ct_finished *f) noexcept nogil
-    bint ct_finished_stale(const ct_finished *f, int64_t now_ns,
-                           int64_t limit_ns) noexcept nogil
 
 cdef extern from *:
     """

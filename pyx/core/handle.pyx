@@ -345,8 +345,6 @@ cdef class TaskHandle:
 
     cdef void _let_go(self) noexcept:
         """The task ended: drop the engine; let the GC see a result that may cycle back."""
-        if self._callbacks is not None and self._ncall != NULL and self._core is not None:
-            ct_add_i32(&self._core._native_callbacks, -1)   # counted by add_done_callback
         self._core = None
         # a handle is GC-untracked, so a result that is a handle (this one: a task
         # returning current_task(); or one whose result leads back here) must count too
@@ -415,6 +413,10 @@ cdef class TaskHandle:
         """
         if not callable(fn):
             raise TypeError(f"Expected a callable for fn, got {type(fn).__name__}")
+        if self._ncall != NULL:
+            # before the status load: a worker that then stores the terminal status
+            # sees it and finishes the call itself (ct_ncall.callbacks)
+            ct_store_i32(&self._ncall.callbacks, 1)
         if self._load_status() >= ST_SUCCEEDED and self._callbacks is None:
             try:
                 fn(self)
@@ -426,8 +428,6 @@ cdef class TaskHandle:
         # the list at its next GIL visit, so appending here is never too late.
         if self._callbacks is None:
             self._callbacks = [fn]
-            if self._ncall != NULL and self._core is not None:
-                ct_add_i32(&self._core._native_callbacks, 1)   # -1 in _let_go
         else:
             self._callbacks.append(fn)
 

@@ -21,6 +21,7 @@ cdef TaskHandle _push_native(Core self, uintptr_t address, const ct_slot *packed
     call.status = ST_PENDING
     call.rc = 0
     call.nargs = <int32_t>n
+    call.callbacks = 0
     call.result.i = 0
     call.next = NULL
     memcpy(call.args, packed, n * sizeof(ct_slot))
@@ -45,10 +46,11 @@ cdef inline void _drain_if_finished(Core self) noexcept:
 
 cdef void _drain_finished(Core self) noexcept:
     """Under the GIL: the bookkeeping of every native call that workers published
-    (ct_finished): drop the queue's reference to its handle, materialize, run callbacks.
+    (ct_finished): drop the queue's reference to its handle, materialize.
 
-    Every call here ran to its end (or was cancelled while queued): a call handed back
-    to Python (CT_RC_PYTHON) is never published, its worker runs it.
+    Every call here ran to its end (or was cancelled while queued) and has no
+    done-callback: a call handed back to Python (CT_RC_PYTHON) or with a callback is
+    never published, its worker finishes it (ct_ncall.callbacks).
     """
     cdef ct_ncall *call = ct_finished_take(&self._finished)
     cdef ct_ncall *after

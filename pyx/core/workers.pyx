@@ -262,13 +262,12 @@ cdef object _replace_stuck_worker_impl(Core self, TaskHandle h, int max_stuck):
     return True
 
 
-cdef inline void _publish_finished(Core self, ct_ncall **calls, int n,
-                                   int64_t now) noexcept nogil:
+cdef inline void _publish_finished(Core self, ct_ncall **calls, int n) noexcept nogil:
     """Push this worker's `n` finished calls onto the shared stack as one chain."""
     cdef int i
     for i in range(n - 1):
         calls[i].next = calls[i + 1]
-    ct_finished_push(&self._finished, calls[0], calls[n - 1], now)
+    ct_finished_push(&self._finished, calls[0], calls[n - 1])
 
 
 cdef inline bint _hold_core(Core self, bint held) noexcept:
@@ -310,7 +309,9 @@ cdef object _worker_loop(Core self, int slot):
     cdef ct_ncall *call
     cdef ct_ncall *deferred[NATIVE_DEFER_MAX]
     cdef int ndeferred = 0
-    cdef int fallbacks = 0   # deferred calls handed back to Python (CT_RC_PYTHON)
+    # deferred calls this worker finishes itself under the GIL: handed back to Python
+    # (CT_RC_PYTHON), or with a done-callback (ct_ncall.callbacks)
+    cdef int kept = 0
     cdef int64_t first_deferred_ns = 0
     cdef int64_t now
     cdef bint flush
@@ -327,28 +328,25 @@ cdef object _worker_loop(Core self, int slot):
                 if item == NULL:
                     # Finished natives go to the shared stack, where the next thread
                     # that holds the GIL anyway finishes them (ct_finished): a worker
-                    # takes the GIL for them only when idle, for calls handed back to
-                    # Python, or when done-callbacks wait (at once if no task is
-                    # queued, else once nobody took the calls for NATIVE_FLUSH_NS).
-                    # Waiting for the GIL for each batch while a producer holds it
-                    # throttled native tasks to one batch per switch interval.
+                    # takes the GIL for them only when idle, or for calls it must
+                    # finish itself (`kept`: handed back to Python, or with a
+                    # done-callback, which runs on this thread, at once if no task is
+                    # queued, else within NATIVE_FLUSH_NS).  Waiting for the GIL for
+                    # each batch while a producer holds it throttled native tasks to
+                    # one batch per switch interval.
                     flush = False
                     if ndeferred > 0:
                         now = ct_now_ns()
-                        if fallbacks > 0:
+                        if kept > 0:
                             flush = (ndeferred >= NATIVE_DEFER_MAX
                                      or now - first_deferred_ns > NATIVE_FLUSH_NS
                                      or _all_empty(self))
                         elif (ndeferred >= NATIVE_DEFER_MAX
                                 or now - first_deferred_ns > NATIVE_FLUSH_NS):
-                            _publish_finished(self, deferred, ndeferred, now)
+                            # result() and done() read the published status: only
+                            # the queue's references wait for the bookkeeping
+                            _publish_finished(self, deferred, ndeferred)
                             ndeferred = 0
-                            # only callbacks wait for the bookkeeping (result()
-                            # and done() read the published status)
-                            flush = ct_load_i32(&self._native_callbacks) > 0 and \
-                                ct_finished_stale(&self._finished, now, NATIVE_FLUSH_NS)
-                        elif ct_load_i32(&self._native_callbacks) > 0 and _all_empty(self):
-                            flush = True   # a callback may wait, and no task waits on us
                     if not flush:
                         item = _next_item(self, w, ndeferred > 0
                                           or ct_finished_any(&self._finished))
@@ -366,7 +364,7 @@ cdef object _worker_loop(Core self, int slot):
                             finally:
                                 held = _unhold_core(self, w)
                         ndeferred = 0
-                        fallbacks = 0
+                        kept = 0
                         continue
                 if _is_native(item):
                     call = _as_ncall(item)
@@ -392,8 +390,9 @@ cdef object _worker_loop(Core self, int slot):
                             ct_waitset_notify(&self._done)
                     if ndeferred == 0:
                         first_deferred_ns = ct_now_ns()
-                    if call.rc == CT_RC_PYTHON:
-                        fallbacks += 1   # its Python run needs this worker and the GIL
+                    # after the status store (Dekker with add_done_callback)
+                    if call.rc == CT_RC_PYTHON or ct_load_i32(&call.callbacks):
+                        kept += 1   # its Python run or callbacks need this worker
                     deferred[ndeferred] = call
                     ndeferred += 1
                     continue
@@ -407,7 +406,7 @@ cdef object _worker_loop(Core self, int slot):
                     finally:
                         held = _unhold_core(self, w)
                 ndeferred = 0
-                fallbacks = 0
+                kept = 0
                 if ct_load_i32(&w.abandoned):
                     # a replacement took this slot's place; hand back any popped item.
                     # Shutdown does not wait for this thread: it keeps its reference

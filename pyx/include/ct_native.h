@@ -45,6 +45,14 @@ typedef struct ct_ncall {
        which publishes it together with `result` */
     int32_t rc;
     int32_t nargs;             /* immutable after submit */
+    /* 1 once the handle has a done-callback: stored SEQ_CST by add_done_callback
+       before it loads `status`, loaded SEQ_CST by the worker after its status store
+       (a Dekker pair).  A worker that reads 0 knows the handle's callback list is
+       empty and stays so (a later add_done_callback sees the terminal status and runs
+       its callback at once), so the call may be published to ct_finished; with 1 the
+       worker finishes the call itself, and the callbacks run on the thread that
+       finished the task, never inside some other thread's submit(). */
+    int32_t callbacks;
     ct_slot result;            /* written by the worker, published by `status` */
     ct_slot args[CT_MAX_NATIVE_ARGS];  /* immutable after submit */
     /* the next call of a chain in ct_finished: written by the worker that owns the
@@ -53,7 +61,8 @@ typedef struct ct_ncall {
 } ct_ncall;
 
 /* ct_finished - native calls that ran, waiting for a thread that holds the GIL to
- * drop the queue's reference to their handle and run its callbacks.
+ * drop the queue's reference to their handle.  None of them has a done-callback
+ * (see ct_ncall.callbacks): the GIL holder runs no user code for them.
  *
  * Workers never wait for the GIL just for that bookkeeping: a worker publishes a
  * chain of its finished calls with one CAS and goes on, and whoever holds the GIL
@@ -66,20 +75,14 @@ typedef struct {
     /* the newest chain's first call, or NULL: CAS (release) by workers pushing,
        exchange to NULL (acquire) by the GIL holder taking it */
     ct_ncall *head;
-    /* ct_now_ns() of the push that found the stack empty: relaxed, a hint for
-       "nobody with the GIL took these for a while" (a stale value only moves a flush) */
-    int64_t since_ns;
 } ct_finished;
 
 /* Publish the chain first..last (linked by `next`, last's about to be set). */
-static inline void ct_finished_push(ct_finished *f, ct_ncall *first, ct_ncall *last,
-                                    int64_t now_ns) {
+static inline void ct_finished_push(ct_finished *f, ct_ncall *first, ct_ncall *last) {
     ct_ncall *old = ct_load_relaxed(&f->head);
     do {
         last->next = old;
     } while (!ct_cas_weak_release(&f->head, &old, first));
-    if (old == NULL)
-        ct_store_relaxed(&f->since_ns, now_ns);
 }
 
 /* Take every published call (newest chain first), leaving the stack empty. */
@@ -89,11 +92,6 @@ static inline ct_ncall *ct_finished_take(ct_finished *f) {
 
 static inline int ct_finished_any(const ct_finished *f) {
     return ct_load_relaxed(&f->head) != NULL;
-}
-
-/* Published calls have waited longer than `limit_ns` for a GIL holder to take them. */
-static inline int ct_finished_stale(const ct_finished *f, int64_t now_ns, int64_t limit_ns) {
-    return ct_finished_any(f) && now_ns - ct_load_relaxed(&f->since_ns) > limit_ns;
 }
 
 #endif /* CT_NATIVE_H */
