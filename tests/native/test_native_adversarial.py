@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+from typing import Any
+
+from cytask import Engine
 
 _CALLBACK_IN_A_PRODUCER = """
 import ctypes, sys, threading, time
@@ -60,3 +64,40 @@ def test_a_producer_never_runs_another_tasks_callback(native_lib) -> None:  # ty
         raise AssertionError("submit() ran a callback that waits for the producer's lock") from exc
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["other"]
+
+
+def test_callbacks_that_submit_never_nest(native_lib) -> None:  # type: ignore[no-untyped-def]
+    """2,000 chains of 20 natives, each callback submitting the next: no callback
+    starts inside another one on the same thread.  Before, a callback's submit() ran
+    the callbacks of calls that had finished meanwhile, which submitted in turn: the
+    stack grew with the load (300+ frames), towards RecursionError."""
+    add = native_lib.address("add_i64")
+    local = threading.local()
+    nested: list[int] = []
+    left = [2_000]
+    finished = threading.Event()
+    lock = threading.Lock()
+    with Engine(workers=4) as eng:
+
+        def step(h: Any, k: int) -> None:
+            if getattr(local, "inside", False):
+                nested.append(k)
+            local.inside = True
+            try:
+                assert h.result(timeout=0) == k + 1
+                if k == 0:
+                    with lock:
+                        left[0] -= 1
+                        if left[0] == 0:
+                            finished.set()
+                    return
+                nxt = eng.submit_native(add, (k - 1, 1), b"ii", b"i")
+                nxt.add_done_callback(lambda h, k=k - 1: step(h, k))
+            finally:
+                local.inside = False
+
+        for _ in range(2_000):
+            first = eng.submit_native(add, (20, 1), b"ii", b"i")
+            first.add_done_callback(lambda h: step(h, 20))
+        assert finished.wait(60)
+    assert nested == []
