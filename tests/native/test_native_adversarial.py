@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import collections
+import gc
 import subprocess
 import sys
 import threading
+import weakref
 from typing import Any
 
-from cytask import Engine
+from cytask import Engine, _core
 
 _CALLBACK_IN_A_PRODUCER = """
 import ctypes, sys, threading, time
@@ -101,3 +104,96 @@ def test_callbacks_that_submit_never_nest(native_lib) -> None:  # type: ignore[n
             first.add_done_callback(lambda h: step(h, 20))
         assert finished.wait(60)
     assert nested == []
+
+
+class _Sentinel:
+    def __call__(self, a: int, b: int) -> int:
+        return a + b
+
+
+def test_mixed_natives_fallbacks_cancels_and_callbacks_balance(native_lib) -> None:  # type: ignore[no-untyped-def]
+    """Two producers race 8 workers on a 64-slot queue: native tasks that succeed,
+    fail, hand back to a Python fallback; Python tasks; cancels racing completion;
+    callbacks that raise, add callbacks, or submit.  Every handle ends, each
+    callback runs exactly once, and nothing keeps a fallback, argument or handle."""
+    add = native_lib.address("add_i64")
+    div = native_lib.address("checked_div")
+    back = native_lib.address("hand_back")
+    fallback = _Sentinel()
+    arg = _Sentinel()
+    refs = (sys.getrefcount(fallback), sys.getrefcount(arg))
+    gc.collect()
+    live0 = _core.debug_counters()[2] if _core.DEBUG_BUILD else 0
+    ran: collections.Counter[tuple[int, int]] = collections.Counter()
+    expected: list[tuple[int, int]] = []
+    unraisable: list[BaseException | None] = []
+    handles: list[Any] = []
+    start = threading.Barrier(2)
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = lambda u: unraisable.append(u.exc_value)
+    try:
+        with Engine(workers=8, queue_size=64, max_results=16) as eng:
+
+            def callback(h: Any, key: tuple[int, int]) -> None:
+                ran[key] += 1
+                k, i = key
+                if i % 5 == 0:
+                    raise ValueError("a callback that raises")
+                if i % 5 == 1:
+                    h.add_done_callback(lambda h: ran.update([(k, -i - 1)]))  # runs at once
+                if i % 5 == 2:
+                    eng.submit_native(add, (i, 1), b"ii", b"i")
+
+            def produce(k: int) -> None:
+                mine: list[Any] = []
+                start.wait(timeout=10)
+                for i in range(6_000):
+                    kind = i % 4
+                    if kind == 0:
+                        h = eng.submit_native(add, (i, k), b"ii", b"i", fallback=fallback)
+                    elif kind == 1:
+                        h = eng.submit_native(div, (i, i % 2), b"ii", b"i")
+                    elif kind == 2:
+                        h = eng.submit_native(back, (i, k), b"ii", b"i", fallback=fallback)
+                    else:
+                        h = eng.submit(lambda a, i=i: i, arg)
+                    if i % 3 == 0:
+                        h.add_done_callback(lambda h, key=(k, i): callback(h, key))
+                        expected.append((k, i))
+                        if i % 5 == 1:
+                            expected.append((k, -i - 1))
+                    if i % 7 == 0:
+                        h.cancel()
+                    mine.append((i, h))
+                handles.extend(mine)
+
+            threads = [threading.Thread(target=produce, args=(k,)) for k in (0, 1)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=120)
+            for i, h in handles:
+                assert h.wait(timeout=60)
+                if h.cancelled():
+                    assert i % 7 == 0
+                elif i % 4 == 1 and i % 2 == 0:
+                    assert isinstance(h.exception(timeout=0), ZeroDivisionError)
+                elif i % 4 == 3:
+                    assert h.result(timeout=0) == i
+                else:
+                    assert h.result(timeout=0) >= i
+            del h
+    finally:
+        sys.unraisablehook = old_hook
+    assert sorted(ran) == sorted(expected)
+    assert set(ran.values()) == {1}
+    assert all(isinstance(e, ValueError) for e in unraisable)
+    unraisable.clear()   # their tracebacks refer to the handles
+    weak = [weakref.ref(h) for _, h in handles]
+    handles.clear()
+    del eng   # its result store keeps the last few
+    gc.collect()
+    assert (sys.getrefcount(fallback), sys.getrefcount(arg)) == refs
+    assert all(w() is None for w in weak)
+    if _core.DEBUG_BUILD:
+        assert _core.debug_counters()[2] == live0
