@@ -71,7 +71,8 @@ def test_a_producer_never_runs_another_tasks_callback(native_lib) -> None:  # ty
 
 def test_callbacks_that_submit_never_nest(native_lib) -> None:  # type: ignore[no-untyped-def]
     """2,000 chains of 20 natives, each callback submitting the next: no callback
-    starts inside another one on the same thread.  Before, a callback's submit() ran
+    starts inside another one on the same thread (but where add_done_callback runs
+    it at once: the task had ended).  Before, a callback's submit() ran
     the callbacks of calls that had finished meanwhile, which submitted in turn: the
     stack grew with the load (300+ frames), towards RecursionError."""
     add = native_lib.address("add_i64")
@@ -83,9 +84,10 @@ def test_callbacks_that_submit_never_nest(native_lib) -> None:  # type: ignore[n
     with Engine(workers=4) as eng:
 
         def step(h: Any, k: int) -> None:
-            if getattr(local, "inside", False):
+            # nested, and not run at once by add_done_callback (the task had ended)
+            if getattr(local, "inside", False) and not getattr(local, "adding", False):
                 nested.append(k)
-            local.inside = True
+            local.inside, local.adding = True, False
             try:
                 assert h.result(timeout=0) == k + 1
                 if k == 0:
@@ -95,9 +97,10 @@ def test_callbacks_that_submit_never_nest(native_lib) -> None:  # type: ignore[n
                             finished.set()
                     return
                 nxt = eng.submit_native(add, (k - 1, 1), b"ii", b"i")
+                local.adding = True
                 nxt.add_done_callback(lambda h, k=k - 1: step(h, k))
             finally:
-                local.inside = False
+                local.inside, local.adding = False, False
 
         for _ in range(2_000):
             first = eng.submit_native(add, (20, 1), b"ii", b"i")
