@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import gc
+import queue
 import subprocess
 import sys
 import threading
@@ -200,3 +201,61 @@ def test_mixed_natives_fallbacks_cancels_and_callbacks_balance(native_lib) -> No
     assert all(w() is None for w in weak)
     if _core.DEBUG_BUILD:
         assert _core.debug_counters()[2] == live0
+
+
+def test_a_callback_added_as_its_call_ends_runs_once_and_never_in_a_producer(native_lib) -> None:  # type: ignore[no-untyped-def]
+    """One thread submits natives, another adds a callback to each as soon as it can
+    (racing the worker that ends the call), a third submits all along.  Each callback
+    runs exactly once: on a worker, or at once in add_done_callback (the call had
+    ended); never in a producer's submit() (the flag the adder stores before it reads
+    the status, and the worker loads after it stores the status, decide)."""
+    spin = native_lib.address("spin_ns")
+    add = native_lib.address("add_i64")
+    n = 20_000
+    ran: collections.Counter[int] = collections.Counter()
+    wrong: list[tuple[int, str]] = []
+    producers: set[int] = set()
+    adder = threading.local()
+    pending: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    stop = threading.Event()
+    with Engine(workers=4) as eng:
+
+        def callback(h: Any, i: int) -> None:
+            ran[i] += 1
+            me = threading.get_ident()
+            if me in producers:
+                wrong.append((i, "in a producer"))
+            elif getattr(adder, "is_adder", False) and not adder.adding:
+                wrong.append((i, "in the adder, outside add_done_callback"))
+
+        def submit_all() -> None:
+            producers.add(threading.get_ident())
+            for i in range(n):
+                pending.put((i, eng.submit_native(spin, (i % 7 * 300,), b"i", b"i")))
+            pending.put(None)
+
+        def add_callbacks() -> None:
+            adder.is_adder, adder.adding = True, False
+            while (item := pending.get(timeout=60)) is not None:
+                i, h = item
+                adder.adding = True
+                h.add_done_callback(lambda h, i=i: callback(h, i))
+                adder.adding = False
+
+        def keep_submitting() -> None:
+            producers.add(threading.get_ident())
+            while not stop.is_set():
+                eng.submit_native(add, (1, 2), b"ii", b"i").result(timeout=10)
+
+        other = threading.Thread(target=keep_submitting)
+        other.start()
+        threads = [threading.Thread(target=f) for f in (submit_all, add_callbacks)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        stop.set()
+        other.join(timeout=60)
+    assert wrong == []
+    assert len(ran) == n
+    assert set(ran.values()) == {1}
