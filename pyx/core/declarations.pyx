@@ -97,6 +97,8 @@ cdef extern from "ct_native.h":
     void ct_finished_push(ct_finished *f, ct_ncall *first, ct_ncall *last) noexcept nogil
     ct_ncall *ct_finished_take(ct_finished *f) noexcept nogil
     bint ct_finished_any(const ct_finished *f) noexcept nogil
+    void ct_store_release_i32(int32_t *p, int32_t v) noexcept nogil
+    void ct_store_release_ncall(ct_ncall **p, ct_ncall *v) noexcept nogil
 
 cdef extern from *:
     """
@@ -244,6 +246,17 @@ ctypedef struct ct_worker:
     # touches it: with a linger, an idle worker that took one this recently naps
     int64_t took_ns
     uint64_t hist[HIST_BUCKETS]  # task run times, log-scale buckets
+    # The native calls this worker took off the rings and the engine has not finished,
+    # for a fork child, where the worker does not exist (_reset_after_fork_impl ends
+    # them): `native`, the one it runs (set when it takes it, NULL once it is in
+    # `held`); `held[0:nheld]`, the ones it ran and keeps until its next GIL visit
+    # (its `deferred` array; `held` moves past each call its GIL section finishes).
+    # Release stores by the worker (ct_store_release_*): a count covers only entries
+    # already written, and a call leaves `native` only after it is counted in `held`;
+    # `nheld` is 0 before the worker publishes or finishes them.
+    ct_ncall *native
+    ct_ncall **held
+    int32_t nheld
     int32_t alive            # 1 while a thread runs this slot (written by it and by spawn)
     # 1 once the engine gave up on this slot's current task (time limit) and started a
     # replacement: written (SEQ_CST) under the GIL by _replace_stuck_worker, read by the

@@ -34,10 +34,14 @@ cdef void *_gil_section(Core self, ct_worker *w, int slot, void *item,
     if ct_finished_any(&self._finished):
         _drain_finished(self)
     for i in range(ndeferred):
+        # a fork in a callback below leaves the child the calls after this one
+        w.held = &deferred[i + 1]
+        ct_store_release_i32(&w.nheld, ndeferred - i - 1)
         owner = deferred[i].owner
         h = <TaskHandle>owner
         Py_DECREF(h)   # the queue's reference; `h` keeps one until reassigned
         _finish_native(self, h, slot)
+    w.held = deferred
     if item == NULL:
         return NULL
     # The GIL is kept from one Python task to the next for as long as there are
@@ -60,6 +64,7 @@ cdef void *_gil_section(Core self, ct_worker *w, int slot, void *item,
             cpu_start = ct_thread_cpu_ns()
     while True:
         if _is_native(item):
+            ct_store_release_ncall(&w.native, _as_ncall(item))   # for a fork child
             return item
         h = <TaskHandle><PyObject *>item
         Py_DECREF(h)   # drop the queue's reference

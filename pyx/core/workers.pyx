@@ -323,6 +323,9 @@ cdef object _worker_loop(Core self, int slot):
         # does not wait for a worker that never ran
         _worker_slots[threading.get_ident()] = (_address(self), slot)
         self._own_thread()
+        w.native = NULL
+        w.held = deferred
+        ct_store_release_i32(&w.nheld, 0)
         with nogil:
             while True:
                 if item == NULL:
@@ -345,6 +348,7 @@ cdef object _worker_loop(Core self, int slot):
                                 or now - first_deferred_ns > NATIVE_FLUSH_NS):
                             # result() and done() read the published status: only
                             # the queue's references wait for the bookkeeping
+                            ct_store_release_i32(&w.nheld, 0)   # before the push
                             _publish_finished(self, deferred, ndeferred)
                             ndeferred = 0
                     if not flush:
@@ -369,6 +373,7 @@ cdef object _worker_loop(Core self, int slot):
                 if _is_native(item):
                     call = _as_ncall(item)
                     item = NULL
+                    ct_store_release_ncall(&w.native, call)   # for a fork child
                     if CT_DEBUG:
                         ct_add_i64(&_debug_counters[1], 1)
                     if not ct_cas_i32(&call.status, ST_PENDING, ST_RUNNING):
@@ -395,6 +400,8 @@ cdef object _worker_loop(Core self, int slot):
                         kept += 1   # its Python run or callbacks need this worker
                     deferred[ndeferred] = call
                     ndeferred += 1
+                    ct_store_release_i32(&w.nheld, ndeferred)   # after the entry
+                    ct_store_release_ncall(&w.native, NULL)   # once counted in held
                     continue
                 # the one marked point where a worker takes the GIL for Python tasks
                 if self._gil_share < 1.0:
@@ -412,6 +419,7 @@ cdef object _worker_loop(Core self, int slot):
                     # Shutdown does not wait for this thread: it keeps its reference
                     if item != NULL:
                         with gil:
+                            ct_store_release_ncall(&w.native, NULL)   # queued again
                             _requeue(self, item)
                     break   # _replace_stuck_worker already took it off _live_workers
     finally:
@@ -419,6 +427,8 @@ cdef object _worker_loop(Core self, int slot):
             _worker_slots.pop(threading.get_ident(), None)
             self._own_thread(False)
             self._current[slot] = None
+            w.native = NULL
+            w.nheld = 0
         finally:   # the slot is free, and shutdown sees it, whatever happened above
             # Once alive is 0 the core may be freed, but only by a thread holding the
             # GIL: this one holds it from here to its return and runs no Python code,
@@ -444,11 +454,14 @@ cdef object _reset_after_fork_impl(Core self, str why):
     cdef int own = -1
     cdef ct_worker *w
     cdef ct_ring fresh
+    cdef int i
+    cdef TaskHandle th
     entry = _worker_slots.get(threading.get_ident())
     if entry is not None and entry[0] == _address(self):
         own = entry[1]
     keep = self._current[own] if own >= 0 else None   # goes on running here
     running = []
+    held = []   # native handles a parent worker took and the engine never finished
     for slot in range(MAX_WORKER_SLOTS):
         if slot == own:
             if slot != INLINE_SLOT:
@@ -458,6 +471,14 @@ cdef object _reset_after_fork_impl(Core self, str why):
             running.append(self._current[slot])
             self._current[slot] = None
         w = &self._workers[slot]
+        if ct_load_i32(&w.alive):
+            # its stack (the `held` array) was copied into this process with the rest
+            for i in range(w.nheld):
+                held.append(<TaskHandle>w.held[i].owner)
+            if w.native != NULL and (w.nheld == 0 or w.native != w.held[w.nheld - 1]):
+                held.append(<TaskHandle>w.native.owner)
+        w.native = NULL
+        w.nheld = 0
         ct_store_i32(&w.alive, 0)
         ct_store_i32(&w.abandoned, 0)
         w.task_started_ns = 0
@@ -485,9 +506,17 @@ cdef object _reset_after_fork_impl(Core self, str why):
         ct_ring_free(&self._rings[lvl])
         self._rings[lvl] = fresh
     # calls the parent's workers finished and published: they ended there, keep
-    # their results (a chain a worker held unpublished at the fork is lost with it;
-    # its handles' statuses are final all the same)
+    # their results
     _drain_finished(self)
+    # calls a parent worker held: the reference it held is this list's now; one that
+    # ended keeps its result and gets its callbacks, one that did not is cancelled
+    for th in held:
+        Py_DECREF(th)
+        if th._load_status() >= ST_SUCCEEDED:
+            th._release_call()
+            th._done_published_native()
+        else:
+            th._complete(ST_CANCELLED, _cancelled_error(th.task_id, why))
     for h in running:
         (<TaskHandle>h)._complete(ST_CANCELLED, _cancelled_error(h.task_id, why))
     if self._results is not None:

@@ -85,6 +85,18 @@ static inline void ct_finished_push(ct_finished *f, ct_ncall *first, ct_ncall *l
     } while (!ct_cas_weak_release(&f->head, &old, first));
 }
 
+/* A worker's record of the calls it holds, for a fork child (ct_worker.native, .held,
+   .nheld): release stores, so that a child whose snapshot shows a count or a cleared
+   slot also shows the stores made before it (a plain store may be moved by the
+   compiler).  Nothing but _reset_after_fork_impl reads them. */
+static inline void ct_store_release_i32(int32_t *p, int32_t v) {
+    __atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
+
+static inline void ct_store_release_ncall(ct_ncall **p, ct_ncall *v) {
+    __atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
+
 /* Take every published call (newest chain first), leaving the stack empty. */
 static inline ct_ncall *ct_finished_take(ct_finished *f) {
     return ct_xchg_acquire(&f->head, (ct_ncall *)NULL);

@@ -259,3 +259,93 @@ def test_a_callback_added_as_its_call_ends_runs_once_and_never_in_a_producer(nat
     assert wrong == []
     assert len(ran) == n
     assert set(ran.values()) == {1}
+
+
+_FORK_WHILE_A_NATIVE_RUNS = """
+import ctypes, os, sys
+from cytask import Engine
+
+lib = ctypes.CDLL(sys.argv[1])
+gate_fn = ctypes.cast(lib.wait_gate, ctypes.c_void_p).value
+gate = ctypes.c_int32(0)
+eng = Engine(workers=1, max_results=0)   # no result store to find the task by
+g = eng.submit_native(gate_fn, (ctypes.addressof(gate),), b"i", b"i")
+while g.status.name != "RUNNING":
+    pass
+pid = os.fork()
+if pid == 0:
+    ended = g.wait(10)
+    eng.shutdown(wait=True)
+    os._exit(0 if ended and g.cancelled() else 3)
+gate.value = 1
+child = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+assert g.result(timeout=10) == 0
+eng.shutdown(wait=True)
+print("child", child)
+"""
+
+
+def test_fork_while_a_native_task_runs(native_lib) -> None:  # type: ignore[no-untyped-def]
+    """The child has no thread to end a native task that a parent worker was running:
+    it ends there cancelled, as a running Python task does (before: it stayed RUNNING
+    in the child, and result() waited forever, unless a result store held it)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _FORK_WHILE_A_NATIVE_RUNS, str(native_lib.path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["child", "0"]
+
+
+_FORK_WHILE_A_WORKER_HOLDS_CALLS = """
+import collections, ctypes, os, sys, time
+from cytask import Engine
+
+lib = ctypes.CDLL(sys.argv[1])
+add, spin, gate_fn = (ctypes.cast(f, ctypes.c_void_p).value
+                      for f in (lib.add_i64, lib.spin_ns, lib.wait_gate))
+gate = ctypes.c_int32(0)
+fired = []
+eng = Engine(workers=1, max_results=0)
+eng.submit(int).result(timeout=10)   # the worker is up, with nothing to finish
+sys.setswitchinterval(60.0)   # keep the GIL: the worker holds h for its callback
+g = eng.submit_native(gate_fn, (ctypes.addressof(gate),), b"i", b"i")
+h = eng.submit_native(add, (1, 2), b"ii", b"i")
+h.add_done_callback(lambda h: fired.append(os.getpid()))
+backlog = [eng.submit_native(spin, (20_000,), b"i", b"i") for _ in range(2000)]
+gate.value = 1
+while not h.done():
+    pass
+end = time.monotonic() + 0.1   # the worker runs on, then waits for the GIL
+while time.monotonic() < end:
+    pass
+pid = os.fork()
+if pid == 0:
+    sys.setswitchinterval(0.005)
+    ended = all(x.wait(10) for x in [g, h, *backlog])
+    ok = ended and fired == [os.getpid()] and h.result(timeout=0) == 3
+    ok = ok and eng.submit_native(add, (2, 3), b"ii", b"i").result(timeout=10) == 5
+    eng.shutdown(wait=True)
+    os._exit(0 if ok else 3)
+sys.setswitchinterval(0.005)
+child = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+assert [x.result(timeout=30) for x in [g, h]] == [0, 3]
+eng.shutdown(wait=True)
+print("child", child, "parent", fired == [os.getpid()])
+"""
+
+
+def test_fork_while_a_worker_holds_finished_calls(native_lib) -> None:  # type: ignore[no-untyped-def]
+    """A worker holds finished calls (one with a callback) and waits for the GIL when
+    the process forks: in the child every handle ends and the callback runs there
+    too, once (before: the child never ran it, and kept the handles' references)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _FORK_WHILE_A_WORKER_HOLDS_CALLS, str(native_lib.path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["child", "0", "parent", "True"]
