@@ -214,36 +214,33 @@ def test_a_callback_added_as_its_call_ends_runs_once_and_never_in_a_producer(nat
     n = 20_000
     ran: collections.Counter[int] = collections.Counter()
     wrong: list[tuple[int, str]] = []
-    producers: set[int] = set()
-    adder = threading.local()
+    role = threading.local()   # per thread (an ident may be reused by a later thread)
     pending: queue.SimpleQueue[Any] = queue.SimpleQueue()
     stop = threading.Event()
     with Engine(workers=4) as eng:
 
         def callback(h: Any, i: int) -> None:
             ran[i] += 1
-            me = threading.get_ident()
-            if me in producers:
-                wrong.append((i, "in a producer"))
-            elif getattr(adder, "is_adder", False) and not adder.adding:
-                wrong.append((i, "in the adder, outside add_done_callback"))
+            where = getattr(role, "name", "a worker")
+            if where != "a worker" and where != "add_done_callback":
+                wrong.append((i, where))
 
         def submit_all() -> None:
-            producers.add(threading.get_ident())
+            role.name = "a producer"
             for i in range(n):
                 pending.put((i, eng.submit_native(spin, (i % 7 * 300,), b"i", b"i")))
             pending.put(None)
 
         def add_callbacks() -> None:
-            adder.is_adder, adder.adding = True, False
+            role.name = "the adder, outside add_done_callback"
             while (item := pending.get(timeout=60)) is not None:
                 i, h = item
-                adder.adding = True
+                role.name = "add_done_callback"
                 h.add_done_callback(lambda h, i=i: callback(h, i))
-                adder.adding = False
+                role.name = "the adder, outside add_done_callback"
 
         def keep_submitting() -> None:
-            producers.add(threading.get_ident())
+            role.name = "the other producer"
             while not stop.is_set():
                 eng.submit_native(add, (1, 2), b"ii", b"i").result(timeout=10)
 
