@@ -253,7 +253,11 @@ ctypedef struct ct_worker:
     # (its `deferred` array; `held` moves past each call its GIL section finishes).
     # Release stores by the worker (ct_store_release_*): a count covers only entries
     # already written, and a call leaves `native` only after it is counted in `held`;
-    # `nheld` is 0 before the worker publishes or finishes them.
+    # `nheld` is 0 before the worker publishes or finishes them.  A fork child sees
+    # each parent thread's stores up to some point in program order; a call taken
+    # off a ring in the few instructions before `native` records it is lost there
+    # (it stays PENDING unless the result store holds it, as a Python task taken
+    # off a ring before its worker got the GIL does).
     ct_ncall *native
     ct_ncall **held
     int32_t nheld

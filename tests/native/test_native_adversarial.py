@@ -136,7 +136,7 @@ def test_mixed_natives_fallbacks_cancels_and_callbacks_balance(native_lib) -> No
     old_hook = sys.unraisablehook
     sys.unraisablehook = lambda u: unraisable.append(u.exc_value)
     try:
-        with Engine(workers=8, queue_size=64, max_results=16) as eng:
+        with Engine(workers=8, queue_size=64, max_results=0) as eng:
 
             def callback(h: Any, key: tuple[int, int]) -> None:
                 ran[key] += 1
@@ -192,10 +192,9 @@ def test_mixed_natives_fallbacks_cancels_and_callbacks_balance(native_lib) -> No
     assert sorted(ran) == sorted(expected)
     assert set(ran.values()) == {1}
     assert all(isinstance(e, ValueError) for e in unraisable)
-    unraisable.clear()   # their tracebacks refer to the handles
+    unraisable.clear()  # their tracebacks refer to the handles
     weak = [weakref.ref(h) for _, h in handles]
     handles.clear()
-    del eng   # its result store keeps the last few
     gc.collect()
     assert (sys.getrefcount(fallback), sys.getrefcount(arg)) == refs
     assert all(w() is None for w in weak)
@@ -214,7 +213,7 @@ def test_a_callback_added_as_its_call_ends_runs_once_and_never_in_a_producer(nat
     n = 20_000
     ran: collections.Counter[int] = collections.Counter()
     wrong: list[tuple[int, str]] = []
-    role = threading.local()   # per thread (an ident may be reused by a later thread)
+    role = threading.local()  # per thread (an ident may be reused by a later thread)
     pending: queue.SimpleQueue[Any] = queue.SimpleQueue()
     stop = threading.Event()
     with Engine(workers=4) as eng:
