@@ -90,11 +90,11 @@ static inline void ct_finished_push(ct_finished *f, ct_ncall *first, ct_ncall *l
    slot also shows the stores made before it (a plain store may be moved by the
    compiler).  Nothing but _reset_after_fork_impl reads them. */
 static inline void ct_store_release_i32(int32_t *p, int32_t v) {
-    __atomic_store_n(p, v, __ATOMIC_RELEASE);
+    ct_store_release(p, v);
 }
 
 static inline void ct_store_release_ncall(ct_ncall **p, ct_ncall *v) {
-    __atomic_store_n(p, v, __ATOMIC_RELEASE);
+    ct_store_release(p, v);
 }
 
 /* Take every published call (newest chain first), leaving the stack empty. */
