@@ -413,6 +413,11 @@ cdef class TaskHandle:
         """
         if not callable(fn):
             raise TypeError(f"Expected a callable for fn, got {type(fn).__name__}")
+        # allocate before the status is read: an allocation may run the garbage
+        # collector, whose finalizers may let go of the GIL, and a task that ended
+        # meanwhile would have found no list to run (the callback was lost).  From the
+        # status load to the append below nothing runs Python code.
+        first = [fn]
         if self._ncall != NULL:
             # before the status load: a worker that then stores the terminal status
             # sees it and finishes the call itself (ct_ncall.callbacks)
@@ -427,9 +432,9 @@ cdef class TaskHandle:
         # once; a native task stores its status without the GIL and its worker runs
         # the list at its next GIL visit, so appending here is never too late.
         if self._callbacks is None:
-            self._callbacks = [fn]
+            self._callbacks = first
         else:
-            self._callbacks.append(fn)
+            self._callbacks.append(fn)   # a resize (PyMem_Realloc) runs no collection
 
     def __await__(self):
         from cytask._aio import await_handle

@@ -11,6 +11,8 @@ import threading
 import weakref
 from typing import Any
 
+import pytest
+
 from cytask import Engine, _core
 
 _CALLBACK_IN_A_PRODUCER = """
@@ -345,3 +347,64 @@ def test_fork_while_a_worker_holds_finished_calls(native_lib) -> None:  # type: 
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["child", "0", "parent", "True"]
+
+
+_COLLECTION_IN_ADD_DONE_CALLBACK = """
+import ctypes, gc, sys, threading, time
+from cytask import Engine
+
+lib = ctypes.CDLL(sys.argv[1])
+add, gate_fn = (ctypes.cast(f, ctypes.c_void_p).value for f in (lib.add_i64, lib.wait_gate))
+native_gate, python_gate = ctypes.c_int32(0), threading.Event()
+fired = threading.Event()
+with Engine(workers=1) as eng:
+    eng.submit(int).result(timeout=10)   # the worker is up, with nothing to finish
+    if sys.argv[2] == "native":
+        eng.submit_native(gate_fn, (ctypes.addressof(native_gate),), b"i", b"i")
+        h = eng.submit_native(add, (1, 2), b"ii", b"i")
+    else:
+        eng.submit(python_gate.wait, 30)
+        h = eng.submit(int)
+    add_done_callback, callback = h.add_done_callback, lambda _: fired.set()
+    collections = []
+
+    def on_collection(phase, info):
+        # inside add_done_callback: the task ends and is finished meanwhile
+        if phase != "start" or collections:
+            return
+        collections.append(h.status)
+        queued = sys.getrefcount(h)   # the queue's reference among them
+        native_gate.value = 1
+        python_gate.set()
+        end = time.monotonic() + 10
+        while sys.getrefcount(h) >= queued and time.monotonic() < end:
+            time.sleep(0.001)   # the worker takes the GIL and lets go of the task
+
+    gc.disable()
+    junk = [[] for _ in range(200)]   # no list on the free list: the next one counts
+    gc.callbacks.append(on_collection)
+    gc.set_threshold(1)
+    gc.enable()
+    add_done_callback(callback)   # its list is the first allocation: a collection
+    gc.set_threshold(700)
+    gc.callbacks.remove(on_collection)
+    print(len(collections), fired.wait(10))
+"""
+
+
+@pytest.mark.parametrize("kind", ["native", "python"])
+def test_a_collection_inside_add_done_callback_loses_no_callback(kind: str, native_lib) -> None:  # type: ignore[no-untyped-def]
+    """The garbage collector runs inside add_done_callback (its finalizers may let go
+    of the GIL: an engine collected there starts its shutdown thread), and the task
+    ends and is finished meanwhile.  Before, the status was read first and the list
+    allocated after: the finisher found no callback, then the callback was appended
+    to a task that had ended, and never ran.  (Seen as a hang of the 2,000 chains of
+    test_callbacks_that_submit_never_nest in the whole suite, 1 run in 4.)"""
+    out = subprocess.run(
+        [sys.executable, "-c", _COLLECTION_IN_ADD_DONE_CALLBACK, str(native_lib.path), kind],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "True"]
