@@ -50,17 +50,25 @@ def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["worker", "json"]) == 2  # --store is required
 
 
-def test_sigterm_drains_within_the_deadline_and_gives_back_the_rest(tmp_path: Path) -> None:
+def _produce(tmp_path: Path, submits: str) -> tuple[str, dict[str, str]]:
+    """A store of `TASKS` filled by another process running `submits` (on `eng`);
+    returns its URL and the environment that imports the tasks."""
     (tmp_path / "clitasks.py").write_text(TASKS)
     url = f"sqlite:///{tmp_path}/t.db"
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
     produce = (
         "import sys, cytask, clitasks\n"
-        "eng = cytask.Engine(workers=0, store=sys.argv[1])\n"
-        "eng.submit(clitasks.slow, 0.5)\n"
-        "eng.submit_many(clitasks.slow, [(0.5,)] * 5)\n"
+        f"eng = cytask.Engine(workers=0, store=sys.argv[1])\n{submits}\n"
     )
     subprocess.run([sys.executable, "-c", produce, url], env=env, check=True, timeout=60)
+    return url, env
+
+
+def test_sigterm_drains_within_the_deadline_and_gives_back_the_rest(tmp_path: Path) -> None:
+    url, env = _produce(
+        tmp_path,
+        "eng.submit(clitasks.slow, 0.5)\neng.submit_many(clitasks.slow, [(0.5,)] * 5)",
+    )
     worker = subprocess.Popen(
         [sys.executable, "-m", "cytask", "worker", "clitasks", "--store", url, "--workers", "1",
          "--drain-timeout", "5"],
@@ -86,15 +94,7 @@ def test_sigterm_drains_within_the_deadline_and_gives_back_the_rest(tmp_path: Pa
 
 
 def test_on_a_terminal_the_worker_shows_its_progress(tmp_path: Path) -> None:
-    (tmp_path / "clitasks.py").write_text(TASKS)
-    url = f"sqlite:///{tmp_path}/t.db"
-    env = dict(os.environ, PYTHONPATH=str(tmp_path))
-    produce = (
-        "import sys, cytask, clitasks\n"
-        "eng = cytask.Engine(workers=0, store=sys.argv[1])\n"
-        "eng.submit_many(clitasks.slow, [(0.0,)] * 3)\n"
-    )
-    subprocess.run([sys.executable, "-c", produce, url], env=env, check=True, timeout=60)
+    url, env = _produce(tmp_path, "eng.submit_many(clitasks.slow, [(0.0,)] * 3)")
     terminal, stderr = pty.openpty()
     worker = subprocess.Popen(
         [sys.executable, "-m", "cytask", "worker", "clitasks", "--store", url],

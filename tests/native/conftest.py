@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,18 @@ class NativeLib:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.lib = ctypes.CDLL(str(path))
+
+    def run(self, script: str, *args: str, timeout: float = 60) -> list[str]:
+        """Run `script` in a fresh interpreter with this library's path as its first
+        argument; assert it exits 0 and return the words it printed."""
+        out = subprocess.run(
+            [sys.executable, "-c", script, str(self.path), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split()
 
     def address(self, name: str) -> int:
         value = ctypes.cast(getattr(self.lib, name), ctypes.c_void_p).value

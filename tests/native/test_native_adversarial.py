@@ -287,14 +287,7 @@ def test_fork_while_a_native_task_runs(native_lib) -> None:  # type: ignore[no-u
     """The child has no thread to end a native task that a parent worker was running:
     it ends there cancelled, as a running Python task does (before: it stayed RUNNING
     in the child, and result() waited forever, unless a result store held it)."""
-    out = subprocess.run(
-        [sys.executable, "-c", _FORK_WHILE_A_NATIVE_RUNS, str(native_lib.path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["child", "0"]
+    assert native_lib.run(_FORK_WHILE_A_NATIVE_RUNS) == ["child", "0"]
 
 
 _FORK_WHILE_A_WORKER_HOLDS_CALLS = """
@@ -339,14 +332,7 @@ def test_fork_while_a_worker_holds_finished_calls(native_lib) -> None:  # type: 
     """A worker holds finished calls (one with a callback) and waits for the GIL when
     the process forks: in the child every handle ends and the callback runs there
     too, once (before: the child never ran it, and kept the handles' references)."""
-    out = subprocess.run(
-        [sys.executable, "-c", _FORK_WHILE_A_WORKER_HOLDS_CALLS, str(native_lib.path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["child", "0", "parent", "True"]
+    assert native_lib.run(_FORK_WHILE_A_WORKER_HOLDS_CALLS) == ["child", "0", "parent", "True"]
 
 
 _COLLECTION_IN_ADD_DONE_CALLBACK = """
@@ -400,11 +386,4 @@ def test_a_collection_inside_add_done_callback_loses_no_callback(kind: str, nati
     allocated after: the finisher found no callback, then the callback was appended
     to a task that had ended, and never ran.  (Seen as a hang of the 2,000 chains of
     test_callbacks_that_submit_never_nest in the whole suite, 1 run in 4.)"""
-    out = subprocess.run(
-        [sys.executable, "-c", _COLLECTION_IN_ADD_DONE_CALLBACK, str(native_lib.path), kind],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["1", "True"]
+    assert native_lib.run(_COLLECTION_IN_ADD_DONE_CALLBACK, kind) == ["1", "True"]

@@ -7,7 +7,6 @@ import contextlib
 import ctypes
 import gc
 import itertools
-import subprocess
 import sys
 import threading
 import time
@@ -214,14 +213,7 @@ print("child", child)
 def test_fork_while_finished_calls_wait_for_the_gil(native_lib) -> None:  # type: ignore[no-untyped-def]
     """Fork while a worker's finished calls sit on the shared stack (and the worker
     waits for the GIL): the child keeps their results and runs new native tasks."""
-    out = subprocess.run(
-        [sys.executable, "-c", _FORK_WITH_CALLS_PUBLISHED, str(native_lib.path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["child", "0"]
+    assert native_lib.run(_FORK_WITH_CALLS_PUBLISHED) == ["child", "0"]
 
 
 class _Fallback:
