@@ -100,7 +100,7 @@ def _private_temp_root() -> Path:
             return path
     except OSError:
         pass
-    return Path(tempfile.mkdtemp(prefix="cytask-cache-"))  # private, for this process
+    return Path(tempfile.mkdtemp(prefix="cytask-cache-private-"))  # for this process alone
 
 
 def _describe(exc: BaseException) -> str:

@@ -151,7 +151,7 @@ def test_the_fallback_temp_folder_must_be_private(
     ct = compile_task(cc.tri)
     assert ct.backend == "numba"
     (note,) = ct.notes
-    assert str(shared) not in note and str(private_tmp) in note
+    assert f"using {private_tmp}/cytask-cache-private-" in note and str(shared) not in note
 
 
 # -- corrupt entries (item 15) -------------------------------------------------------------
