@@ -94,6 +94,22 @@ def oversized_turn(producer: Any) -> list[Any]:
     return asyncio.run(turn())
 
 
+def release_the_held_task(store: Any, go: Path) -> None:
+    """`adv.held` started once (no live lease was taken): let it end, one attempt."""
+    assert not Path(f"{go}.started2").exists(), "a live lease was taken"
+    go.touch()
+    until("the task ended", lambda: store.get("held").terminal)
+    rec = store.get("held")
+    assert rec is not None and (rec.result, rec.attempts, rec.lost) == ("1", 1, 0)
+
+
+def kill_workers(*workers: subprocess.Popen[Any] | None) -> None:
+    for p in workers:
+        if p is not None and p.poll() is None:
+            p.kill()
+            p.wait(30)
+
+
 def a_worker_ahead_takes_no_live_lease(root: Path, url: str) -> None:
     """A worker whose wall clock reads a minute ahead joins while another runs a task.
 
@@ -122,14 +138,7 @@ def a_worker_ahead_takes_no_live_lease(root: Path, url: str) -> None:
         until("the skewed worker's maintenance ran", lambda: store.get("marker") is None)
         rec = store.get("held")
         assert rec is not None and rec.status == "running" and rec.attempts == 1, rec
-        assert not Path(f"{go}.started2").exists(), "a live lease was taken"
-        go.touch()
-        until("the task ended", lambda: store.get("held").terminal)  # type: ignore[union-attr]
-        rec = store.get("held")
-        assert rec is not None and (rec.result, rec.attempts, rec.lost) == ("1", 1, 0)
+        release_the_held_task(store, go)
     finally:
-        for p in (honest, ahead):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait(30)
+        kill_workers(honest, ahead)
         store.close()
